@@ -1,0 +1,1137 @@
+//! The relay loop: finds files, notices rotation, reads, writes, checkpoints.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use regex::bytes::Regex;
+
+use crate::checkpoint::{CheckpointError, Entry, Store};
+use crate::framer::{Framer, Rules};
+use crate::identity::{FileId, Fingerprint, read_full_at};
+use crate::metrics::{FileMetrics, Metrics, RotationKind};
+use crate::output::{Format, Output};
+
+/// Read buffer size.
+const READ_CHUNK: usize = 128 * 1024;
+/// Most bytes read from one file per wake, so one busy file cannot starve the others.
+const TICK_BUDGET: usize = 8 * 1024 * 1024;
+/// How long all files must stay quiet before a draining relay exits.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// How many let-go files are remembered (to resume them if they reappear).
+const KNOWN_FILES: usize = 1024;
+/// Directory entries looked at when searching for the copy of a truncated file.
+const COPY_SEARCH_LIMIT: usize = 10_000;
+
+/// Where to start in a file seen for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    End,
+}
+
+/// What the relay does; built by the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Files or glob patterns.
+    pub paths: Vec<String>,
+    pub format: Format,
+    pub prefix: bool,
+    pub from: StartAt,
+    pub max_line_bytes: usize,
+    pub multiline_start: Option<Regex>,
+    pub multiline_timeout: Duration,
+    pub glob_interval: Duration,
+    pub poll_interval: Duration,
+    pub rotate_wait: Duration,
+    pub drain_timeout: Duration,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            format: Format::Raw,
+            prefix: false,
+            from: StartAt::Beginning,
+            max_line_bytes: 1024 * 1024,
+            multiline_start: None,
+            multiline_timeout: Duration::from_secs(1),
+            glob_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            rotate_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            state_dir: None,
+        }
+    }
+}
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(
+        "cannot write to stdout ({0}): whatever reads the relay's output went away; lines not yet written stay in the files"
+    )]
+    Output(#[source] io::Error),
+    #[error("`{pattern}` is not a valid glob pattern ({reason}); quote it and check its brackets")]
+    Pattern { pattern: String, reason: String },
+    #[error(
+        "give at least one file or glob pattern to follow, like /logs/app.log or '/logs/*.log'"
+    )]
+    NoPaths,
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Asks a running relay to drain and stop.
+#[derive(Debug, Clone)]
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    wake: SyncSender<()>,
+}
+
+impl Control {
+    /// Starts the drain: keep reading until files are quiet, then exit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// What a finished relay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub bytes: u64,
+    /// True when the drain timeout passed while files were still being written.
+    pub drain_timed_out: bool,
+}
+
+enum Pattern {
+    Literal(PathBuf),
+    Glob(String),
+}
+
+/// One open file.
+struct Reader {
+    /// The followed path this file was found at: `file` in JSON, metrics label.
+    label: Arc<str>,
+    /// File name of the label, for `--prefix`.
+    name: Arc<str>,
+    /// Where the file is now, as far as we know.
+    path: PathBuf,
+    /// True while the file is the one at a followed path.
+    attached: bool,
+    id: FileId,
+    file: File,
+    fp: Fingerprint,
+    /// Next byte to read.
+    offset: u64,
+    /// Size at the last look.
+    size: u64,
+    framer: Framer,
+    last_data: Instant,
+    metrics: FileMetrics,
+    /// Committed offset already counted in the bytes metric.
+    counted: u64,
+    error_noted: bool,
+}
+
+/// A file read before and let go (or saved in the checkpoint).
+#[derive(Debug, Clone)]
+struct Known {
+    fp: Fingerprint,
+    offset: u64,
+    label: String,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notice {
+    Missing,
+    NoMatch,
+    Directory,
+    NotRegular,
+    Unreadable,
+}
+
+#[derive(Default)]
+struct Progress {
+    read_any: bool,
+    budget_hit: bool,
+}
+
+/// The log relay. Build with [`Relay::new`], run with [`Relay::run`].
+pub struct Relay {
+    cfg: Config,
+    rules: Rules,
+    patterns: Vec<Pattern>,
+    readers: Vec<Reader>,
+    known: HashMap<FileId, Known>,
+    known_order: VecDeque<FileId>,
+    /// Checkpoint entries for files not yet found again after a restart.
+    saved_open: Vec<Entry>,
+    saved_labels: HashSet<String>,
+    literal_labels: HashSet<String>,
+    metrics: Metrics,
+    store: Option<Store>,
+    stop: Arc<AtomicBool>,
+    wake_tx: SyncSender<()>,
+    wake_rx: Receiver<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    notices: HashMap<String, Notice>,
+    buf: Vec<u8>,
+    last_data_any: Instant,
+    dirty: bool,
+    last_checkpoint: Instant,
+    initial_scan: bool,
+    summary: Summary,
+}
+
+impl Relay {
+    /// Checks the configuration and prepares the relay; nothing is opened yet.
+    pub fn new(cfg: Config, metrics: Metrics) -> Result<(Self, Control), RelayError> {
+        if cfg.paths.is_empty() {
+            return Err(RelayError::NoPaths);
+        }
+        let mut patterns = Vec::new();
+        let mut literal_labels = HashSet::new();
+        for p in &cfg.paths {
+            if p.contains(['*', '?', '[']) {
+                glob::Pattern::new(p).map_err(|e| RelayError::Pattern {
+                    pattern: p.clone(),
+                    reason: e.msg.to_string(),
+                })?;
+                patterns.push(Pattern::Glob(p.clone()));
+            } else {
+                literal_labels.insert(p.clone());
+                patterns.push(Pattern::Literal(PathBuf::from(p)));
+            }
+        }
+        let store = cfg.state_dir.as_deref().map(Store::open).transpose()?;
+        let rules = Rules {
+            max_line_bytes: cfg.max_line_bytes.max(1),
+            multiline_start: cfg.multiline_start.clone(),
+            multiline_timeout: cfg.multiline_timeout,
+            blocks: cfg.format == Format::Raw && !cfg.prefix && cfg.multiline_start.is_none(),
+        };
+        let (wake_tx, wake_rx) = sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = Control {
+            stop: Arc::clone(&stop),
+            wake: wake_tx.clone(),
+        };
+        let now = Instant::now();
+        let relay = Self {
+            cfg,
+            rules,
+            patterns,
+            readers: Vec::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            saved_open: Vec::new(),
+            saved_labels: HashSet::new(),
+            literal_labels,
+            metrics,
+            store,
+            stop,
+            wake_tx,
+            wake_rx,
+            watcher: None,
+            watched: HashSet::new(),
+            notices: HashMap::new(),
+            buf: vec![0; READ_CHUNK],
+            last_data_any: now,
+            dirty: false,
+            last_checkpoint: now,
+            initial_scan: true,
+            summary: Summary::default(),
+        };
+        Ok((relay, control))
+    }
+
+    /// Runs until [`Control::stop`] and the drain that follows; `ready` is
+    /// called once the first scan is done.
+    pub fn run<W: Write>(mut self, writer: W, ready: impl FnOnce()) -> Result<Summary, RelayError> {
+        let mut output = Output::new(writer, self.cfg.format, self.cfg.prefix);
+        let out = &mut output;
+        self.start_watcher();
+        if let Some(store) = &self.store {
+            let saved = store.load()?;
+            if !saved.is_empty() {
+                tracing::info!(
+                    "resuming {} file(s) from checkpoint {}",
+                    saved.len(),
+                    store.path().display()
+                );
+            }
+            self.restore(saved);
+        }
+        let mut now = Instant::now();
+        out.set_read_time(SystemTime::now());
+        self.check_paths(true, now);
+        self.initial_scan = false;
+        self.find_orphans();
+        ready();
+
+        let mut last_glob = now;
+        let mut drain_started: Option<Instant> = None;
+        loop {
+            let progress = self.read_all(now, out)?;
+            out.flush().map_err(RelayError::Output)?;
+            self.checkpoint_if_due(now);
+
+            if self.stop.load(Ordering::SeqCst) {
+                let started = *drain_started.get_or_insert_with(|| {
+                    tracing::info!(
+                        "stopping: relaying what is left (at most {})",
+                        humantime::format_duration(self.cfg.drain_timeout)
+                    );
+                    now
+                });
+                let quiet =
+                    !progress.budget_hit && now.duration_since(self.last_data_any) >= DRAIN_QUIET;
+                if quiet {
+                    break;
+                }
+                if now.duration_since(started) >= self.cfg.drain_timeout {
+                    self.summary.drain_timed_out = true;
+                    tracing::warn!(
+                        "drain timeout of {} passed while files were still being written; stopping anyway",
+                        humantime::format_duration(self.cfg.drain_timeout)
+                    );
+                    break;
+                }
+            }
+            if !progress.budget_hit {
+                let wait = if drain_started.is_some() {
+                    Duration::from_millis(50)
+                } else {
+                    self.cfg.poll_interval
+                };
+                match self.wake_rx.recv_timeout(wait) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {}
+                }
+            }
+            now = Instant::now();
+            out.set_read_time(SystemTime::now());
+            let glob_due = now.duration_since(last_glob) >= self.cfg.glob_interval;
+            if glob_due {
+                last_glob = now;
+            }
+            self.check_paths(glob_due, now);
+        }
+
+        // Emit what is held (partial lines get their newline), then checkpoint.
+        let now = Instant::now();
+        for i in 0..self.readers.len() {
+            self.finish_reader(i, now, out)?;
+        }
+        out.flush().map_err(RelayError::Output)?;
+        self.dirty = true;
+        self.save_checkpoint();
+        self.metrics.files_open.set(0);
+        Ok(self.summary)
+    }
+
+    fn start_watcher(&mut self) {
+        let tx = self.wake_tx.clone();
+        match notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+            let _ = tx.try_send(());
+        }) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => tracing::warn!(
+                "file change notifications are not available ({e}); checking files every {} instead",
+                humantime::format_duration(self.cfg.poll_interval)
+            ),
+        }
+    }
+
+    fn watch_dir_of(&mut self, path: &Path) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let dir = parent_dir(path);
+        if self.watched.contains(&dir) {
+            return;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.watched.insert(dir);
+            }
+            Err(e) => {
+                tracing::debug!("cannot watch {}: {e}; polling it", dir.display());
+            }
+        }
+    }
+
+    // ---- finding files -------------------------------------------------
+
+    /// Re-checks the followed paths: new files, rotated files, vanished files.
+    fn check_paths(&mut self, glob_due: bool, now: Instant) {
+        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut unmatched = Vec::new();
+        for pattern in &self.patterns {
+            match pattern {
+                Pattern::Literal(p) => {
+                    paths.insert(p.clone());
+                }
+                Pattern::Glob(g) if glob_due => {
+                    let before = paths.len();
+                    if let Ok(entries) = glob::glob(g) {
+                        for entry in entries.flatten() {
+                            paths.insert(entry);
+                        }
+                    }
+                    if paths.len() == before {
+                        unmatched.push(g.clone());
+                    }
+                }
+                Pattern::Glob(_) => {}
+            }
+        }
+        for g in unmatched {
+            self.note(
+                &g,
+                Notice::NoMatch,
+                format_args!("no file matches {g} yet; waiting for one to appear"),
+            );
+        }
+        for r in &self.readers {
+            if r.attached {
+                paths.insert(r.path.clone());
+            }
+        }
+        for path in paths {
+            self.check_path(&path, now);
+        }
+    }
+
+    fn check_path(&mut self, path: &Path, now: Instant) {
+        let attached = self
+            .readers
+            .iter()
+            .position(|r| r.attached && r.path == path);
+        let key = path.to_string_lossy().into_owned();
+        let meta = match fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::NotFound {
+                    if let Some(i) = attached {
+                        self.detach(i);
+                    } else {
+                        self.note(
+                            &key,
+                            Notice::Missing,
+                            format_args!("{key} does not exist yet; waiting for it to appear"),
+                        );
+                    }
+                } else if attached.is_none() {
+                    // The open file (if any) is still read through its descriptor.
+                    self.note(
+                        &key,
+                        Notice::Unreadable,
+                        format_args!("cannot look at {key}: {e}; will retry"),
+                    );
+                }
+                return;
+            }
+        };
+        if meta.is_dir() {
+            self.note(
+                &key,
+                Notice::Directory,
+                format_args!(
+                    "{key} is a directory, not a file; follow the files in it with a quoted glob such as '{key}/*.log'"
+                ),
+            );
+            return;
+        }
+        if !meta.is_file() {
+            self.note(
+                &key,
+                Notice::NotRegular,
+                format_args!("{key} is not a regular file; skipping it"),
+            );
+            return;
+        }
+        let id = FileId::of(&meta);
+        if let Some(i) = attached {
+            if self.readers[i].id == id {
+                return;
+            }
+            // Another file now has the path: the old one was rotated.
+            self.detach(i);
+        }
+        if let Some(r) = self.readers.iter_mut().find(|r| r.id == id) {
+            // A file we already read showed up at this path (renamed into a match,
+            // or a second link): keep reading it where we are, never start over.
+            if !r.attached {
+                r.attached = true;
+                r.path = path.to_path_buf();
+            }
+            return;
+        }
+        self.open(path, now);
+    }
+
+    /// Opens a newly found file at a followed path.
+    fn open(&mut self, path: &Path, now: Instant) {
+        let key = path.to_string_lossy().into_owned();
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.metrics.for_file(&key).read_errors.inc();
+                self.note(
+                    &key,
+                    Notice::Unreadable,
+                    format_args!("cannot open {key}: {e}; will retry"),
+                );
+                return;
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cannot look at {key}: {e}; will retry");
+                return;
+            }
+        };
+        self.notices.remove(&key);
+        let id = FileId::of(&meta);
+        let size = meta.len();
+        let (offset, how) = match self.take_known(id, &file, size) {
+            Some(offset) => (offset, "resuming"),
+            None if self.initial_scan
+                && self.cfg.from == StartAt::End
+                && !self.saved_labels.contains(&key) =>
+            {
+                (end_of_last_line(&file, size), "from its end")
+            }
+            None => (0, "from the beginning"),
+        };
+        let fp = Fingerprint::read(&file, offset).unwrap_or_default();
+        tracing::info!("following {key} {how} (offset {offset})");
+        let reader = Reader {
+            name: Arc::from(file_name(path)),
+            label: Arc::from(key.as_str()),
+            path: path.to_path_buf(),
+            attached: true,
+            id,
+            file,
+            fp,
+            offset,
+            size,
+            framer: Framer::new(offset),
+            last_data: now,
+            metrics: self.metrics.for_file(&key),
+            counted: offset,
+            error_noted: false,
+        };
+        self.readers.push(reader);
+        self.metrics.files_open.set(self.readers.len() as i64);
+        self.dirty = true;
+        self.watch_dir_of(path);
+    }
+
+    /// The offset to resume `file` at, if we read it before (same inode, same first bytes).
+    fn take_known(&mut self, id: FileId, file: &File, size: u64) -> Option<u64> {
+        let known = self.known.get(&id)?;
+        let same = known.fp.len() as u64 <= size
+            && known.offset <= size
+            && known.fp.matches(file).unwrap_or(false);
+        if !same {
+            // The inode was reused by a new file, or the file was rewritten.
+            return None;
+        }
+        let offset = known.offset;
+        self.known.remove(&id);
+        self.saved_open.retain(|e| e.id != id);
+        Some(offset)
+    }
+
+    /// The file at a followed path was replaced or removed: keep reading the
+    /// old file through its descriptor until it is quiet, then let it go.
+    fn detach(&mut self, i: usize) {
+        let r = &mut self.readers[i];
+        r.attached = false;
+        let kind = match r.file.metadata() {
+            Ok(m) if m.nlink() == 0 => RotationKind::Delete,
+            _ => RotationKind::Rename,
+        };
+        if *r.path == *Path::new(&*r.label) {
+            self.metrics.rotation(&r.label, kind);
+            tracing::info!(
+                "{} was rotated ({}); finishing the old file before the new one",
+                r.label,
+                match kind {
+                    RotationKind::Delete => "deleted",
+                    _ => "renamed",
+                }
+            );
+        }
+        self.dirty = true;
+    }
+
+    // ---- reading ------------------------------------------------------------
+
+    fn read_all<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<Progress, RelayError> {
+        let mut progress = Progress::default();
+        // Labels whose older file still has unread bytes: newer files of the
+        // same label wait, so lines keep their order across a rotation.
+        let mut held_back: Vec<Arc<str>> = Vec::new();
+        for i in 0..self.readers.len() {
+            if held_back.contains(&self.readers[i].label) {
+                progress.budget_hit = true;
+                continue;
+            }
+            let p = self.poll_reader(i, now, out)?;
+            if p.read_any {
+                progress.read_any = true;
+                self.last_data_any = now;
+            }
+            if p.budget_hit {
+                progress.budget_hit = true;
+                held_back.push(Arc::clone(&self.readers[i].label));
+            }
+            let r = &mut self.readers[i];
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .flush_stale(&self.rules, now, &mut sink)
+                .map_err(RelayError::Output)?;
+            account(r, &mut self.summary);
+        }
+        self.retire_quiet(now, out)?;
+        self.update_lag();
+        Ok(progress)
+    }
+
+    /// Reads what is new in one file.
+    fn poll_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<Progress, RelayError> {
+        let mut progress = Progress::default();
+        let size = match self.readers[i].file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                self.read_error(i, &e);
+                return Ok(progress);
+            }
+        };
+        if size < self.readers[i].offset {
+            self.truncated(i, now, out)?;
+        }
+        self.readers[i].size = size;
+        let mut budget = TICK_BUDGET;
+        while budget > 0 {
+            let r = &mut self.readers[i];
+            let want = self.buf.len().min(budget);
+            let n = match read_at(&r.file, &mut self.buf[..want], r.offset) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.read_error(i, &e);
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // The bytes count only if the file still starts as it did: otherwise
+            // it was truncated and rewritten between two looks (copytruncate).
+            if !r.fp.matches(&r.file).unwrap_or(true) {
+                self.truncated(i, now, out)?;
+                continue;
+            }
+            let r = &mut self.readers[i];
+            r.error_noted = false;
+            r.fp.extend(r.offset, &self.buf[..n]);
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .push(&self.rules, &self.buf[..n], now, &mut sink)
+                .map_err(RelayError::Output)?;
+            r.offset += n as u64;
+            r.size = r.size.max(r.offset);
+            r.last_data = now;
+            account(r, &mut self.summary);
+            budget -= n;
+            progress.read_any = true;
+            self.dirty = true;
+        }
+        if budget == 0 {
+            progress.budget_hit = true;
+        }
+        Ok(progress)
+    }
+
+    fn read_error(&mut self, i: usize, e: &io::Error) {
+        let r = &mut self.readers[i];
+        r.metrics.read_errors.inc();
+        if !r.error_noted {
+            r.error_noted = true;
+            tracing::warn!("cannot read {}: {e}; will retry", r.path.display());
+        }
+    }
+
+    /// The file shrank or was rewritten in place. Finish its old content from
+    /// the copy a `copytruncate` left beside it, then start over at offset 0.
+    fn truncated<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let (label, dir, old_offset, old_fp, seen_size, id) = {
+            let r = &self.readers[i];
+            (
+                Arc::clone(&r.label),
+                parent_dir(&r.path),
+                r.offset,
+                r.fp.clone(),
+                r.size,
+                r.id,
+            )
+        };
+        self.metrics.rotation(&label, RotationKind::Truncate);
+        let copy = if old_fp.is_empty() {
+            None
+        } else {
+            find_copy(&dir, &old_fp, old_offset, id)
+        };
+        match copy {
+            Some((copy_file, copy_path)) => {
+                let copy_id = copy_file.metadata().map(|m| FileId::of(&m)).ok();
+                let in_use = copy_id.is_some_and(|cid| self.readers.iter().any(|r| r.id == cid));
+                if in_use {
+                    tracing::info!(
+                        "{label} was truncated; its copy {} is already followed",
+                        copy_path.display()
+                    );
+                } else {
+                    tracing::info!(
+                        "{label} was truncated; finishing its old content from {}",
+                        copy_path.display()
+                    );
+                    let end = self.read_copy(i, &copy_file, old_offset, now, out)?;
+                    if let Some(cid) = copy_id {
+                        let fp = Fingerprint::read(&copy_file, end).unwrap_or_default();
+                        self.remember(
+                            cid,
+                            Known {
+                                fp,
+                                offset: end,
+                                label: label.to_string(),
+                                path: copy_path,
+                            },
+                        );
+                    }
+                }
+            }
+            None => {
+                let lost = seen_size.saturating_sub(old_offset);
+                if lost > 0 {
+                    self.readers[i].metrics.bytes_lost.inc_by(lost);
+                    tracing::warn!(
+                        "{label} was truncated before its last {lost} bytes could be read, and no copy of it was found in {}; those bytes are lost",
+                        dir.display()
+                    );
+                } else {
+                    tracing::info!("{label} was truncated; reading it from the start");
+                }
+            }
+        }
+        let r = &mut self.readers[i];
+        let mut sink = out.for_file(&r.label, &r.name);
+        r.framer
+            .finish(&self.rules, now, &mut sink)
+            .map_err(RelayError::Output)?;
+        account(r, &mut self.summary);
+        r.framer.restart_at(0);
+        r.counted = 0;
+        r.offset = 0;
+        r.size = 0;
+        r.fp = Fingerprint::default();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Reads `copy` from `offset` to its end as the continuation of reader `i`.
+    fn read_copy<W: Write>(
+        &mut self,
+        i: usize,
+        copy: &File,
+        mut offset: u64,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<u64, RelayError> {
+        loop {
+            let n = match read_at(copy, &mut self.buf, offset) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.read_error(i, &e);
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let r = &mut self.readers[i];
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .push(&self.rules, &self.buf[..n], now, &mut sink)
+                .map_err(RelayError::Output)?;
+            account(r, &mut self.summary);
+            offset += n as u64;
+        }
+        Ok(offset)
+    }
+
+    /// Lets go of rotated files that were read to their end and stayed quiet.
+    fn retire_quiet<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let mut i = 0;
+        while i < self.readers.len() {
+            let r = &self.readers[i];
+            let quiet = now.duration_since(r.last_data) >= self.cfg.rotate_wait;
+            if !r.attached && quiet && r.offset >= r.size {
+                self.finish_reader(i, now, out)?;
+                let r = self.readers.remove(i);
+                tracing::debug!(
+                    "done with the rotated file {} of {}",
+                    r.path.display(),
+                    r.label
+                );
+                let label = Arc::clone(&r.label);
+                self.remember(
+                    r.id,
+                    Known {
+                        fp: r.fp,
+                        offset: r.offset,
+                        label: r.label.to_string(),
+                        path: r.path,
+                    },
+                );
+                if !self.literal_labels.contains(&*label)
+                    && !self.readers.iter().any(|o| o.label == label)
+                {
+                    self.metrics.forget_file(&label);
+                }
+                self.metrics.files_open.set(self.readers.len() as i64);
+                self.dirty = true;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let r = &mut self.readers[i];
+        let mut sink = out.for_file(&r.label, &r.name);
+        r.framer
+            .finish(&self.rules, now, &mut sink)
+            .map_err(RelayError::Output)?;
+        account(r, &mut self.summary);
+        Ok(())
+    }
+
+    fn update_lag(&self) {
+        let mut lag: HashMap<&str, i64> = HashMap::new();
+        for r in &self.readers {
+            let behind = r.size.saturating_sub(r.framer.committed());
+            *lag.entry(&r.label).or_default() += i64::try_from(behind).unwrap_or(i64::MAX);
+        }
+        for r in &self.readers {
+            if let Some(v) = lag.remove(&*r.label) {
+                r.metrics.lag.set(v);
+            }
+        }
+    }
+
+    fn remember(&mut self, id: FileId, known: Known) {
+        if self.known.insert(id, known).is_none() {
+            self.known_order.push_back(id);
+        }
+        while self.known.len() > KNOWN_FILES {
+            match self.known_order.pop_front() {
+                Some(old) => {
+                    self.known.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.known_order.retain(|id| self.known.contains_key(id));
+    }
+
+    fn note(&mut self, key: &str, notice: Notice, message: std::fmt::Arguments<'_>) {
+        if self.notices.get(key) != Some(&notice) {
+            match notice {
+                Notice::Missing | Notice::NoMatch => tracing::info!("{message}"),
+                _ => tracing::warn!("{message}"),
+            }
+            if self.notices.len() > 4 * KNOWN_FILES {
+                self.notices.clear();
+            }
+            self.notices.insert(key.to_string(), notice);
+        }
+    }
+
+    // ---- checkpoints ----------------------------------------------------------
+
+    /// Loads a checkpoint: files are resumed when found again with the same
+    /// identity; the others are looked for as rotated files after the first scan.
+    fn restore(&mut self, saved: Vec<Entry>) {
+        for entry in saved {
+            self.saved_labels.insert(entry.label.clone());
+            let known = Known {
+                fp: entry.fingerprint(),
+                offset: entry.offset,
+                label: entry.label.clone(),
+                path: entry.path.clone(),
+            };
+            if entry.open {
+                self.saved_open.push(entry.clone());
+            }
+            self.remember(entry.id, known);
+        }
+    }
+
+    /// After the first scan: files from the checkpoint that are no longer at a
+    /// followed path were rotated while the relay was down. Find them beside
+    /// their old path (same inode and first bytes, or a copy with the same
+    /// first bytes) and finish them before the files that replaced them.
+    fn find_orphans(&mut self) {
+        let orphans = std::mem::take(&mut self.saved_open);
+        let mut found = Vec::new();
+        for entry in orphans {
+            let fp = entry.fingerprint();
+            let dir = parent_dir(&entry.path);
+            let by_inode = fs::read_dir(&dir).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .take(COPY_SEARCH_LIMIT)
+                    .map(|e| e.path())
+                    .find_map(|p| {
+                        let f = File::open(&p).ok()?;
+                        let m = f.metadata().ok()?;
+                        (m.is_file()
+                            && FileId::of(&m) == entry.id
+                            && m.len() >= entry.offset
+                            && fp.matches(&f).ok()?)
+                        .then_some((f, p))
+                    })
+            });
+            let located = by_inode.or_else(|| find_copy(&dir, &fp, entry.offset, entry.id));
+            let Some((file, path)) = located else {
+                tracing::warn!(
+                    "{} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
+                    entry.label,
+                    entry.offset,
+                    dir.display()
+                );
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            let id = FileId::of(&meta);
+            if self.readers.iter().any(|r| r.id == id) {
+                continue;
+            }
+            tracing::info!(
+                "{} was rotated while the relay was down; finishing {} from byte {}",
+                entry.label,
+                path.display(),
+                entry.offset
+            );
+            self.known.remove(&entry.id);
+            found.push(Reader {
+                name: Arc::from(file_name(Path::new(&entry.label))),
+                metrics: self.metrics.for_file(&entry.label),
+                label: Arc::from(entry.label.as_str()),
+                path,
+                attached: false,
+                id,
+                fp,
+                offset: entry.offset,
+                size: meta.len(),
+                framer: Framer::new(entry.offset),
+                last_data: Instant::now(),
+                file,
+                counted: entry.offset,
+                error_noted: false,
+            });
+        }
+        if !found.is_empty() {
+            // Older content first.
+            found.append(&mut self.readers);
+            self.readers = found;
+            self.metrics.files_open.set(self.readers.len() as i64);
+        }
+    }
+
+    fn checkpoint_if_due(&mut self, now: Instant) {
+        if self.dirty && now.duration_since(self.last_checkpoint) >= Duration::from_secs(1) {
+            self.last_checkpoint = now;
+            self.save_checkpoint();
+        }
+    }
+
+    /// Saves offsets of bytes already flushed to stdout. Call after flushing.
+    fn save_checkpoint(&mut self) {
+        let Some(store) = &self.store else { return };
+        if !self.dirty {
+            return;
+        }
+        let mut entries: Vec<Entry> = self
+            .readers
+            .iter()
+            .map(|r| Entry {
+                label: r.label.to_string(),
+                path: r.path.clone(),
+                id: r.id,
+                fingerprint: r.fp.to_hex(),
+                offset: r.framer.committed(),
+                open: true,
+            })
+            .collect();
+        for id in &self.known_order {
+            if let Some(k) = self.known.get(id) {
+                entries.push(Entry {
+                    label: k.label.clone(),
+                    path: k.path.clone(),
+                    id: *id,
+                    fingerprint: k.fp.to_hex(),
+                    offset: k.offset,
+                    open: false,
+                });
+            }
+        }
+        // Files from the checkpoint not found yet stay in it.
+        entries.extend(self.saved_open.iter().cloned());
+        match store.save(entries) {
+            Ok(()) => {
+                self.metrics.checkpoints.inc();
+                self.dirty = false;
+            }
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Moves what the framer emitted into the metrics and the summary.
+fn account(r: &mut Reader, summary: &mut Summary) {
+    let stats = r.framer.take_stats();
+    if stats.records > 0 {
+        r.metrics.lines.inc_by(stats.records);
+        summary.records += stats.records;
+    }
+    if stats.splits > 0 {
+        r.metrics.lines_split.inc_by(stats.splits);
+    }
+    let committed = r.framer.committed();
+    if committed > r.counted {
+        let bytes = committed - r.counted;
+        r.metrics.bytes.inc_by(bytes);
+        summary.bytes += bytes;
+        r.counted = committed;
+    }
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string_lossy().into_owned())
+}
+
+/// Offset just past the last complete line, for `--from end`.
+fn end_of_last_line(file: &File, size: u64) -> u64 {
+    let window = size.min(64 * 1024);
+    let mut buf = vec![0; window as usize];
+    match read_full_at(file, &mut buf, size - window) {
+        Ok(n) if n == buf.len() => match memchr::memrchr(b'\n', &buf) {
+            Some(i) => size - window + i as u64 + 1,
+            None => size,
+        },
+        _ => size,
+    }
+}
+
+/// Finds the copy of a truncated file: a regular file in `dir`, other than
+/// `exclude`, at least `min_len` long, that starts with `fp`. The most
+/// recently modified one wins.
+fn find_copy(
+    dir: &Path,
+    fp: &Fingerprint,
+    min_len: u64,
+    exclude: FileId,
+) -> Option<(File, PathBuf)> {
+    if fp.is_empty() {
+        return None;
+    }
+    let entries = fs::read_dir(dir).ok()?;
+    let mut best: Option<(SystemTime, File, PathBuf)> = None;
+    for entry in entries.flatten().take(COPY_SEARCH_LIMIT) {
+        let path = entry.path();
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() < min_len || FileId::of(&meta) == exclude {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if !fp.matches(&file).unwrap_or(false) {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _, _)| mtime > *t) {
+            best = Some((mtime, file, path));
+        }
+    }
+    best.map(|(_, f, p)| (f, p))
+}

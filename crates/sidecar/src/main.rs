@@ -1,0 +1,76 @@
+//! The `sidecar` binary: parses the command line and wires the capability crates.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+const EXAMPLES: &str = "\
+Examples:
+  sidecar demo                          # see the sidecars work on this machine
+  sidecar logs /logs/app.log            # relay a log file to stdout, through rotation
+  sidecar logs --prefix '/logs/*.log'   # several files, lines prefixed with the file name
+
+Every option can also be set with an environment variable, shown in each subcommand's --help.";
+
+/// Logs, metrics and traces for any Kubernetes Pod, from one sidecar binary.
+///
+/// Run it as a sidecar container next to an unmodified application:
+/// `logs` relays log files to stdout so `kubectl logs` and the node's log
+/// collector see them.
+#[derive(Debug, Parser)]
+#[command(name = "sidecar", version, after_help = EXAMPLES)]
+struct Cli {
+    /// How much the sidecar itself logs to stderr: error, warn, info, debug, trace
+    /// (or a tracing filter such as `info,sidecar_logs=debug`).
+    #[arg(long, env = "SIDECAR_LOG", default_value = "info", global = true)]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Logs(cmd::logs::LogsArgs),
+    Demo(cmd::demo::DemoArgs),
+    /// The demo's log-writing app (started by `sidecar demo`).
+    #[command(hide = true)]
+    DemoApp(cmd::demo::DemoAppArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Logs(args) => cmd::logs::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::DemoApp(args) => cmd::demo::run_app(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("sidecar: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("sidecar: --log-level `{filter}` is not a valid filter ({e}); using `info`");
+        EnvFilter::new("info")
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
