@@ -48,8 +48,26 @@ pub struct WriterOptions {
     pub rotation: Rotation,
     /// Rotated files kept (`app.log.1` ... `app.log.N`).
     pub backups: u32,
-    /// End every line with a newline, except possibly the last one.
+    /// Leave the last line without its newline.
     pub partial_last_line: bool,
+    /// Sequence number of the first line (to continue an earlier run).
+    pub first_seq: u64,
+}
+
+impl WriterOptions {
+    /// Writes `lines` lines to `file` at full speed, rotating by `rotation` every `rotate_bytes`.
+    pub fn new(file: impl Into<PathBuf>, lines: u64) -> Self {
+        Self {
+            file: file.into(),
+            lines,
+            rate: 0,
+            rotate_bytes: 0,
+            rotation: Rotation::Rename,
+            backups: 5,
+            partial_last_line: false,
+            first_seq: 1,
+        }
+    }
 }
 
 /// What the writer did.
@@ -164,12 +182,14 @@ pub fn write_logs(opts: &WriterOptions, stop: &AtomicBool) -> io::Result<Written
     let mut done = Written::default();
     let mut buf = Vec::with_capacity(256);
     let start = Instant::now();
-    for seq in 1..=opts.lines {
-        if stop.load(Ordering::Relaxed) {
+    let last = opts.first_seq + opts.lines.saturating_sub(1);
+    for seq in opts.first_seq..=last {
+        if stop.load(Ordering::Relaxed) || opts.lines == 0 {
             break;
         }
         if opts.rate > 0 {
-            let due = start + Duration::from_secs_f64((seq - 1) as f64 / opts.rate as f64);
+            let n = seq - opts.first_seq;
+            let due = start + Duration::from_secs_f64(n as f64 / opts.rate as f64);
             let now = Instant::now();
             if due > now {
                 file.out.flush()?;
@@ -178,13 +198,13 @@ pub fn write_logs(opts: &WriterOptions, stop: &AtomicBool) -> io::Result<Written
         }
         buf.clear();
         line(seq, SystemTime::now(), &mut buf);
-        if !(opts.partial_last_line && seq == opts.lines) {
+        if !(opts.partial_last_line && seq == last) {
             buf.push(b'\n');
         }
         file.out.write_all(&buf)?;
         file.size += buf.len() as u64;
-        done.lines = seq;
-        if opts.rotate_bytes > 0 && file.size >= opts.rotate_bytes && seq < opts.lines {
+        done.lines += 1;
+        if opts.rotate_bytes > 0 && file.size >= opts.rotate_bytes && seq < last {
             file.rotate(opts.rotation, opts.backups)?;
             done.rotations += 1;
         }
@@ -211,13 +231,10 @@ mod tests {
         for rotation in [Rotation::Rename, Rotation::CopyTruncate] {
             let dir = tempfile::tempdir().unwrap();
             let opts = WriterOptions {
-                file: dir.path().join("app.log"),
-                lines: 100,
-                rate: 0,
                 rotate_bytes: 1000,
                 rotation,
                 backups: 100,
-                partial_last_line: false,
+                ..WriterOptions::new(dir.path().join("app.log"), 100)
             };
             let written = write_logs(&opts, &AtomicBool::new(false)).unwrap();
             assert_eq!(written.lines, 100);

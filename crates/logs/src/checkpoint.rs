@@ -85,6 +85,11 @@ impl Store {
         &self.path
     }
 
+    /// When the checkpoint was last written, if it exists.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(&self.path).and_then(|m| m.modified()).ok()
+    }
+
     /// The saved entries; none when no checkpoint exists yet.
     pub fn load(&self) -> Result<Vec<Entry>, CheckpointError> {
         let text = match fs::read_to_string(&self.path) {

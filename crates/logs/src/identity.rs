@@ -71,6 +71,14 @@ impl Fingerprint {
         Ok(got == self.0.len() && buf[..] == self.0[..])
     }
 
+    /// True when `file` and these bytes agree on their common, non-empty start
+    /// (a copy still being written shares the start of its original).
+    pub fn shares_start_with(&self, file: &File) -> io::Result<bool> {
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let got = read_full_at(file, &mut buf[..self.0.len()], 0)?;
+        Ok(got > 0 && buf[..got] == self.0[..got])
+    }
+
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }

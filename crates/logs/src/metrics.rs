@@ -1,6 +1,6 @@
 //! The relay's own metrics, registered under `sidecar_logs_*`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,7 +12,7 @@ pub struct FileLabel {
 }
 
 /// How a followed file was replaced.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RotationKind {
     /// The path now names a new file; the old one still exists elsewhere.
     Rename,
@@ -20,6 +20,17 @@ pub enum RotationKind {
     Delete,
     /// The file was truncated in place (copytruncate).
     Truncate,
+}
+
+impl EncodeLabelValue for RotationKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Rename => "rename",
+            Self::Delete => "delete",
+            Self::Truncate => "truncate",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

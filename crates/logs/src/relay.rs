@@ -22,13 +22,17 @@ use crate::output::{Format, Output};
 /// Read buffer size.
 const READ_CHUNK: usize = 128 * 1024;
 /// Most bytes read from one file per wake, so one busy file cannot starve the others.
-const TICK_BUDGET: usize = 8 * 1024 * 1024;
+const TICK_BUDGET: usize = 1024 * 1024;
 /// How long all files must stay quiet before a draining relay exits.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// How many let-go files are remembered (to resume them if they reappear).
 const KNOWN_FILES: usize = 1024;
-/// Directory entries looked at when searching for the copy of a truncated file.
-const COPY_SEARCH_LIMIT: usize = 10_000;
+/// Directory entries looked at when searching for rotated files.
+const DIR_SEARCH_LIMIT: usize = 10_000;
+/// Most files held open ahead of their turn.
+const MAX_PINNED: usize = 64;
+/// Rotated files with these endings are compressed: not relayed.
+const COMPRESSED: [&str; 5] = [".gz", ".bz2", ".xz", ".zst", ".lz4"];
 
 /// Where to start in a file seen for the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,14 +140,53 @@ struct Reader {
     fp: Fingerprint,
     /// Next byte to read.
     offset: u64,
-    /// Size at the last look.
+    /// Size and modification time at the last look.
     size: u64,
+    mtime: SystemTime,
     framer: Framer,
     last_data: Instant,
     metrics: FileMetrics,
     /// Committed offset already counted in the bytes metric.
     counted: u64,
     error_noted: bool,
+}
+
+impl Reader {
+    /// A reader for `file` (found at `path`) that starts at `offset`.
+    fn new(
+        label: &str,
+        path: PathBuf,
+        file: File,
+        offset: u64,
+        metrics: &Metrics,
+    ) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        Ok(Self {
+            name: Arc::from(file_name(Path::new(label))),
+            label: Arc::from(label),
+            path,
+            attached: false,
+            id: FileId::of(&meta),
+            fp: Fingerprint::read(&file, offset)?,
+            offset,
+            size: meta.len(),
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            framer: Framer::new(offset),
+            last_data: Instant::now(),
+            metrics: metrics.for_file(label),
+            counted: offset,
+            error_noted: false,
+            file,
+        })
+    }
+}
+
+/// A file beside a followed one that may hold lines we never read.
+struct Candidate {
+    mtime: SystemTime,
+    number: Option<u64>,
+    path: PathBuf,
+    id: FileId,
 }
 
 /// A file read before and let go (or saved in the checkpoint).
@@ -195,6 +238,12 @@ pub struct Relay {
     dirty: bool,
     last_checkpoint: Instant,
     initial_scan: bool,
+    /// Labels that had a file at some point (a first file gets its missed siblings read).
+    seen_labels: HashSet<Arc<str>>,
+    started: SystemTime,
+    checkpoint_time: Option<SystemTime>,
+    /// Files opened early at followed paths (see [`Relay::pin_new_files`]).
+    pinned: Vec<(PathBuf, File, FileId)>,
     summary: Summary,
 }
 
@@ -255,6 +304,10 @@ impl Relay {
             dirty: false,
             last_checkpoint: now,
             initial_scan: true,
+            seen_labels: HashSet::new(),
+            started: SystemTime::now(),
+            checkpoint_time: None,
+            pinned: Vec::new(),
             summary: Summary::default(),
         };
         Ok((relay, control))
@@ -268,6 +321,7 @@ impl Relay {
         self.start_watcher();
         if let Some(store) = &self.store {
             let saved = store.load()?;
+            self.checkpoint_time = store.modified();
             if !saved.is_empty() {
                 tracing::info!(
                     "resuming {} file(s) from checkpoint {}",
@@ -279,9 +333,9 @@ impl Relay {
         }
         let mut now = Instant::now();
         out.set_read_time(SystemTime::now());
-        self.check_paths(true, now);
+        self.check_paths(true, now, out)?;
         self.initial_scan = false;
-        self.find_orphans();
+        self.find_orphans(now, out)?;
         ready();
 
         let mut last_glob = now;
@@ -330,7 +384,7 @@ impl Relay {
             if glob_due {
                 last_glob = now;
             }
-            self.check_paths(glob_due, now);
+            self.check_paths(glob_due, now, out)?;
         }
 
         // Emit what is held (partial lines get their newline), then checkpoint.
@@ -358,11 +412,25 @@ impl Relay {
         }
     }
 
-    fn watch_dir_of(&mut self, path: &Path) {
+    /// Watches the directories the patterns point into (those that exist).
+    fn watch_pattern_dirs(&mut self) {
+        let dirs: Vec<PathBuf> = self
+            .patterns
+            .iter()
+            .map(|p| match p {
+                Pattern::Literal(path) => parent_dir(path),
+                Pattern::Glob(g) => glob_base_dir(g),
+            })
+            .collect();
+        for dir in dirs {
+            self.watch_dir(dir);
+        }
+    }
+
+    fn watch_dir(&mut self, dir: PathBuf) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        let dir = parent_dir(path);
         if self.watched.contains(&dir) {
             return;
         }
@@ -379,7 +447,15 @@ impl Relay {
     // ---- finding files -------------------------------------------------
 
     /// Re-checks the followed paths: new files, rotated files, vanished files.
-    fn check_paths(&mut self, glob_due: bool, now: Instant) {
+    fn check_paths<W: Write>(
+        &mut self,
+        glob_due: bool,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        if glob_due {
+            self.watch_pattern_dirs();
+        }
         let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
         let mut unmatched = Vec::new();
         for pattern in &self.patterns {
@@ -414,11 +490,17 @@ impl Relay {
             }
         }
         for path in paths {
-            self.check_path(&path, now);
+            self.check_path(&path, now, out)?;
         }
+        Ok(())
     }
 
-    fn check_path(&mut self, path: &Path, now: Instant) {
+    fn check_path<W: Write>(
+        &mut self,
+        path: &Path,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
         let attached = self
             .readers
             .iter()
@@ -429,7 +511,7 @@ impl Relay {
             Err(e) => {
                 if e.kind() == io::ErrorKind::NotFound {
                     if let Some(i) = attached {
-                        self.detach(i);
+                        self.detach(i, &[], now, out)?;
                     } else {
                         self.note(
                             &key,
@@ -445,7 +527,7 @@ impl Relay {
                         format_args!("cannot look at {key}: {e}; will retry"),
                     );
                 }
-                return;
+                return Ok(());
             }
         };
         if meta.is_dir() {
@@ -456,7 +538,7 @@ impl Relay {
                     "{key} is a directory, not a file; follow the files in it with a quoted glob such as '{key}/*.log'"
                 ),
             );
-            return;
+            return Ok(());
         }
         if !meta.is_file() {
             self.note(
@@ -464,15 +546,42 @@ impl Relay {
                 Notice::NotRegular,
                 format_args!("{key} is not a regular file; skipping it"),
             );
-            return;
+            return Ok(());
         }
+        if attached.is_some_and(|i| self.readers[i].id == FileId::of(&meta)) {
+            return Ok(());
+        }
+        // Hold what is at the path now before catching up on anything else:
+        // once open, it cannot vanish, whatever the writer does meanwhile.
+        let Some((file, meta)) = self.open_at(path) else {
+            return Ok(());
+        };
         let id = FileId::of(&meta);
-        if let Some(i) = attached {
-            if self.readers[i].id == id {
-                return;
+        // Files held earlier for this path (seen between two checks) come first.
+        let mut held = Vec::new();
+        let mut i = 0;
+        while i < self.pinned.len() {
+            if self.pinned[i].0 == path {
+                let (_, f, pid) = self.pinned.remove(i);
+                if pid != id {
+                    held.push(f);
+                }
+            } else {
+                i += 1;
             }
+        }
+        let mut exclude: Vec<FileId> = held
+            .iter()
+            .filter_map(|f| f.metadata().ok().map(|m| FileId::of(&m)))
+            .collect();
+        exclude.push(id);
+        if let Some(i) = attached {
             // Another file now has the path: the old one was rotated.
-            self.detach(i);
+            self.detach(i, &exclude, now, out)?;
+        }
+        for f in held {
+            let label: Arc<str> = Arc::from(key.as_str());
+            self.relay_rotated_file(&label, path.to_path_buf(), f, now, out)?;
         }
         if let Some(r) = self.readers.iter_mut().find(|r| r.id == id) {
             // A file we already read showed up at this path (renamed into a match,
@@ -481,35 +590,44 @@ impl Relay {
                 r.attached = true;
                 r.path = path.to_path_buf();
             }
-            return;
+            return Ok(());
         }
-        self.open(path, now);
+        self.start_reader(path, file, &meta, now, out)
     }
 
-    /// Opens a newly found file at a followed path.
-    fn open(&mut self, path: &Path, now: Instant) {
-        let key = path.to_string_lossy().into_owned();
-        let file = match File::open(path) {
-            Ok(f) => f,
+    /// Opens the file at `path`, noting (once) why not if it cannot.
+    fn open_at(&mut self, path: &Path) -> Option<(File, fs::Metadata)> {
+        let opened = File::open(path).and_then(|f| {
+            let meta = f.metadata()?;
+            Ok((f, meta))
+        });
+        match opened {
+            Ok(pair) => Some(pair),
             Err(e) => {
+                let key = path.to_string_lossy().into_owned();
                 self.metrics.for_file(&key).read_errors.inc();
                 self.note(
                     &key,
                     Notice::Unreadable,
                     format_args!("cannot open {key}: {e}; will retry"),
                 );
-                return;
+                None
             }
-        };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("cannot look at {key}: {e}; will retry");
-                return;
-            }
-        };
+        }
+    }
+
+    /// Starts following a newly found file at a followed path.
+    fn start_reader<W: Write>(
+        &mut self,
+        path: &Path,
+        file: File,
+        meta: &fs::Metadata,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let key = path.to_string_lossy().into_owned();
         self.notices.remove(&key);
-        let id = FileId::of(&meta);
+        let id = FileId::of(meta);
         let size = meta.len();
         let (offset, how) = match self.take_known(id, &file, size) {
             Some(offset) => (offset, "resuming"),
@@ -521,28 +639,26 @@ impl Relay {
             }
             None => (0, "from the beginning"),
         };
-        let fp = Fingerprint::read(&file, offset).unwrap_or_default();
-        tracing::info!("following {key} {how} (offset {offset})");
-        let reader = Reader {
-            name: Arc::from(file_name(path)),
-            label: Arc::from(key.as_str()),
-            path: path.to_path_buf(),
-            attached: true,
-            id,
-            file,
-            fp,
-            offset,
-            size,
-            framer: Framer::new(offset),
-            last_data: now,
-            metrics: self.metrics.for_file(&key),
-            counted: offset,
-            error_noted: false,
+        let mut reader = match Reader::new(&key, path.to_path_buf(), file, offset, &self.metrics) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot read {key}: {e}; will retry");
+                return Ok(());
+            }
         };
+        reader.attached = true;
+        tracing::info!("following {key} {how} (offset {offset})");
+        if self.seen_labels.insert(Arc::clone(&reader.label)) && !self.initial_scan {
+            // The first file at this path: files rotated away before it (while
+            // we waited for the path) hold earlier lines.
+            let since = self.started;
+            self.recover_missed(&reader.label, since, false, &[id], now, out)?;
+        }
         self.readers.push(reader);
         self.metrics.files_open.set(self.readers.len() as i64);
         self.dirty = true;
-        self.watch_dir_of(path);
+        self.watch_dir(parent_dir(path));
+        Ok(())
     }
 
     /// The offset to resume `file` at, if we read it before (same inode, same first bytes).
@@ -561,13 +677,21 @@ impl Relay {
         Some(offset)
     }
 
-    /// The file at a followed path was replaced or removed: keep reading the
-    /// old file through its descriptor until it is quiet, then let it go.
-    fn detach(&mut self, i: usize) {
+    /// The file at a followed path was replaced or removed. Read the old file
+    /// to its end through its descriptor (it stays open a while for late
+    /// writes), then any file rotated away before we could open it.
+    fn detach<W: Write>(
+        &mut self,
+        i: usize,
+        exclude: &[FileId],
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
         let r = &mut self.readers[i];
         r.attached = false;
-        let kind = match r.file.metadata() {
-            Ok(m) if m.nlink() == 0 => RotationKind::Delete,
+        let meta = r.file.metadata().ok();
+        let kind = match &meta {
+            Some(m) if m.nlink() == 0 => RotationKind::Delete,
             _ => RotationKind::Rename,
         };
         if *r.path == *Path::new(&*r.label) {
@@ -581,6 +705,205 @@ impl Relay {
                 }
             );
         }
+        self.dirty = true;
+        self.drain_reader(i, now, out)?;
+        let r = &self.readers[i];
+        let since = meta.and_then(|m| m.modified().ok()).unwrap_or(r.mtime);
+        let label = Arc::clone(&r.label);
+        self.recover_missed(&label, since, false, exclude, now, out)
+    }
+
+    /// Reads reader `i` to the end of its file, whatever the tick budget.
+    fn drain_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        while self.poll_reader(i, now, out)?.budget_hit {}
+        Ok(())
+    }
+
+    /// Relays, oldest first, files beside `label` (named like it: `app.log.1`,
+    /// `app.log-20260101`) that changed since `since` and that we never read:
+    /// files rotated away before the relay could open them.
+    ///
+    /// With `copytruncate`, a copy of what the followed file holds now is
+    /// skipped (`skip_copies_of_current`): the reader of the followed file
+    /// relays that content, and finishes it from the copy after the truncation.
+    fn recover_missed<W: Write>(
+        &mut self,
+        label: &Arc<str>,
+        since: SystemTime,
+        skip_copies_of_current: bool,
+        exclude: &[FileId],
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let label_path = Path::new(&**label);
+        // A directory listing can miss a file renamed while it is read: list
+        // twice and take both; then again after reading, for files rotated meanwhile.
+        for _ in 0..100 {
+            let current = if skip_copies_of_current {
+                File::open(label_path)
+                    .and_then(|f| Fingerprint::read(&f, u64::MAX))
+                    .unwrap_or_default()
+            } else {
+                Fingerprint::default()
+            };
+            let mut found = self.missed_candidates(label_path, since, &current, exclude);
+            for extra in self.missed_candidates(label_path, since, &current, exclude) {
+                if !found.iter().any(|c| c.id == extra.id) {
+                    found.push(extra);
+                }
+            }
+            if found.is_empty() {
+                break;
+            }
+            // Oldest first; for equal times `app.log.2` before `app.log.1`.
+            found.sort_by(|a, b| {
+                a.mtime
+                    .cmp(&b.mtime)
+                    .then_with(|| match (a.number, b.number) {
+                        (Some(x), Some(y)) => y.cmp(&x),
+                        _ => a.path.cmp(&b.path),
+                    })
+            });
+            // Open them all before reading any: names shift with each rotation.
+            // A name that already belongs to another file is skipped here; the
+            // next listing finds that file under its new name.
+            let opened: Vec<(PathBuf, File)> = found
+                .into_iter()
+                .filter_map(|c| {
+                    let file = File::open(&c.path).ok()?;
+                    let same = file.metadata().is_ok_and(|m| FileId::of(&m) == c.id);
+                    same.then_some((c.path, file))
+                })
+                .collect();
+            for (path, file) in opened {
+                self.relay_rotated_file(label, path, file, now, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays a whole file that was rotated away before we followed it.
+    fn relay_rotated_file<W: Write>(
+        &mut self,
+        label: &Arc<str>,
+        path: PathBuf,
+        file: File,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let Ok(reader) = Reader::new(label, path, file, 0, &self.metrics) else {
+            return Ok(());
+        };
+        tracing::info!(
+            "{label}: {} was rotated away before the relay could follow it; relaying it now",
+            reader.path.display()
+        );
+        self.metrics.rotation(label, RotationKind::Rename);
+        self.readers.push(reader);
+        let j = self.readers.len() - 1;
+        self.drain_reader(j, now, out)?;
+        self.finish_reader(j, now, out)?;
+        if let Some(r) = self.readers.pop() {
+            self.forget_reader(r);
+        }
+        Ok(())
+    }
+
+    /// Opens (without reading) files that replaced followed files since the
+    /// last check, so they are still there when we get to them. Called while
+    /// a long read is under way.
+    fn pin_new_files(&mut self) {
+        for i in 0..self.readers.len() {
+            let r = &self.readers[i];
+            if !r.attached || self.pinned.len() >= MAX_PINNED {
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&r.path) else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            if id == r.id
+                || self.pinned.iter().any(|p| p.2 == id)
+                || self.readers.iter().any(|o| o.id == id)
+            {
+                continue;
+            }
+            let path = r.path.clone();
+            if let Ok(f) = File::open(&path) {
+                if f.metadata().is_ok_and(|m| FileId::of(&m) == id) {
+                    self.pinned.push((path, f, id));
+                }
+            }
+        }
+    }
+
+    /// One listing for [`Relay::recover_missed`].
+    fn missed_candidates(
+        &self,
+        label_path: &Path,
+        since: SystemTime,
+        current: &Fingerprint,
+        exclude: &[FileId],
+    ) -> Vec<Candidate> {
+        let base = file_name(label_path);
+        let Ok(entries) = fs::read_dir(parent_dir(label_path)) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
+            let fname = entry.file_name().to_string_lossy().into_owned();
+            if fname == base
+                || !fname.starts_with(&base)
+                || COMPRESSED.iter().any(|c| fname.ends_with(c))
+            {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if !meta.is_file()
+                || mtime < since
+                || exclude.contains(&id)
+                || self.pinned.iter().any(|p| p.2 == id)
+                || self.known.contains_key(&id)
+                || self.readers.iter().any(|r| r.id == id)
+            {
+                continue;
+            }
+            if !current.is_empty()
+                && File::open(&path).is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
+            {
+                continue;
+            }
+            found.push(Candidate {
+                mtime,
+                number: rotation_number(&fname[base.len()..]),
+                path,
+                id,
+            });
+        }
+        found
+    }
+
+    /// Remembers a reader being let go, so the file is not read twice.
+    fn forget_reader(&mut self, r: Reader) {
+        self.remember(
+            r.id,
+            Known {
+                fp: r.fp,
+                offset: r.offset,
+                label: r.label.to_string(),
+                path: r.path,
+            },
+        );
         self.dirty = true;
     }
 
@@ -629,8 +952,8 @@ impl Relay {
         out: &mut Output<W>,
     ) -> Result<Progress, RelayError> {
         let mut progress = Progress::default();
-        let size = match self.readers[i].file.metadata() {
-            Ok(m) => m.len(),
+        let (size, mtime) = match self.readers[i].file.metadata() {
+            Ok(m) => (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)),
             Err(e) => {
                 self.read_error(i, &e);
                 return Ok(progress);
@@ -640,7 +963,9 @@ impl Relay {
             self.truncated(i, now, out)?;
         }
         self.readers[i].size = size;
+        self.readers[i].mtime = mtime;
         let mut budget = TICK_BUDGET;
+        let mut chunks = 0u32;
         while budget > 0 {
             let r = &mut self.readers[i];
             let want = self.buf.len().min(budget);
@@ -674,6 +999,10 @@ impl Relay {
             budget -= n;
             progress.read_any = true;
             self.dirty = true;
+            chunks += 1;
+            if chunks % 8 == 0 {
+                self.pin_new_files();
+            }
         }
         if budget == 0 {
             progress.budget_hit = true;
@@ -698,7 +1027,7 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
-        let (label, dir, old_offset, old_fp, seen_size, id) = {
+        let (label, dir, old_offset, old_fp, seen_size, id, old_mtime) = {
             let r = &self.readers[i];
             (
                 Arc::clone(&r.label),
@@ -707,6 +1036,7 @@ impl Relay {
                 r.fp.clone(),
                 r.size,
                 r.id,
+                r.mtime,
             )
         };
         self.metrics.rotation(&label, RotationKind::Truncate);
@@ -763,6 +1093,9 @@ impl Relay {
             .finish(&self.rules, now, &mut sink)
             .map_err(RelayError::Output)?;
         account(r, &mut self.summary);
+        // Copies made by later rotations we did not see come next.
+        self.recover_missed(&label, old_mtime, true, &[id], now, out)?;
+        let r = &mut self.readers[i];
         r.framer.restart_at(0);
         r.counted = 0;
         r.offset = 0;
@@ -822,15 +1155,7 @@ impl Relay {
                     r.label
                 );
                 let label = Arc::clone(&r.label);
-                self.remember(
-                    r.id,
-                    Known {
-                        fp: r.fp,
-                        offset: r.offset,
-                        label: r.label.to_string(),
-                        path: r.path,
-                    },
-                );
+                self.forget_reader(r);
                 if !self.literal_labels.contains(&*label)
                     && !self.readers.iter().any(|o| o.label == label)
                 {
@@ -921,76 +1246,73 @@ impl Relay {
         }
     }
 
-    /// After the first scan: files from the checkpoint that are no longer at a
-    /// followed path were rotated while the relay was down. Find them beside
-    /// their old path (same inode and first bytes, or a copy with the same
-    /// first bytes) and finish them before the files that replaced them.
-    fn find_orphans(&mut self) {
+    /// After the first scan: files from the checkpoint that were not found
+    /// again at a followed path were rotated while the relay was down. Find
+    /// each beside its old path (same inode and first bytes, or a copy with the
+    /// same first bytes), relay it from the saved offset, then relay the files
+    /// rotated after it, all before the files now at the followed paths.
+    fn find_orphans<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
         let orphans = std::mem::take(&mut self.saved_open);
-        let mut found = Vec::new();
+        // Per label: files rotated after the last of its orphans come after all of them.
+        let mut after: Vec<(Arc<str>, SystemTime, bool)> = Vec::new();
         for entry in orphans {
             let fp = entry.fingerprint();
             let dir = parent_dir(&entry.path);
-            let by_inode = fs::read_dir(&dir).ok().and_then(|entries| {
-                entries
-                    .flatten()
-                    .take(COPY_SEARCH_LIMIT)
-                    .map(|e| e.path())
-                    .find_map(|p| {
-                        let f = File::open(&p).ok()?;
-                        let m = f.metadata().ok()?;
-                        (m.is_file()
-                            && FileId::of(&m) == entry.id
-                            && m.len() >= entry.offset
-                            && fp.matches(&f).ok()?)
-                        .then_some((f, p))
-                    })
-            });
+            let label: Arc<str> = Arc::from(entry.label.as_str());
+            let by_inode = find_by_inode(&dir, entry.id, &fp, entry.offset);
+            let by_copy = by_inode.is_none();
             let located = by_inode.or_else(|| find_copy(&dir, &fp, entry.offset, entry.id));
-            let Some((file, path)) = located else {
-                tracing::warn!(
-                    "{} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
-                    entry.label,
-                    entry.offset,
-                    dir.display()
-                );
-                continue;
+            let since = match located {
+                Some((file, path)) => {
+                    let Ok(reader) = Reader::new(&label, path, file, entry.offset, &self.metrics)
+                    else {
+                        continue;
+                    };
+                    if self.readers.iter().any(|r| r.id == reader.id) {
+                        continue;
+                    }
+                    tracing::info!(
+                        "{label} was rotated while the relay was down; finishing {} from byte {}",
+                        reader.path.display(),
+                        entry.offset
+                    );
+                    self.known.remove(&entry.id);
+                    let since = reader.mtime;
+                    self.readers.push(reader);
+                    let j = self.readers.len() - 1;
+                    self.drain_reader(j, now, out)?;
+                    self.finish_reader(j, now, out)?;
+                    if let Some(r) = self.readers.pop() {
+                        self.forget_reader(r);
+                    }
+                    since
+                }
+                None => {
+                    tracing::warn!(
+                        "{label} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
+                        entry.offset,
+                        dir.display()
+                    );
+                    self.checkpoint_time.unwrap_or(self.started)
+                }
             };
-            let Ok(meta) = file.metadata() else { continue };
-            let id = FileId::of(&meta);
-            if self.readers.iter().any(|r| r.id == id) {
-                continue;
+            match after.iter_mut().find(|(l, _, _)| *l == label) {
+                Some((_, t, c)) => {
+                    *t = (*t).max(since);
+                    *c |= by_copy;
+                }
+                None => after.push((label, since, by_copy)),
             }
-            tracing::info!(
-                "{} was rotated while the relay was down; finishing {} from byte {}",
-                entry.label,
-                path.display(),
-                entry.offset
-            );
-            self.known.remove(&entry.id);
-            found.push(Reader {
-                name: Arc::from(file_name(Path::new(&entry.label))),
-                metrics: self.metrics.for_file(&entry.label),
-                label: Arc::from(entry.label.as_str()),
-                path,
-                attached: false,
-                id,
-                fp,
-                offset: entry.offset,
-                size: meta.len(),
-                framer: Framer::new(entry.offset),
-                last_data: Instant::now(),
-                file,
-                counted: entry.offset,
-                error_noted: false,
-            });
         }
-        if !found.is_empty() {
-            // Older content first.
-            found.append(&mut self.readers);
-            self.readers = found;
-            self.metrics.files_open.set(self.readers.len() as i64);
+        for (label, since, by_copy) in after {
+            self.recover_missed(&label, since, by_copy, &[], now, out)?;
         }
+        self.metrics.files_open.set(self.readers.len() as i64);
+        Ok(())
     }
 
     fn checkpoint_if_due(&mut self, now: Instant) {
@@ -1074,6 +1396,45 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     }
 }
 
+/// The file in `dir` with inode `id` that still starts with `fp` and has at least `len` bytes.
+fn find_by_inode(dir: &Path, id: FileId, fp: &Fingerprint, len: u64) -> Option<(File, PathBuf)> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .take(DIR_SEARCH_LIMIT)
+        .map(|e| e.path())
+        .find_map(|p| {
+            let m = fs::metadata(&p).ok()?;
+            if !m.is_file() || FileId::of(&m) != id || m.len() < len {
+                return None;
+            }
+            let f = File::open(&p).ok()?;
+            fp.matches(&f).ok()?.then_some((f, p))
+        })
+}
+
+/// `Some(n)` for a rotation suffix `.n` (`app.log.3`).
+fn rotation_number(suffix: &str) -> Option<u64> {
+    suffix.strip_prefix('.')?.parse().ok()
+}
+
+/// The directory a glob pattern starts in: its leading components without wildcards.
+fn glob_base_dir(pattern: &str) -> PathBuf {
+    let mut base = PathBuf::new();
+    for part in Path::new(pattern).components() {
+        let text = part.as_os_str().to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            break;
+        }
+        base.push(part);
+    }
+    if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    }
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -1114,7 +1475,7 @@ fn find_copy(
     }
     let entries = fs::read_dir(dir).ok()?;
     let mut best: Option<(SystemTime, File, PathBuf)> = None;
-    for entry in entries.flatten().take(COPY_SEARCH_LIMIT) {
+    for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
         let path = entry.path();
         let Ok(meta) = fs::metadata(&path) else {
             continue;

@@ -84,6 +84,7 @@ pub fn run_app(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
         rotation: args.rotation,
         backups: args.backups,
         partial_last_line: args.partial_last_line,
+        first_seq: 1,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

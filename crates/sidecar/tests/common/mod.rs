@@ -1,0 +1,210 @@
+//! Helpers for integration tests: run the real `sidecar` binary, read what it prints.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sidecar");
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `sidecar` child whose stdout and stderr are collected.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<u8>>>,
+    newlines: Arc<std::sync::atomic::AtomicUsize>,
+    pub stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(Command::new(BIN).args(args))
+    }
+
+    pub fn start_with(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .env("SIDECAR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sidecar");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let newlines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, e, nl) = (
+            Arc::clone(&stdout),
+            Arc::clone(&stderr),
+            Arc::clone(&newlines),
+        );
+        let readers = vec![
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 256 * 1024];
+                loop {
+                    match out.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let count = buf[..n].iter().filter(|b| **b == b'\n').count();
+                            o.lock().unwrap().extend_from_slice(&buf[..n]);
+                            nl.fetch_add(count, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let mut e = e.lock().unwrap();
+                    e.push_str(&line);
+                    e.push('\n');
+                }
+            }),
+        ];
+        Self {
+            child,
+            stdout,
+            newlines,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<Vec<u8>> {
+        let out = self.stdout.lock().unwrap();
+        let mut lines: Vec<Vec<u8>> = out.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+        if lines.last().is_some_and(Vec::is_empty) {
+            lines.pop();
+        }
+        lines
+    }
+
+    pub fn count_newlines(&self) -> usize {
+        self.newlines.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until stdout holds at least `n` lines; on timeout, shows what the process said.
+    pub fn wait_lines(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count_newlines() < n {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {n} lines, got {}; stderr:\n{}",
+                    self.count_newlines(),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
+        wait_until(&format!("`{needle}` on stderr"), timeout, || {
+            self.stderr_text().contains(needle)
+        });
+    }
+
+    /// The admin address the process logged ("admin server on http://ADDR").
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.wait_stderr("admin server on http://", Duration::from_secs(10));
+        let text = self.stderr_text();
+        let start = text.find("admin server on http://").unwrap() + "admin server on http://".len();
+        let rest = &text[start..];
+        let end = rest.find([' ', '\n']).unwrap();
+        rest[..end].parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Waits for exit (with a deadline) and for the output readers to finish.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                for r in self.readers.drain(..) {
+                    r.join().unwrap();
+                }
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status, headers, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// Appends bytes to a file (creating it).
+pub fn append(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
