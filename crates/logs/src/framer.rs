@@ -9,7 +9,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use memchr::{memchr, memchr_iter};
+use memchr::{memchr, memchr_iter, memrchr};
 use regex::bytes::Regex;
 
 /// How bytes become records; shared by every file of a relay.
@@ -106,15 +106,27 @@ impl Framer {
         while !data.is_empty() {
             if rules.blocks && self.pending.is_empty() && self.event_start.is_none() {
                 // Fast path: copy the longest run of complete, short-enough lines at once.
-                let mut end = 0;
-                let mut lines = 0;
-                for nl in memchr_iter(b'\n', data) {
-                    if nl - end > max {
-                        break;
+                let (end, lines) = if data.len() <= max {
+                    // No line inside `data` can be longer than `data`: no need to measure each.
+                    match memrchr(b'\n', data) {
+                        Some(last) => (
+                            last + 1,
+                            memchr_iter(b'\n', &data[..last]).count() as u64 + 1,
+                        ),
+                        None => (0, 0),
                     }
-                    lines += 1;
-                    end = nl + 1;
-                }
+                } else {
+                    let mut end = 0;
+                    let mut lines = 0;
+                    for nl in memchr_iter(b'\n', data) {
+                        if nl - end > max {
+                            break;
+                        }
+                        lines += 1;
+                        end = nl + 1;
+                    }
+                    (end, lines)
+                };
                 if end > 0 {
                     sink.block(&data[..end], lines)?;
                     self.stats.records += lines;
