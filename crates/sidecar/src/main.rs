@@ -13,6 +13,8 @@ Examples:
   sidecar demo                          # see the sidecars work on this machine
   sidecar logs /logs/app.log            # relay a log file to stdout, through rotation
   sidecar logs --prefix '/logs/*.log'   # several files, lines prefixed with the file name
+  DATA_SOURCE_URI='localhost?sslmode=disable' DATA_SOURCE_USER=postgres DATA_SOURCE_PASS=secret \
+      sidecar postgres-exporter         # pg_* metrics on :9187/metrics
 
 Every option can also be set with an environment variable, shown in each subcommand's --help.";
 
@@ -20,13 +22,20 @@ Every option can also be set with an environment variable, shown in each subcomm
 ///
 /// Run it as a sidecar container next to an unmodified application:
 /// `logs` relays log files to stdout so `kubectl logs` and the node's log
-/// collector see them.
+/// collector see them; `postgres-exporter` serves PostgreSQL metrics for
+/// Prometheus.
 #[derive(Debug, Parser)]
 #[command(name = "sidecar", version, after_help = EXAMPLES)]
 struct Cli {
     /// How much the sidecar itself logs to stderr: error, warn, info, debug, trace
     /// (or a tracing filter such as `info,sidecar_logs=debug`).
-    #[arg(long, env = "SIDECAR_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        alias = "log.level",
+        env = "SIDECAR_LOG",
+        default_value = "info",
+        global = true
+    )]
     log_level: String,
 
     #[command(subcommand)]
@@ -36,6 +45,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Logs(cmd::logs::LogsArgs),
+    PostgresExporter(cmd::pg_exporter::PgExporterArgs),
     Demo(cmd::demo::DemoArgs),
     /// The demo's log-writing app (started by `sidecar demo`).
     #[command(hide = true)]
@@ -47,6 +57,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Logs(args) => cmd::logs::run(args),
+        Command::PostgresExporter(args) => cmd::pg_exporter::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::DemoApp(args) => cmd::demo::run_app(args),
     };

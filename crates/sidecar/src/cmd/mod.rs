@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod logs;
+pub mod pg_exporter;
 
 /// Parses a byte size: `1048576`, `512KiB`, `1MiB`, `64k`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {

@@ -1,6 +1,9 @@
 //! Helpers for integration tests: run the real `sidecar` binary, read what it prints.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pg;
+pub mod prom;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -134,11 +137,16 @@ impl Proc {
 
     /// The admin address the process logged ("admin server on http://ADDR").
     pub fn admin_addr(&self) -> SocketAddr {
-        self.wait_stderr("admin server on http://", Duration::from_secs(10));
+        self.logged_addr("admin server on http://")
+    }
+
+    /// The address after `marker` in the process's log, once it appears.
+    pub fn logged_addr(&self, marker: &str) -> SocketAddr {
+        self.wait_stderr(marker, Duration::from_secs(10));
         let text = self.stderr_text();
-        let start = text.find("admin server on http://").unwrap() + "admin server on http://".len();
+        let start = text.find(marker).unwrap() + marker.len();
         let rest = &text[start..];
-        let end = rest.find([' ', '\n']).unwrap();
+        let end = rest.find([' ', '\n', '/']).unwrap();
         rest[..end].parse().unwrap()
     }
 

@@ -1,0 +1,258 @@
+//! Metric families in the Prometheus text format 0.0.4, with exactly the
+//! names upstream postgres_exporter uses (counters without a `_total` suffix
+//! included, which a client library would rename).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// The `# TYPE` of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Untyped,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Untyped => "untyped",
+        }
+    }
+}
+
+/// Label pairs of one series.
+pub type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Clone)]
+struct Family {
+    help: String,
+    kind: Kind,
+    series: BTreeMap<Labels, f64>,
+}
+
+/// A set of families being collected for one scrape.
+///
+/// A series added twice (same family, same labels) is kept once: the first
+/// value wins, so overlapping sources never produce a duplicate-series error.
+#[derive(Debug, Clone, Default)]
+pub struct Families {
+    families: BTreeMap<String, Family>,
+    duplicates: u64,
+}
+
+impl Families {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one sample.
+    pub fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels, value: f64) {
+        let family = self
+            .families
+            .entry(name.to_string())
+            .or_insert_with(|| Family {
+                help: help.to_string(),
+                kind,
+                series: BTreeMap::new(),
+            });
+        match family.series.entry(labels) {
+            std::collections::btree_map::Entry::Occupied(_) => self.duplicates += 1,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+        }
+    }
+
+    /// Declares a family with no series yet (so it shows up with HELP/TYPE).
+    pub fn declare(&mut self, name: &str, help: &str, kind: Kind) {
+        self.families
+            .entry(name.to_string())
+            .or_insert_with(|| Family {
+                help: help.to_string(),
+                kind,
+                series: BTreeMap::new(),
+            });
+    }
+
+    /// Moves every series of `other` into `self`.
+    pub fn merge(&mut self, other: Families) {
+        for (name, family) in other.families {
+            for (labels, value) in family.series {
+                self.add(&name, &family.help, family.kind, labels, value);
+            }
+            self.declare(&name, &family.help, family.kind);
+        }
+        self.duplicates += other.duplicates;
+    }
+
+    /// Series dropped because they were already present.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    pub fn len(&self) -> usize {
+        self.families.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+
+    /// The value of a series, for tests and the demo.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let family = self.families.get(name)?;
+        family
+            .series
+            .iter()
+            .find(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
+    }
+
+    /// Writes the text exposition.
+    pub fn render(&self, out: &mut String) {
+        for (name, family) in &self.families {
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
+            let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
+            for (labels, value) in &family.series {
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, v)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(k);
+                        out.push_str("=\"");
+                        escape_label_value(v, out);
+                        out.push('"');
+                    }
+                    out.push('}');
+                }
+                out.push(' ');
+                format_value(*value, out);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label_value(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn format_value(v: f64, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v == v.trunc() && v.abs() < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Turns a label or metric name into a valid Prometheus name.
+pub fn sanitize_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_sorted_escaped_and_deduplicated() {
+        let mut f = Families::new();
+        f.add(
+            "pg_b",
+            "B things",
+            Kind::Counter,
+            l(&[("datname", "x\"y\\z\nw")]),
+            3.0,
+        );
+        f.add("pg_a", "A\nthing", Kind::Gauge, vec![], 0.5);
+        f.add(
+            "pg_b",
+            "B things",
+            Kind::Counter,
+            l(&[("datname", "x\"y\\z\nw")]),
+            9.0,
+        );
+        f.declare("pg_c", "empty", Kind::Untyped);
+        let mut out = String::new();
+        f.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP pg_a A\\nthing\n# TYPE pg_a gauge\npg_a 0.5\n\
+             # HELP pg_b B things\n# TYPE pg_b counter\npg_b{datname=\"x\\\"y\\\\z\\nw\"} 3\n\
+             # HELP pg_c empty\n# TYPE pg_c untyped\n"
+        );
+        assert_eq!(f.duplicates(), 1);
+        assert_eq!(f.get("pg_b", &[("datname", "x\"y\\z\nw")]), Some(3.0));
+    }
+
+    #[test]
+    fn special_values() {
+        let mut out = String::new();
+        for v in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.25,
+            -2.0,
+            1_795_535_428.0,
+        ] {
+            format_value(v, &mut out);
+            out.push(' ');
+        }
+        assert_eq!(out, "NaN +Inf -Inf 0.25 -2 1795535428 ");
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(
+            sanitize_name("pg_stat_statements.max"),
+            "pg_stat_statements_max"
+        );
+        assert_eq!(sanitize_name("9lives"), "_9lives");
+    }
+}

@@ -1,0 +1,21 @@
+//! `sidecar postgres-exporter`: PostgreSQL metrics for Prometheus, a drop-in
+//! for postgres_exporter's Pod spec, metric names and dashboards.
+//!
+//! Data flow: [`dsn`] turns postgres_exporter's environment variables into a
+//! connection config. On each scrape of the telemetry path, [`Exporter`]
+//! checks that a fresh connection can be made (`pg_up`), reuses one
+//! long-lived, read-only connection per database, runs every enabled
+//! [`collectors`] query at once under one deadline, and renders the families
+//! ([`exposition`]) with upstream's names; [`server`] serves that, `/probe`,
+//! `/`, `/live` and `/ready`. Scrapes that arrive during a collection share
+//! the next one instead of opening more connections.
+
+#![forbid(unsafe_code)]
+
+pub mod collectors;
+pub mod dsn;
+pub mod exporter;
+pub mod exposition;
+pub mod server;
+
+pub use exporter::{Exporter, Options};

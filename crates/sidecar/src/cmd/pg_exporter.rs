@@ -1,0 +1,222 @@
+//! `sidecar postgres-exporter`: PostgreSQL metrics for Prometheus.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
+use sidecar_pg_exporter::collectors::COLLECTORS;
+use sidecar_pg_exporter::dsn::SourceVars;
+use sidecar_pg_exporter::server::Endpoints;
+use sidecar_pg_exporter::{Exporter, Options};
+use sidecar_telemetry::http::parse_listen_addr;
+use sidecar_telemetry::{Health, duration, process, shutdown};
+
+const EXAMPLES: &str = "\
+Where the database is (postgres_exporter's variables; each also as <NAME>_FILE):
+  DATA_SOURCE_NAME   libpq URI or key=value: postgresql://user:pass@host:5432/db?sslmode=disable
+  DATA_SOURCE_URI    host[:port][/db][?params], with
+  DATA_SOURCE_USER   and DATA_SOURCE_PASS (any characters; never URL-parsed)
+
+Examples:
+  # The seed's Pod spec, unchanged:
+  DATA_SOURCE_URI='localhost?sslmode=disable' DATA_SOURCE_USER=postgres \\
+  DATA_SOURCE_PASS=secret sidecar postgres-exporter
+
+  # Per-table metrics of every database, and the top 20 statements:
+  sidecar postgres-exporter --auto-discover-databases --collector.stat_statements \\
+      --collector.stat_statements.limit 20
+
+The role needs pg_monitor (GRANT pg_monitor TO <role>); the exporter warns if it is missing.";
+
+/// Export PostgreSQL metrics for Prometheus (a drop-in for postgres_exporter).
+///
+/// Serves `pg_*` metrics with postgres_exporter's names and labels on
+/// --web.listen-address (:9187) at --web.telemetry-path (/metrics), plus
+/// /probe?target=, /, /live and /ready. One long-lived read-only connection
+/// per database; every scrape is bounded by --collection-timeout; a database
+/// that is down gives `pg_up 0` at once instead of a hanging scrape.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct PgExporterArgs {
+    /// Address to listen on for metrics.
+    #[arg(long = "web.listen-address", default_value = ":9187", env = "PG_EXPORTER_WEB_LISTEN_ADDRESS", value_parser = parse_listen_addr)]
+    listen: SocketAddr,
+
+    /// Path under which to expose metrics.
+    #[arg(
+        long = "web.telemetry-path",
+        default_value = "/metrics",
+        env = "PG_EXPORTER_WEB_TELEMETRY_PATH"
+    )]
+    telemetry_path: String,
+
+    /// Longest a scrape (all its queries) may take; each statement also gets this as its statement_timeout.
+    #[arg(long = "collection-timeout", default_value = "10s", value_parser = duration::parse, env = "PG_EXPORTER_COLLECTION_TIMEOUT")]
+    collection_timeout: Duration,
+
+    /// Longest wait to open a connection (a lower connect_timeout in the DSN wins).
+    #[arg(long = "connect-timeout", default_value = "5s", value_parser = duration::parse, env = "PG_EXPORTER_CONNECT_TIMEOUT")]
+    connect_timeout: Duration,
+
+    /// Prefix of metric names (`pg_...`).
+    #[arg(
+        long = "metric-prefix",
+        default_value = "pg",
+        env = "PG_EXPORTER_METRIC_PREFIX"
+    )]
+    metric_prefix: String,
+
+    /// Collect the per-database families (tables) of every database, each series labelled with datname.
+    #[arg(long = "auto-discover-databases", env = "PG_EXPORTER_AUTO_DISCOVER_DATABASES", value_parser = clap::builder::FalseyValueParser::new())]
+    auto_discover: bool,
+
+    /// With --auto-discover-databases: only these databases (comma-separated).
+    #[arg(
+        long = "include-databases",
+        value_delimiter = ',',
+        env = "PG_EXPORTER_INCLUDE_DATABASES"
+    )]
+    include_databases: Vec<String>,
+
+    /// With --auto-discover-databases: not these databases (comma-separated).
+    #[arg(
+        long = "exclude-databases",
+        value_delimiter = ',',
+        env = "PG_EXPORTER_EXCLUDE_DATABASES"
+    )]
+    exclude_databases: Vec<String>,
+
+    /// Statements kept by the stat_statements collector (the top ones by total time).
+    #[arg(long = "collector.stat_statements.limit", default_value_t = 100)]
+    statements_limit: u32,
+
+    #[command(flatten)]
+    collectors: CollectorFlags,
+}
+
+/// `--collector.<name>` / `--no-collector.<name>` for every collector.
+#[derive(Debug, Clone, Default)]
+pub struct CollectorFlags {
+    enabled: Vec<&'static str>,
+}
+
+impl FromArgMatches for CollectorFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut enabled = Vec::new();
+        for c in COLLECTORS {
+            let on = m.get_flag(&format!("collector.{}", c.name));
+            let off = m.get_flag(&format!("no-collector.{}", c.name));
+            if on || (c.default_on && !off) {
+                enabled.push(c.name);
+            }
+        }
+        Ok(Self { enabled })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for CollectorFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for c in COLLECTORS {
+            let on = format!("collector.{}", c.name);
+            let off = format!("no-collector.{}", c.name);
+            let state = if c.default_on { "on" } else { "off" };
+            cmd = cmd
+                .arg(
+                    Arg::new(on.clone())
+                        .long(on.clone())
+                        .action(ArgAction::SetTrue)
+                        .overrides_with(off.clone())
+                        .help(format!(
+                            "Enable the {} collector: {} (default {state})",
+                            c.name, c.about
+                        ))
+                        .help_heading("Collectors"),
+                )
+                .arg(
+                    Arg::new(off.clone())
+                        .long(off)
+                        .action(ArgAction::SetTrue)
+                        .overrides_with(on)
+                        .hide(true),
+                );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
+    let vars = SourceVars::from_env(|k| std::env::var(k).ok())?;
+    let base = if vars.is_empty() {
+        tracing::warn!(
+            "neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set: only /probe?target= can collect"
+        );
+        None
+    } else {
+        Some(vars.config()?)
+    };
+    if !args.telemetry_path.starts_with('/') {
+        anyhow::bail!("--web.telemetry-path must start with '/', like /metrics");
+    }
+    let opts = Options {
+        collection_timeout: args.collection_timeout,
+        connect_timeout: args.connect_timeout,
+        collectors: args.collectors.enabled,
+        prefix: args.metric_prefix,
+        auto_discover: args.auto_discover,
+        include_databases: args.include_databases,
+        exclude_databases: args.exclude_databases,
+        statements_limit: args.statements_limit,
+        ..Options::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let signal = shutdown::signal().context("cannot install signal handlers")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (--web.listen-address); choose a free address",
+                    args.listen
+                )
+            })?;
+        let exporter = Arc::new(Exporter::new(opts, base));
+        let health = Health::new();
+        let endpoints = Endpoints {
+            exporter: Arc::clone(&exporter),
+            registry: Arc::new(process::registry_with_process_metrics()),
+            health: health.clone(),
+            telemetry_path: args.telemetry_path.clone(),
+        };
+        tracing::info!(
+            "serving PostgreSQL metrics of {} on http://{}{}",
+            exporter.describe(),
+            listener.local_addr()?,
+            args.telemetry_path
+        );
+        health.set_ready(true);
+        let draining = health.clone();
+        sidecar_telemetry::http::serve(listener, Arc::new(endpoints), async move {
+            let sig = signal.await;
+            tracing::info!("{sig} received; stopping");
+            draining.set_draining();
+        })
+        .await;
+        exporter.close().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

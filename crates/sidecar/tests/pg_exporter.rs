@@ -1,0 +1,721 @@
+//! `sidecar postgres-exporter` end to end against real PostgreSQL servers
+//! started by the test (every version this machine has, see common::pg).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pg::{self, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+use common::prom::{self, Family};
+use common::{Proc, http_get, wait_until};
+
+fn exporter(env: &[(&str, &str)], args: &[&str]) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("postgres-exporter")
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .args(args);
+    for var in [
+        "DATA_SOURCE_NAME",
+        "DATA_SOURCE_URI",
+        "DATA_SOURCE_USER",
+        "DATA_SOURCE_PASS",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let p = Proc::start_with(&mut cmd);
+    let addr = p.logged_addr(" on http://");
+    (p, addr)
+}
+
+fn superuser_env(server: &PgServer, db: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATA_SOURCE_URI", server.uri(db)),
+        ("DATA_SOURCE_USER", SUPERUSER.to_string()),
+        ("DATA_SOURCE_PASS", SUPERUSER_PASSWORD.to_string()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn scrape(addr: SocketAddr) -> BTreeMap<String, Family> {
+    let (status, _, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    prom::parse(&body)
+}
+
+fn value(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families.get(name)?.samples.iter().find_map(|(l, v)| {
+        labels
+            .iter()
+            .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
+            .then_some(*v)
+    })
+}
+
+/// Families every default scrape must carry, with their type and labels
+/// (upstream postgres_exporter v0.20 default collectors and legacy families).
+fn expected_families(major: u32) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    let mut e: Vec<(String, &'static str, Vec<&'static str>)> = Vec::new();
+    let mut add = |name: &str, kind: &'static str, labels: &[&'static str]| {
+        e.push((name.to_string(), kind, labels.to_vec()))
+    };
+    add("pg_up", "gauge", &[]);
+    add(
+        "pg_static",
+        "untyped",
+        &["server", "short_version", "version"],
+    );
+    add("pg_exporter_last_scrape_duration_seconds", "gauge", &[]);
+    add("pg_exporter_scrapes_total", "counter", &[]);
+    add("pg_exporter_last_scrape_error", "gauge", &[]);
+    add(
+        "pg_scrape_collector_duration_seconds",
+        "gauge",
+        &["collector"],
+    );
+    add("pg_scrape_collector_success", "gauge", &["collector"]);
+    add("pg_database_size_bytes", "gauge", &["datname"]);
+    add("pg_database_connection_limit", "gauge", &["datname"]);
+    add("pg_locks_count", "gauge", &["datname", "mode"]);
+    for m in ["lag_seconds", "is_replica", "last_replay_seconds"] {
+        add(&format!("pg_replication_{m}"), "gauge", &[]);
+    }
+    for m in ["active", "pg_wal_lsn_diff"] {
+        add(
+            &format!("pg_replication_slots_{m}"),
+            "gauge",
+            &["database", "slot_name"],
+        );
+    }
+    for m in [
+        "slot_current_wal_lsn",
+        "slot_confirmed_flush_lsn",
+        "slot_is_active",
+        "safe_wal_size_bytes",
+    ] {
+        add(
+            &format!("pg_replication_slots_{m}"),
+            "gauge",
+            &["slot_name", "slot_type"],
+        );
+    }
+    add(
+        "pg_replication_slots_wal_status",
+        "gauge",
+        &["slot_name", "slot_type", "wal_status"],
+    );
+    add("pg_roles_connection_limit", "gauge", &["rolname"]);
+    for s in [
+        "pg_settings_max_connections",
+        "pg_settings_shared_buffers_bytes",
+        "pg_settings_statement_timeout_seconds",
+        "pg_settings_fsync",
+    ] {
+        add(s, "gauge", &[]);
+    }
+    for m in ["count", "max_tx_duration"] {
+        add(
+            &format!("pg_stat_activity_{m}"),
+            "gauge",
+            &[
+                "application_name",
+                "backend_type",
+                "datname",
+                "state",
+                "usename",
+                "wait_event",
+                "wait_event_type",
+            ],
+        );
+    }
+    add("pg_stat_archiver_archived_count", "counter", &[]);
+    add("pg_stat_archiver_failed_count", "counter", &[]);
+    add("pg_stat_archiver_last_archive_age", "gauge", &[]);
+    let bgwriter: &[&str] = if major >= 17 {
+        &["buffers_clean", "maxwritten_clean", "buffers_alloc"]
+    } else {
+        &[
+            "checkpoints_timed",
+            "checkpoints_req",
+            "checkpoint_write_time",
+            "checkpoint_sync_time",
+            "buffers_checkpoint",
+            "buffers_clean",
+            "maxwritten_clean",
+            "buffers_backend",
+            "buffers_backend_fsync",
+            "buffers_alloc",
+        ]
+    };
+    for m in bgwriter {
+        add(&format!("pg_stat_bgwriter_{m}_total"), "counter", &[]);
+    }
+    add(
+        "pg_stat_database_numbackends",
+        "gauge",
+        &["datid", "datname"],
+    );
+    for m in [
+        "xact_commit",
+        "xact_rollback",
+        "blks_read",
+        "blks_hit",
+        "tup_returned",
+        "tup_fetched",
+        "tup_inserted",
+        "tup_updated",
+        "tup_deleted",
+        "conflicts",
+        "temp_files",
+        "temp_bytes",
+        "deadlocks",
+        "blk_read_time",
+        "blk_write_time",
+    ] {
+        add(
+            &format!("pg_stat_database_{m}"),
+            "counter",
+            &["datid", "datname"],
+        );
+    }
+    if major >= 14 {
+        add(
+            "pg_stat_database_active_time_seconds_total",
+            "counter",
+            &["datid", "datname"],
+        );
+    }
+    for m in ["tablespace", "lock", "snapshot", "bufferpin", "deadlock"] {
+        add(
+            &format!("pg_stat_database_conflicts_confl_{m}"),
+            "counter",
+            &["datid", "datname", "server"],
+        );
+    }
+    let table = &["datname", "relname", "schemaname"];
+    for m in [
+        "seq_scan",
+        "seq_tup_read",
+        "idx_scan",
+        "idx_tup_fetch",
+        "n_tup_ins",
+        "n_tup_upd",
+        "n_tup_del",
+        "n_tup_hot_upd",
+        "vacuum_count",
+        "autovacuum_count",
+        "analyze_count",
+        "autoanalyze_count",
+    ] {
+        add(&format!("pg_stat_user_tables_{m}"), "counter", table);
+    }
+    for m in [
+        "n_live_tup",
+        "n_dead_tup",
+        "n_mod_since_analyze",
+        "last_vacuum",
+        "last_autovacuum",
+        "last_analyze",
+        "last_autoanalyze",
+        "index_size_bytes",
+        "table_size_bytes",
+    ] {
+        add(&format!("pg_stat_user_tables_{m}"), "gauge", table);
+    }
+    for m in ["heap", "idx", "toast", "tidx"] {
+        for k in ["read", "hit"] {
+            add(
+                &format!("pg_statio_user_tables_{m}_blocks_{k}"),
+                "counter",
+                table,
+            );
+        }
+    }
+    add("pg_wal_segments", "gauge", &[]);
+    add("pg_wal_size_bytes", "gauge", &[]);
+    add("process_cpu_seconds_total", "counter", &[]);
+    for g in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        add(g, "gauge", &[]);
+    }
+    e
+}
+
+/// Creates what makes every default family show up: a table with an index, a
+/// logical replication slot.
+fn prepare(server: &PgServer) {
+    let mut c = server.client("postgres");
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS products (id serial PRIMARY KEY, name text);
+         INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 100) g;
+         ANALYZE products;",
+    )
+    .unwrap();
+    c.batch_execute("SELECT pg_create_logical_replication_slot('test_slot', 'pgoutput')")
+        .unwrap();
+}
+
+fn every_default_family_on(server: &PgServer) {
+    prepare(server);
+    let env = superuser_env(server, "postgres");
+    let (mut p, addr) = exporter(&env_refs(&env), &[]);
+    let (status, head, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let families = prom::parse(&body);
+    prom::promtool_check(&body);
+    let mut problems = Vec::new();
+    for (name, kind, labels) in expected_families(server.major()) {
+        match families.get(&name) {
+            None => problems.push(format!("{name}: missing")),
+            Some(f) if f.samples.is_empty() => problems.push(format!("{name}: no series")),
+            Some(f) => {
+                if f.kind != kind {
+                    problems.push(format!("{name}: type {} instead of {kind}", f.kind));
+                }
+                let keys: Vec<String> = f.label_keys().into_iter().collect();
+                if keys != labels {
+                    problems.push(format!("{name}: labels {keys:?} instead of {labels:?}"));
+                }
+            }
+        }
+    }
+    for (labels, v) in &families["pg_scrape_collector_success"].samples {
+        if *v != 1.0 {
+            problems.push(format!("collector {} failed", labels["collector"]));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} ({}):\n{}\nexporter said:\n{}",
+        server.version,
+        server.bin.display(),
+        problems.join("\n"),
+        p.stderr_text()
+    );
+    assert_eq!(value(&families, "pg_up", &[]), Some(1.0));
+    let short = &families["pg_static"].samples[0].0["short_version"];
+    assert!(
+        short.starts_with(&format!("{}.", server.major())),
+        "{short}"
+    );
+    p.terminate();
+    assert!(p.wait(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn every_default_family_with_type_and_labels_on_every_available_version() {
+    let dirs = pg::bin_dirs();
+    assert!(
+        !dirs.is_empty(),
+        "no PostgreSQL binaries; run ./scripts/test"
+    );
+    for dir in dirs {
+        let server = PgServer::start(&dir);
+        eprintln!("checking {}", server.version);
+        every_default_family_on(&server);
+    }
+}
+
+#[test]
+fn values_move_when_the_database_works() {
+    let server = PgServer::start(&pg::default_bin_dir());
+    prepare(&server);
+    let env = superuser_env(&server, "postgres");
+    let (_p, addr) = exporter(&env_refs(&env), &[]);
+    let before = scrape(addr);
+    let ins = |f: &BTreeMap<String, Family>| {
+        value(
+            f,
+            "pg_stat_database_tup_inserted",
+            &[("datname", "postgres")],
+        )
+        .unwrap_or(0.0)
+    };
+    let table_ins = |f: &BTreeMap<String, Family>| {
+        value(
+            f,
+            "pg_stat_user_tables_n_tup_ins",
+            &[("relname", "products")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    // Work: insert rows, keep extra sessions open, hold a lock in an open transaction.
+    let mut worker = server.client("postgres");
+    worker
+        .batch_execute("INSERT INTO products (name) SELECT 'q' || g FROM generate_series(1, 500) g")
+        .unwrap();
+    let idle: Vec<postgres::Client> = (0..3).map(|_| server.client("postgres")).collect();
+    let mut locker = server.client("postgres");
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+
+    // Statistics reach the views asynchronously: poll with a deadline.
+    let mut after = scrape(addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ins(&after) >= ins(&before) + 500.0 && table_ins(&after) >= table_ins(&before) + 500.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "statistics did not move: before {} {}, after {} {}; {:?}; {:?}",
+            ins(&before),
+            table_ins(&before),
+            ins(&after),
+            table_ins(&after),
+            after
+                .get("pg_stat_user_tables_n_tup_ins")
+                .map(|f| &f.samples),
+            after["pg_scrape_collector_success"].samples
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        after = scrape(addr);
+    }
+    assert!(
+        value(
+            &after,
+            "pg_locks_count",
+            &[("datname", "postgres"), ("mode", "accessexclusivelock")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let sessions: f64 = after["pg_stat_activity_count"]
+        .samples
+        .iter()
+        .filter(|(l, _)| l["datname"] == "postgres" && l["backend_type"] == "client backend")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(sessions >= 5.0, "sessions seen: {sessions}");
+    assert!(
+        value(
+            &after,
+            "pg_stat_activity_count",
+            &[("state", "idle in transaction")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{:?}",
+        after["pg_stat_activity_count"].samples
+    );
+    assert!(
+        value(&after, "pg_exporter_scrapes_total", &[]).unwrap()
+            > value(&before, "pg_exporter_scrapes_total", &[]).unwrap()
+    );
+    tx.rollback().unwrap();
+    drop(idle);
+}
+
+#[test]
+fn database_down_answers_fast_with_pg_up_0_and_recovers() {
+    let mut server = PgServer::start(&pg::default_bin_dir());
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
+    assert_eq!(value(&scrape(addr), "pg_up", &[]), Some(1.0));
+
+    server.stop();
+    let t0 = Instant::now();
+    let down = scrape(addr);
+    let took = t0.elapsed();
+    assert_eq!(value(&down, "pg_up", &[]), Some(0.0));
+    assert!(down.contains_key("process_resident_memory_bytes"));
+    assert_eq!(
+        value(&down, "pg_exporter_last_scrape_error", &[]),
+        Some(1.0)
+    );
+    // Refused connections answer at once (bench/pg-exporter.sh measures it; this only catches hangs).
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    server.restart();
+    wait_until("pg_up back to 1", Duration::from_secs(30), || {
+        value(&scrape(addr), "pg_up", &[]) == Some(1.0)
+    });
+    let up = scrape(addr);
+    assert!(up.contains_key("pg_stat_database_xact_commit"));
+    assert_eq!(
+        p.stderr_text().matches("cannot connect to").count(),
+        1,
+        "one warning per distinct failure:\n{}",
+        p.stderr_text()
+    );
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_times_out_at_the_connect_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for conn in silent.incoming().take(10) {
+            conns.push(conn);
+        }
+    });
+    let uri = format!("127.0.0.1:{port}/postgres?sslmode=disable");
+    let (_p, addr) = exporter(
+        &[("DATA_SOURCE_URI", &uri), ("DATA_SOURCE_USER", "postgres")],
+        &["--connect-timeout", "1s"],
+    );
+    let t0 = Instant::now();
+    let families = scrape(addr);
+    let took = t0.elapsed();
+    assert_eq!(value(&families, "pg_up", &[]), Some(0.0));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    drop(held);
+}
+
+#[test]
+fn passwords_with_special_characters_work() {
+    let server = PgServer::start(&pg::default_bin_dir());
+    let password = "#=%{!@:/ x";
+    server
+        .client("postgres")
+        .batch_execute(&format!(
+            "CREATE ROLE \"mon itor\" LOGIN PASSWORD '{}'; GRANT pg_monitor TO \"mon itor\";",
+            password.replace('\'', "''")
+        ))
+        .unwrap();
+    let uri = server.uri("postgres");
+    let (p, addr) = exporter(
+        &[
+            ("DATA_SOURCE_URI", &uri),
+            ("DATA_SOURCE_USER", "mon itor"),
+            ("DATA_SOURCE_PASS", password),
+        ],
+        &[],
+    );
+    assert_eq!(
+        value(&scrape(addr), "pg_up", &[]),
+        Some(1.0),
+        "{}",
+        p.stderr_text()
+    );
+    // The same password through a _FILE variable.
+    let dir = tempfile::tempdir().unwrap();
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{password}\n")).unwrap();
+    let (p2, addr2) = exporter(
+        &[
+            ("DATA_SOURCE_URI", &uri),
+            ("DATA_SOURCE_USER", "mon itor"),
+            ("DATA_SOURCE_PASS_FILE", pass_file.to_str().unwrap()),
+        ],
+        &[],
+    );
+    assert_eq!(
+        value(&scrape(addr2), "pg_up", &[]),
+        Some(1.0),
+        "{}",
+        p2.stderr_text()
+    );
+    assert!(
+        !p.stderr_text().contains("pg_monitor"),
+        "{}",
+        p.stderr_text()
+    );
+}
+
+#[test]
+fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
+    let server = PgServer::start(&pg::default_bin_dir());
+    server
+        .client("postgres")
+        .batch_execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
+        .unwrap();
+    let uri = server.uri("postgres");
+    let (p, addr) = exporter(
+        &[
+            ("DATA_SOURCE_URI", &uri),
+            ("DATA_SOURCE_USER", "plain"),
+            ("DATA_SOURCE_PASS", "plain-pw"),
+        ],
+        &[],
+    );
+    for _ in 0..3 {
+        let families = scrape(addr);
+        assert_eq!(value(&families, "pg_up", &[]), Some(1.0));
+        assert_eq!(
+            value(
+                &families,
+                "pg_exporter_missing_pg_monitor",
+                &[("role", "plain")]
+            ),
+            Some(1.0)
+        );
+    }
+    let log = p.stderr_text();
+    assert_eq!(
+        log.matches("GRANT pg_monitor TO \"plain\"").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn auto_discovery_labels_every_database_without_duplicates_and_probe_works() {
+    let server = PgServer::start(&pg::default_bin_dir());
+    let mut admin = server.client("postgres");
+    admin.batch_execute("CREATE DATABASE app1").unwrap();
+    admin.batch_execute("CREATE DATABASE app2").unwrap();
+    for db in ["app1", "app2"] {
+        server
+            .client(db)
+            .batch_execute(
+                "CREATE TABLE orders (id int); INSERT INTO orders SELECT generate_series(1, 10)",
+            )
+            .unwrap();
+    }
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(
+        &env_refs(&env),
+        &["--auto-discover-databases", "--exclude-databases", "app2"],
+    );
+    let mut families = scrape(addr);
+    wait_until("per-table statistics", Duration::from_secs(30), || {
+        families = scrape(addr);
+        value(
+            &families,
+            "pg_stat_user_tables_n_tup_ins",
+            &[("datname", "app1"), ("relname", "orders")],
+        ) == Some(10.0)
+    });
+    // prom::parse already failed on any duplicate series.
+    assert!(
+        value(
+            &families,
+            "pg_stat_user_tables_n_tup_ins",
+            &[("datname", "app2")]
+        )
+        .is_none()
+    );
+    assert!(
+        value(
+            &families,
+            "pg_statio_user_tables_heap_blocks_hit",
+            &[("datname", "app1")]
+        )
+        .is_some()
+    );
+    drop(p);
+
+    let (p, addr) = exporter(&env_refs(&env), &["--auto-discover-databases"]);
+    wait_until("both databases", Duration::from_secs(30), || {
+        families = scrape(addr);
+        ["app1", "app2"].iter().all(|db| {
+            value(
+                &families,
+                "pg_stat_user_tables_n_tup_ins",
+                &[("datname", db), ("relname", "orders")],
+            ) == Some(10.0)
+        })
+    });
+    assert_eq!(
+        families["pg_database_size_bytes"]
+            .samples
+            .iter()
+            .filter(|(l, _)| l["datname"] == "app1")
+            .count(),
+        1
+    );
+
+    // /probe: another target, credentials from the exporter's environment.
+    let target = format!("127.0.0.1:{}/app2?sslmode=disable", server.port);
+    let (status, _, body) = http_get(
+        addr,
+        &format!(
+            "/probe?target={}",
+            target
+                .replace('/', "%2F")
+                .replace('?', "%3F")
+                .replace('=', "%3D")
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let probed = prom::parse(&body);
+    assert_eq!(value(&probed, "pg_up", &[]), Some(1.0));
+    assert!(
+        value(
+            &probed,
+            "pg_stat_user_tables_n_tup_ins",
+            &[("datname", "app2"), ("relname", "orders")]
+        )
+        .is_some()
+    );
+    let (status, _, body) = http_get(addr, "/probe?target=127.0.0.1:1%2Fnope");
+    assert_eq!(status, 200);
+    assert_eq!(value(&prom::parse(&body), "pg_up", &[]), Some(0.0));
+    assert_eq!(http_get(addr, "/probe").0, 400);
+    let (status, _, landing) = http_get(addr, "/");
+    assert_eq!(status, 200);
+    assert!(landing.contains("/metrics"));
+    assert_eq!(http_get(addr, "/live").0, 200);
+    assert_eq!(http_get(addr, "/ready").0, 200);
+    drop(p);
+}
+
+#[test]
+fn sessions_are_named_and_few_and_concurrent_scrapes_share_collections() {
+    let server = PgServer::start(&pg::default_bin_dir());
+    let env = superuser_env(&server, "postgres");
+    let (_p, addr) = exporter(&env_refs(&env), &[]);
+    // Many concurrent scrapes share collections instead of piling up connections.
+    let handles: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || scrape(addr)))
+        .collect();
+    for h in handles {
+        assert_eq!(value(&h.join().unwrap(), "pg_up", &[]), Some(1.0));
+    }
+    let mut c = server.client("postgres");
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sidecar-postgres-exporter'",
+            &[],
+        )
+        .unwrap();
+    let sessions: i64 = row.get(0);
+    assert!((1..=2).contains(&sessions), "{sessions} exporter sessions");
+    let families = scrape(addr);
+    assert!(value(&families, "pg_exporter_scrapes_total", &[]).unwrap() < 22.0);
+}
+
+#[test]
+fn configuration_mistakes_are_explained() {
+    let out = Command::new(common::BIN)
+        .args(["postgres-exporter", "--web.listen-address", "127.0.0.1:0"])
+        .env("DATA_SOURCE_URI", "localhost?sslmode=require")
+        .env("DATA_SOURCE_USER", "u")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sslmode=disable"), "{err}");
+    let out = Command::new(common::BIN)
+        .args(["postgres-exporter", "--web.listen-address", "127.0.0.1:0"])
+        .env("DATA_SOURCE_PASS", "x")
+        .env("DATA_SOURCE_PASS_FILE", "/y")
+        .env("DATA_SOURCE_URI", "localhost")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+}
