@@ -8,6 +8,6 @@ if ! command -v busybox >/dev/null; then
     apt-get install -y busybox >/dev/null || { apt-get update >/dev/null && apt-get install -y busybox >/dev/null; }
 fi
 command -v python3 >/dev/null || apt-get install -y python3 >/dev/null
-cargo build --release --quiet
+sidecar=$(scripts/build-static)
 echo "machine: $(nproc) CPUs, $(uname -r); $(tail --version | head -1); $(busybox | head -1 | cut -d' ' -f1-2)"
-exec python3 bench/logs_bench.py "$PWD/target/release/sidecar"
+exec python3 bench/logs_bench.py "$sidecar"

@@ -11,6 +11,7 @@
 
 pub mod applog;
 mod logs_part;
+pub mod pgserver;
 
 use std::path::PathBuf;
 

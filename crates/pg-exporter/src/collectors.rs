@@ -4,7 +4,7 @@
 //! Queries cast label columns to `text` and value columns to `float8`, so
 //! every row maps the same way: label columns first, then one column per metric.
 
-use tokio_postgres::Client;
+use crate::session::Session;
 
 use crate::exposition::{Families, Kind, Labels, sanitize_name};
 
@@ -202,12 +202,12 @@ struct Spec {
     metrics: &'static [Metric],
 }
 
-use Kind::{Counter as C, Gauge as G};
+use Kind::{Counter as C, Gauge as G, Untyped as U};
 
 /// Runs collector `name` on `client`, adding its samples to `out`.
 pub async fn collect(
     name: &str,
-    client: &Client,
+    client: &Session,
     ctx: &Ctx,
     out: &mut Families,
 ) -> Result<(), tokio_postgres::Error> {
@@ -259,13 +259,23 @@ pub async fn collect(
                  EXTRACT(EPOCH FROM stats_reset)::float8 FROM pg_stat_checkpointer").await
         }
         "stat_database" => {
-            let active = if v >= 140_000 { ", (active_time / 1000)::float8" } else { ", NULL::float8" };
+            // PG 14+ columns: upstream 0.11 exported them untyped under their own
+            // names (dashboards use them); v0.20 renamed active_time. Both are kept.
+            let active = if v >= 140_000 {
+                ", (active_time / 1000)::float8, active_time::float8, session_time::float8, \
+                 idle_in_transaction_time::float8, sessions::float8, sessions_abandoned::float8, \
+                 sessions_fatal::float8, sessions_killed::float8"
+            } else {
+                ", NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::float8, \
+                 NULL::float8, NULL::float8"
+            };
             run(client, ctx, out, &STAT_DATABASE, &format!(
                 "SELECT datid::text, datname::text, numbackends::float8, xact_commit::float8, \
                  xact_rollback::float8, blks_read::float8, blks_hit::float8, tup_returned::float8, \
                  tup_fetched::float8, tup_inserted::float8, tup_updated::float8, tup_deleted::float8, \
                  conflicts::float8, temp_files::float8, temp_bytes::float8, deadlocks::float8, \
-                 blk_read_time::float8, blk_write_time::float8, EXTRACT(EPOCH FROM stats_reset)::float8{active} \
+                 blk_read_time::float8, blk_write_time::float8, EXTRACT(EPOCH FROM stats_reset)::float8{active}, \
+                 checksum_failures::float8, EXTRACT(EPOCH FROM checksum_last_failure)::float8 \
                  FROM pg_stat_database WHERE datname IS NOT NULL")).await?;
             // Upstream's legacy families, with its `server` label.
             run(client, ctx, out, &CONFLICTS, &format!(
@@ -324,12 +334,12 @@ pub async fn collect(
 
 /// Upstream's `pg_static{server, version, short_version} 1`.
 pub async fn static_info(
-    client: &Client,
+    client: &Session,
     ctx: &Ctx,
     out: &mut Families,
 ) -> Result<(), tokio_postgres::Error> {
-    let row = client.query_one("SELECT version()", &[]).await?;
-    let version: String = row.get(0);
+    let rows = client.query("SELECT version()").await?;
+    let version: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
     let short = format!("{}.{}.0", ctx.version / 10_000, ctx.version % 100);
     out.add(
         &format!("{}_static", ctx.prefix),
@@ -354,13 +364,13 @@ const CURRENT_LSN: &str =
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END";
 
 async fn run(
-    client: &Client,
+    client: &Session,
     ctx: &Ctx,
     out: &mut Families,
     spec: &Spec,
     sql: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let rows = client.query(sql, &[]).await?;
+    let rows = client.query(sql).await?;
     let names: Vec<String> = spec
         .metrics
         .iter()
@@ -395,26 +405,41 @@ async fn run(
     Ok(())
 }
 
+/// pg_settings only change when the configuration is reloaded (or the server
+/// restarts, which means a new session): the rows are read again only when
+/// `pg_conf_load_time()` moves.
 async fn settings(
-    client: &Client,
+    client: &Session,
     ctx: &Ctx,
     out: &mut Families,
 ) -> Result<(), tokio_postgres::Error> {
+    let stamp: f64 = client
+        .query("SELECT EXTRACT(EPOCH FROM pg_conf_load_time())::float8")
+        .await?
+        .first()
+        .and_then(|r| r.get::<_, Option<f64>>(0))
+        .unwrap_or(f64::NAN);
+    if let Some(cached) = client.cached("settings", stamp) {
+        out.merge(cached);
+        return Ok(());
+    }
     let rows = client
         .query(
             "SELECT name, setting, COALESCE(unit, ''), short_desc, vartype FROM pg_settings \
              WHERE vartype IN ('bool', 'integer', 'real')",
-            &[],
         )
         .await?;
+    let mut fresh = Families::new();
     for row in rows {
         let (name, setting, unit, desc, vartype): (String, String, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if let Some((suffix, value, help)) = setting_value(&setting, &unit, &vartype, &desc) {
             let family = format!("{}_settings_{}{}", ctx.prefix, sanitize_name(&name), suffix);
-            out.add(&family, &help, Kind::Gauge, Vec::new(), value);
+            fresh.add(&family, &help, Kind::Gauge, Vec::new(), value);
         }
     }
+    client.store("settings", stamp, fresh.clone());
+    out.merge(fresh);
     Ok(())
 }
 
@@ -824,16 +849,64 @@ const STAT_DATABASE: Spec = Spec {
             C,
             "Time spent writing data file blocks by backends in this database, in milliseconds",
         ),
-        m(
-            "stats_reset",
-            C,
-            "Time at which these statistics were last reset",
-        ),
+        Metric {
+            name: "stats_reset",
+            kind: C,
+            help: "Time at which these statistics were last reset",
+            null: Null::NaN,
+        },
         m(
             "active_time_seconds_total",
             C,
             "Time spent executing SQL statements in this database, in seconds",
         ),
+        m(
+            "active_time",
+            U,
+            "Time spent executing SQL statements in this database, in milliseconds (PostgreSQL 14+)",
+        ),
+        m(
+            "session_time",
+            U,
+            "Time spent by database sessions in this database, in milliseconds (PostgreSQL 14+)",
+        ),
+        m(
+            "idle_in_transaction_time",
+            U,
+            "Time spent idling while in a transaction in this database, in milliseconds (PostgreSQL 14+)",
+        ),
+        m(
+            "sessions",
+            U,
+            "Total number of sessions established to this database (PostgreSQL 14+)",
+        ),
+        m(
+            "sessions_abandoned",
+            U,
+            "Number of sessions to this database that were terminated because connection to the client was lost (PostgreSQL 14+)",
+        ),
+        m(
+            "sessions_fatal",
+            U,
+            "Number of sessions to this database that were terminated by fatal errors (PostgreSQL 14+)",
+        ),
+        m(
+            "sessions_killed",
+            U,
+            "Number of sessions to this database that were terminated by operator intervention (PostgreSQL 14+)",
+        ),
+        Metric {
+            name: "checksum_failures",
+            kind: U,
+            help: "Number of data page checksum failures detected in this database",
+            null: Null::NaN,
+        },
+        Metric {
+            name: "checksum_last_failure",
+            kind: U,
+            help: "Time at which the last data page checksum failure was detected in this database",
+            null: Null::NaN,
+        },
     ],
 };
 

@@ -3,6 +3,7 @@
 //! scrapes sharing one collection.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,11 +11,17 @@ use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Config, NoTls};
 
 use crate::collectors::{self, COLLECTORS, Ctx, Scope};
 use crate::dsn;
 use crate::exposition::{Families, Kind};
+use crate::session::Session;
+
+/// Server-wide collectors run on the fresh session each scrape opens for
+/// `pg_up` (the ones that cost the server most), the others on the
+/// long-lived session. None depends on the server version.
+const FRESH_SESSION_COLLECTORS: &[&str] = &["database"];
 
 /// Settings of the exporter (from the command line).
 #[derive(Debug, Clone)]
@@ -67,7 +74,7 @@ pub enum ProbeError {
 }
 
 struct Conn {
-    client: Arc<Client>,
+    session: Arc<Session>,
     version: u32,
     task: JoinHandle<()>,
 }
@@ -103,6 +110,8 @@ pub struct Exporter {
     stats: Mutex<Stats>,
     warned: Mutex<HashSet<String>>,
     probes: Semaphore,
+    /// Server version seen on the long-lived session (for the fresh one's collectors).
+    last_version: AtomicU32,
 }
 
 impl Exporter {
@@ -122,6 +131,7 @@ impl Exporter {
             stats: Mutex::new(Stats::default()),
             warned: Mutex::new(HashSet::new()),
             probes,
+            last_version: AtomicU32::new(0),
         }
     }
 
@@ -158,28 +168,67 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
         let mut ok = true;
-        let prefix = &self.opts.prefix;
         if let Some(base) = self.base.clone() {
-            let (fresh, main) = tokio::join!(
-                self.check_fresh(&base, deadline),
-                self.main_connection(&base, deadline)
-            );
-            let up = fresh && main.is_some();
-            if let Some((client, version)) = main {
+            let main_db = dsn::database(&base);
+            // A fresh session tells whether the exporter can still log in
+            // (pg_up). While open, it runs the costliest server-wide queries in
+            // parallel with the rest on the long-lived session (two backends,
+            // two CPUs), instead of opening for nothing.
+            let on_fresh: Vec<&'static str> = FRESH_SESSION_COLLECTORS
+                .iter()
+                .copied()
+                .filter(|c| self.opts.collectors.contains(c))
+                .collect();
+            let fresh = async {
+                match open(&base, deadline, false).await {
+                    Ok(conn) => {
+                        self.forget_connect_warnings();
+                        let ctx = self.ctx(self.last_version.load(Ordering::Relaxed));
+                        let runs = join_all(
+                            on_fresh
+                                .iter()
+                                .map(|name| timed(name, &conn.session, &ctx, deadline)),
+                        )
+                        .await;
+                        (true, runs)
+                    }
+                    Err(e) => {
+                        self.warn_connect(&base, &e);
+                        (false, Vec::new())
+                    }
+                }
+            };
+            let main = async {
+                let (session, version) =
+                    self.database_connection(&base, &main_db, deadline).await?;
+                self.last_version.store(version, Ordering::Relaxed);
                 let ctx = self.ctx(version);
-                ok &= self
-                    .run_collectors(&client, &ctx, &base, deadline, &mut out)
+                let runs = self
+                    .run_collectors(&session, &ctx, &base, deadline, &on_fresh, &mut out)
                     .await;
-            } else {
-                ok = false;
+                Some((session, ctx, runs))
+            };
+            let ((fresh_ok, fresh_runs), main) = tokio::join!(fresh, main);
+            let up = fresh_ok && main.is_some();
+            match main {
+                Some((session, ctx, mut runs)) => {
+                    if fresh_ok {
+                        runs.extend(fresh_runs.into_iter().map(|r| (self.server.clone(), r)));
+                    } else {
+                        // No fresh session: run them on the long-lived one after all.
+                        let late = join_all(
+                            on_fresh
+                                .iter()
+                                .map(|name| timed(name, &session, &ctx, deadline)),
+                        )
+                        .await;
+                        runs.extend(late.into_iter().map(|r| (self.server.clone(), r)));
+                    }
+                    ok &= self.record(runs, &mut out).await;
+                }
+                None => ok = false,
             }
-            out.add(
-                &format!("{prefix}_up"),
-                "Whether the last scrape of metrics from PostgreSQL was able to connect to the server (1 for yes, 0 for no).",
-                Kind::Gauge,
-                Vec::new(),
-                if up { 1.0 } else { 0.0 },
-            );
+            add_up(&mut out, &self.opts.prefix, up);
         }
         let elapsed = start.elapsed().as_secs_f64();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,6 +240,38 @@ impl Exporter {
         let mut text = String::with_capacity(64 * 1024);
         out.render(&mut text);
         text
+    }
+
+    /// Merges collector runs into `out` with their duration and success
+    /// series; cancels queries left running by a timeout. True when all succeeded.
+    async fn record(&self, runs: Vec<(String, Timed)>, out: &mut Families) -> bool {
+        let mut ok = true;
+        let mut timed_out = false;
+        let mut durations: HashMap<&'static str, (Duration, bool)> = HashMap::new();
+        for (place, (name, result, elapsed, fam)) in runs {
+            let success = self.outcome(name, &place, result, &mut timed_out);
+            ok &= success;
+            let entry = durations.entry(name).or_insert((Duration::ZERO, true));
+            entry.0 = entry.0.max(elapsed);
+            entry.1 &= success;
+            out.merge(fam);
+        }
+        for (name, (elapsed, success)) in durations {
+            add_collector_result(out, &self.opts.prefix, name, Some(elapsed), success);
+        }
+        if timed_out {
+            // Queries may still run on the server: cancel them and start afresh next time.
+            let mut conns = self.conns.lock().await;
+            for (_, conn) in conns.drain() {
+                let _ = conn
+                    .session
+                    .client()
+                    .cancel_token()
+                    .cancel_query(NoTls)
+                    .await;
+            }
+        }
+        ok
     }
 
     fn ctx(&self, version: u32) -> Ctx {
@@ -218,163 +299,142 @@ impl Exporter {
             Vec::new(),
             stats.scrapes as f64,
         );
-        out.add(&format!("{p}_exporter_last_scrape_error"), "Whether the last scrape of metrics from PostgreSQL resulted in an error (1 for error, 0 for success).", Kind::Gauge, Vec::new(), if stats.last_error { 1.0 } else { 0.0 });
-        if let Some(role) = &stats.missing_monitor {
-            out.add(&format!("{p}_exporter_missing_pg_monitor"), "1 when the exporter's role is not a member of pg_monitor (statistics of other sessions are hidden from it).", Kind::Gauge, vec![("role".into(), role.clone())], 1.0);
-        } else {
-            out.declare(&format!("{p}_exporter_missing_pg_monitor"), "1 when the exporter's role is not a member of pg_monitor (statistics of other sessions are hidden from it).", Kind::Gauge);
+        out.add(
+            &format!("{p}_exporter_last_scrape_error"),
+            "Whether the last scrape of metrics from PostgreSQL resulted in an error (1 for error, 0 for success).",
+            Kind::Gauge,
+            Vec::new(),
+            if stats.last_error { 1.0 } else { 0.0 },
+        );
+        let name = format!("{p}_exporter_missing_pg_monitor");
+        let help = "1 when the exporter's role is not a member of pg_monitor (statistics of other sessions are hidden from it).";
+        match &stats.missing_monitor {
+            Some(role) => out.add(
+                &name,
+                help,
+                Kind::Gauge,
+                vec![("role".into(), role.clone())],
+                1.0,
+            ),
+            None => out.declare(&name, help, Kind::Gauge),
         }
     }
 
-    /// Runs the enabled collectors on `client` (server scope) and on every
-    /// collected database (database scope). True when all succeeded.
+    /// Runs the enabled collectors (but `skip`), all at once: server scope on
+    /// the main session (pipelined), database scope on each collected
+    /// database's session. Adds `pg_static` to `out`; returns the runs with
+    /// where they ran.
     async fn run_collectors(
         &self,
-        client: &Arc<Client>,
+        session: &Arc<Session>,
         ctx: &Ctx,
         base: &Config,
         deadline: tokio::time::Instant,
+        skip: &[&str],
         out: &mut Families,
-    ) -> bool {
-        let server_scope: Vec<&'static str> = self.enabled(Scope::Server);
-        let db_scope: Vec<&'static str> = self.enabled(Scope::Database);
+    ) -> Vec<(String, Timed)> {
+        let server_scope: Vec<&'static str> = self
+            .enabled(Scope::Server)
+            .into_iter()
+            .filter(|n| !skip.contains(n))
+            .collect();
+        let db_scope = self.enabled(Scope::Database);
         let main_db = dsn::database(base);
 
-        // Server-scope collectors, all at once on the main connection (pipelined).
-        let runs = server_scope.iter().map(|name| {
-            let client = Arc::clone(client);
-            async move {
-                let mut fam = Families::new();
-                let t0 = Instant::now();
-                let result =
-                    timeout_at(deadline, collectors::collect(name, &client, ctx, &mut fam)).await;
-                (*name, result, t0.elapsed(), fam)
-            }
-        });
+        let server_runs = join_all(
+            server_scope
+                .iter()
+                .map(|name| timed(name, session, ctx, deadline)),
+        );
         let static_info = async {
             let mut fam = Families::new();
-            let r = timeout_at(deadline, collectors::static_info(client, ctx, &mut fam)).await;
+            let r = timeout_at(deadline, collectors::static_info(session, ctx, &mut fam)).await;
             (r, fam)
         };
-        let databases = async {
-            if self.opts.auto_discover {
-                timeout_at(deadline, self.discover(client, &main_db))
+        let database_runs = async {
+            if db_scope.is_empty() {
+                return Vec::new();
+            }
+            let databases = if self.opts.auto_discover {
+                timeout_at(deadline, self.discover(session, &main_db))
                     .await
                     .unwrap_or_else(|_| vec![main_db.clone()])
             } else {
                 vec![main_db.clone()]
-            }
+            };
+            join_all(databases.into_iter().map(|db| {
+                let db_scope = &db_scope;
+                let main_db = &main_db;
+                async move {
+                    let session = if &db == main_db {
+                        Some(Arc::clone(session))
+                    } else {
+                        self.database_connection(base, &db, deadline)
+                            .await
+                            .map(|(s, _)| s)
+                    };
+                    let runs = match session {
+                        Some(session) => {
+                            join_all(
+                                db_scope
+                                    .iter()
+                                    .map(|name| timed(name, &session, ctx, deadline)),
+                            )
+                            .await
+                        }
+                        // Could not connect (already logged): the collectors count as failed.
+                        None => db_scope
+                            .iter()
+                            .map(|name| {
+                                (
+                                    *name,
+                                    Err(RunError::NotConnected),
+                                    Duration::ZERO,
+                                    Families::new(),
+                                )
+                            })
+                            .collect(),
+                    };
+                    (db, runs)
+                }
+            }))
+            .await
         };
-        let (results, (static_result, static_fam), databases) =
-            tokio::join!(join_all(runs), static_info, databases);
-
-        let mut ok = true;
-        let mut timed_out = false;
-        let mut durations: HashMap<&'static str, (Duration, bool)> = HashMap::new();
-        for (name, result, elapsed, fam) in results {
-            let success = self.outcome(name, &self.server, result, &mut timed_out);
-            ok &= success;
-            durations.insert(name, (elapsed, success));
-            out.merge(fam);
-        }
+        let (server_results, (static_result, static_fam), database_results) =
+            tokio::join!(server_runs, static_info, database_runs);
         if let Ok(Ok(())) = static_result {
             out.merge(static_fam);
         }
-
-        // Database-scope collectors: on each database's own connection.
-        if !db_scope.is_empty() {
-            let per_db = databases.iter().map(|db| {
-                let db_scope = &db_scope;
-                let main = Arc::clone(client);
-                let main_db = &main_db;
-                async move {
-                    let client = if db == main_db {
-                        Some(main)
-                    } else {
-                        self.database_connection(base, db, deadline)
-                            .await
-                            .map(|(c, _)| c)
-                    };
-                    let mut results = Vec::new();
-                    let Some(client) = client else {
-                        return (db.clone(), results, false);
-                    };
-                    for name in db_scope.iter() {
-                        let mut fam = Families::new();
-                        let t0 = Instant::now();
-                        let r =
-                            timeout_at(deadline, collectors::collect(name, &client, ctx, &mut fam))
-                                .await;
-                        results.push((*name, r, t0.elapsed(), fam));
-                    }
-                    (db.clone(), results, true)
-                }
-            });
-            for (db, results, connected) in join_all(per_db).await {
-                if !connected {
-                    ok = false;
-                    for name in &db_scope {
-                        durations.entry(name).or_insert((Duration::ZERO, false)).1 = false;
-                    }
-                    continue;
-                }
-                for (name, result, elapsed, fam) in results {
-                    let success = self.outcome(name, &db, result, &mut timed_out);
-                    ok &= success;
-                    let entry = durations.entry(name).or_insert((Duration::ZERO, true));
-                    entry.0 += elapsed;
-                    entry.1 &= success;
-                    out.merge(fam);
-                }
-            }
+        let mut runs: Vec<(String, Timed)> = server_results
+            .into_iter()
+            .map(|r| (self.server.clone(), r))
+            .collect();
+        for (db, results) in database_results {
+            runs.extend(results.into_iter().map(|r| (db.clone(), r)));
         }
-        let p = &self.opts.prefix;
-        for (name, (elapsed, success)) in durations {
-            let labels = vec![("collector".to_string(), name.to_string())];
-            out.add(
-                &format!("{p}_scrape_collector_duration_seconds"),
-                "postgres_exporter: Duration of a collector scrape.",
-                Kind::Gauge,
-                labels.clone(),
-                elapsed.as_secs_f64(),
-            );
-            out.add(
-                &format!("{p}_scrape_collector_success"),
-                "postgres_exporter: Whether a collector succeeded.",
-                Kind::Gauge,
-                labels,
-                if success { 1.0 } else { 0.0 },
-            );
-        }
-        if timed_out {
-            // Queries may still run on the server: cancel them and start afresh next time.
-            let mut conns = self.conns.lock().await;
-            for (_, conn) in conns.drain() {
-                let _ = conn.client.cancel_token().cancel_query(NoTls).await;
-            }
-        }
-        ok
+        runs
     }
 
     /// Logs a collector failure (once per collector and message) and says whether it succeeded.
     fn outcome(
         &self,
         name: &str,
-        where_: &str,
-        result: Result<Result<(), tokio_postgres::Error>, tokio::time::error::Elapsed>,
+        place: &str,
+        result: Result<(), RunError>,
         timed_out: &mut bool,
     ) -> bool {
         match result {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
+            Ok(()) => true,
+            Err(RunError::Query(e)) => {
                 let msg = db_error_text(&e);
                 self.warn_once(
                     format!("{name}:{msg}"),
-                    format!("collector {name} failed on {where_}: {msg}"),
+                    format!("collector {name} failed on {place}: {msg}"),
                 );
                 false
             }
-            Err(_) => {
+            Err(RunError::NotConnected) => false,
+            Err(RunError::Timeout) => {
                 *timed_out = true;
                 self.warn_once(
                     format!("{name}:timeout"),
@@ -396,14 +456,17 @@ impl Exporter {
             .collect()
     }
 
-    async fn discover(&self, client: &Client, main_db: &str) -> Vec<String> {
-        let rows = match client
-            .query("SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", &[])
+    async fn discover(&self, session: &Session, main_db: &str) -> Vec<String> {
+        let rows = match session
+            .query("SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")
             .await
         {
             Ok(rows) => rows,
             Err(e) => {
-                self.warn_once("discover".into(), format!("cannot list databases: {}", db_error_text(&e)));
+                self.warn_once(
+                    "discover".into(),
+                    format!("cannot list databases: {}", db_error_text(&e)),
+                );
                 return vec![main_db.to_string()];
             }
         };
@@ -423,51 +486,30 @@ impl Exporter {
         dbs
     }
 
-    /// A new connection, opened and closed: can the exporter still log in?
-    async fn check_fresh(&self, base: &Config, deadline: tokio::time::Instant) -> bool {
-        match open(base, deadline).await {
-            Ok(conn) => {
-                drop(conn);
-                // A later outage is worth a new warning.
-                let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-                warned.retain(|k| !k.starts_with("connect:"));
-                true
-            }
-            Err(e) => {
-                self.warn_connect(base, &e);
-                false
-            }
-        }
+    /// A connection worked again: a later outage is worth a new warning.
+    fn forget_connect_warnings(&self) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.retain(|k| !k.starts_with("connect:"));
     }
 
-    async fn main_connection(
-        &self,
-        base: &Config,
-        deadline: tokio::time::Instant,
-    ) -> Option<(Arc<Client>, u32)> {
-        let db = dsn::database(base);
-        let (client, version) = self.database_connection(base, &db, deadline).await?;
-        Some((client, version))
-    }
-
-    /// The long-lived connection to `db`, opened (again) if needed.
+    /// The long-lived session to `db`, opened (again) if needed.
     async fn database_connection(
         &self,
         base: &Config,
         db: &str,
         deadline: tokio::time::Instant,
-    ) -> Option<(Arc<Client>, u32)> {
+    ) -> Option<(Arc<Session>, u32)> {
         {
             let conns = self.conns.lock().await;
             if let Some(c) = conns.get(db) {
-                if !c.client.is_closed() {
-                    return Some((Arc::clone(&c.client), c.version));
+                if !c.session.is_closed() {
+                    return Some((Arc::clone(&c.session), c.version));
                 }
             }
         }
         let mut config = base.clone();
         config.dbname(db);
-        let conn = match open(&config, deadline).await {
+        let conn = match open(&config, deadline, true).await {
             Ok(conn) => conn,
             Err(e) => {
                 self.warn_connect(&config, &e);
@@ -475,9 +517,9 @@ impl Exporter {
             }
         };
         if db == dsn::database(base) {
-            self.check_privileges(&conn.client).await;
+            self.check_privileges(&conn.session).await;
         }
-        let out = (Arc::clone(&conn.client), conn.version);
+        let out = (Arc::clone(&conn.session), conn.version);
         tracing::info!(
             "connected to {} (PostgreSQL {})",
             dsn::describe(&config),
@@ -488,15 +530,16 @@ impl Exporter {
     }
 
     /// Warns once when the role cannot see other sessions' statistics.
-    async fn check_privileges(&self, client: &Client) {
-        let row = client
-            .query_one(
+    async fn check_privileges(&self, session: &Session) {
+        let rows = session
+            .query(
                 "SELECT current_user::text, COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) \
                  OR pg_has_role(current_user, 'pg_monitor', 'MEMBER')",
-                &[],
             )
             .await;
-        let Ok(row) = row else { return };
+        let Some(row) = rows.ok().and_then(|r| r.into_iter().next()) else {
+            return;
+        };
         let (role, monitored): (String, bool) = (row.get(0), row.get(1));
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if monitored {
@@ -549,42 +592,23 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
         let p = &self.opts.prefix;
-        let up = match open(&config, deadline).await {
+        let up = match open(&config, deadline, true).await {
             Ok(conn) => {
                 let ctx = Ctx {
                     server: dsn::server_label(&config),
                     ..self.ctx(conn.version)
                 };
-                let names: Vec<&'static str> = COLLECTORS
+                let runs = COLLECTORS
                     .iter()
                     .filter(|c| self.opts.collectors.contains(&c.name))
-                    .map(|c| c.name)
-                    .collect();
-                let runs = names.iter().map(|name| {
-                    let client = Arc::clone(&conn.client);
-                    let ctx = &ctx;
-                    async move {
-                        let mut fam = Families::new();
-                        let r =
-                            timeout_at(deadline, collectors::collect(name, &client, ctx, &mut fam))
-                                .await;
-                        (*name, r, fam)
-                    }
-                });
-                for (name, r, fam) in join_all(runs).await {
-                    let success = matches!(r, Ok(Ok(())));
-                    out.add(
-                        &format!("{p}_scrape_collector_success"),
-                        "postgres_exporter: Whether a collector succeeded.",
-                        Kind::Gauge,
-                        vec![("collector".into(), name.into())],
-                        if success { 1.0 } else { 0.0 },
-                    );
+                    .map(|c| timed(c.name, &conn.session, &ctx, deadline));
+                for (name, result, elapsed, fam) in join_all(runs).await {
+                    add_collector_result(&mut out, p, name, Some(elapsed), result.is_ok());
                     out.merge(fam);
                 }
                 let _ = timeout_at(
                     deadline,
-                    collectors::static_info(&conn.client, &ctx, &mut out),
+                    collectors::static_info(&conn.session, &ctx, &mut out),
                 )
                 .await;
                 true
@@ -594,7 +618,7 @@ impl Exporter {
                 false
             }
         };
-        out.add(&format!("{p}_up"), "Whether the last scrape of metrics from PostgreSQL was able to connect to the server (1 for yes, 0 for no).", Kind::Gauge, Vec::new(), if up { 1.0 } else { 0.0 });
+        add_up(&mut out, p, up);
         let mut text = String::new();
         out.render(&mut text);
         Ok(text)
@@ -606,8 +630,76 @@ impl Exporter {
     }
 }
 
-/// Opens a connection and reads the server version, all before `deadline`.
-async fn open(config: &Config, deadline: tokio::time::Instant) -> Result<Conn, String> {
+fn add_up(out: &mut Families, prefix: &str, up: bool) {
+    out.add(
+        &format!("{prefix}_up"),
+        "Whether the last scrape of metrics from PostgreSQL was able to connect to the server (1 for yes, 0 for no).",
+        Kind::Gauge,
+        Vec::new(),
+        if up { 1.0 } else { 0.0 },
+    );
+}
+
+fn add_collector_result(
+    out: &mut Families,
+    prefix: &str,
+    name: &str,
+    elapsed: Option<Duration>,
+    success: bool,
+) {
+    let labels = vec![("collector".to_string(), name.to_string())];
+    if let Some(elapsed) = elapsed {
+        out.add(
+            &format!("{prefix}_scrape_collector_duration_seconds"),
+            "postgres_exporter: Duration of a collector scrape.",
+            Kind::Gauge,
+            labels.clone(),
+            elapsed.as_secs_f64(),
+        );
+    }
+    out.add(
+        &format!("{prefix}_scrape_collector_success"),
+        "postgres_exporter: Whether a collector succeeded.",
+        Kind::Gauge,
+        labels,
+        if success { 1.0 } else { 0.0 },
+    );
+}
+
+/// Why a collector run produced nothing.
+enum RunError {
+    Query(tokio_postgres::Error),
+    Timeout,
+    NotConnected,
+}
+
+/// A collector run: its name, outcome, duration and families.
+type Timed = (&'static str, Result<(), RunError>, Duration, Families);
+
+/// Runs one collector before `deadline`, timing it.
+async fn timed(
+    name: &'static str,
+    session: &Session,
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+) -> Timed {
+    let mut fam = Families::new();
+    let t0 = Instant::now();
+    let result = match timeout_at(deadline, collectors::collect(name, session, ctx, &mut fam)).await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Query(e)),
+        Err(_) => Err(RunError::Timeout),
+    };
+    (name, result, t0.elapsed(), fam)
+}
+
+/// Opens a connection (reading the server version if `version`), all before `deadline`.
+async fn open(
+    config: &Config,
+    deadline: tokio::time::Instant,
+    version: bool,
+) -> Result<Conn, String> {
     let limit = config
         .get_connect_timeout()
         .map(|t| tokio::time::Instant::now() + *t)
@@ -619,15 +711,19 @@ async fn open(config: &Config, deadline: tokio::time::Instant) -> Result<Conn, S
                 tracing::debug!("database connection ended: {e}");
             }
         });
-        let version = client
-            .query_one("SHOW server_version_num", &[])
-            .await
-            .map_err(|e| db_error_text(&e))?
-            .get::<_, String>(0)
-            .parse()
-            .unwrap_or(0);
+        let version = if version {
+            client
+                .query_one("SHOW server_version_num", &[])
+                .await
+                .map_err(|e| db_error_text(&e))?
+                .get::<_, String>(0)
+                .parse()
+                .unwrap_or(0)
+        } else {
+            0
+        };
         Ok(Conn {
-            client: Arc::new(client),
+            session: Arc::new(Session::new(client)),
             version,
             task,
         })

@@ -17,5 +17,6 @@ pub mod dsn;
 pub mod exporter;
 pub mod exposition;
 pub mod server;
+pub mod session;
 
 pub use exporter::{Exporter, Options};

@@ -258,7 +258,7 @@ fn expected_families(major: u32) -> Vec<(String, &'static str, Vec<&'static str>
 /// Creates what makes every default family show up: a table with an index, a
 /// logical replication slot.
 fn prepare(server: &PgServer) {
-    let mut c = server.client("postgres");
+    let mut c = pg::client(&server, "postgres");
     c.batch_execute(
         "CREATE TABLE IF NOT EXISTS products (id serial PRIMARY KEY, name text);
          INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 100) g;
@@ -329,7 +329,7 @@ fn every_default_family_with_type_and_labels_on_every_available_version() {
         "no PostgreSQL binaries; run ./scripts/test"
     );
     for dir in dirs {
-        let server = PgServer::start(&dir);
+        let server = pg::start(&dir);
         eprintln!("checking {}", server.version);
         every_default_family_on(&server);
     }
@@ -337,7 +337,7 @@ fn every_default_family_with_type_and_labels_on_every_available_version() {
 
 #[test]
 fn values_move_when_the_database_works() {
-    let server = PgServer::start(&pg::default_bin_dir());
+    let server = pg::start(&pg::default_bin_dir());
     prepare(&server);
     let env = superuser_env(&server, "postgres");
     let (_p, addr) = exporter(&env_refs(&env), &[]);
@@ -360,12 +360,12 @@ fn values_move_when_the_database_works() {
     };
 
     // Work: insert rows, keep extra sessions open, hold a lock in an open transaction.
-    let mut worker = server.client("postgres");
+    let mut worker = pg::client(&server, "postgres");
     worker
         .batch_execute("INSERT INTO products (name) SELECT 'q' || g FROM generate_series(1, 500) g")
         .unwrap();
-    let idle: Vec<postgres::Client> = (0..3).map(|_| server.client("postgres")).collect();
-    let mut locker = server.client("postgres");
+    let idle: Vec<postgres::Client> = (0..3).map(|_| pg::client(&server, "postgres")).collect();
+    let mut locker = pg::client(&server, "postgres");
     let mut tx = locker.transaction().unwrap();
     tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
         .unwrap();
@@ -427,7 +427,7 @@ fn values_move_when_the_database_works() {
 
 #[test]
 fn database_down_answers_fast_with_pg_up_0_and_recovers() {
-    let mut server = PgServer::start(&pg::default_bin_dir());
+    let mut server = pg::start(&pg::default_bin_dir());
     let env = superuser_env(&server, "postgres");
     let (p, addr) = exporter(&env_refs(&env), &[]);
     assert_eq!(value(&scrape(addr), "pg_up", &[]), Some(1.0));
@@ -445,7 +445,7 @@ fn database_down_answers_fast_with_pg_up_0_and_recovers() {
     // Refused connections answer at once (bench/pg-exporter.sh measures it; this only catches hangs).
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
-    server.restart();
+    server.restart().unwrap();
     wait_until("pg_up back to 1", Duration::from_secs(30), || {
         value(&scrape(addr), "pg_up", &[]) == Some(1.0)
     });
@@ -487,10 +487,9 @@ fn a_server_that_accepts_and_never_answers_times_out_at_the_connect_timeout() {
 
 #[test]
 fn passwords_with_special_characters_work() {
-    let server = PgServer::start(&pg::default_bin_dir());
+    let server = pg::start(&pg::default_bin_dir());
     let password = "#=%{!@:/ x";
-    server
-        .client("postgres")
+    pg::client(&server, "postgres")
         .batch_execute(&format!(
             "CREATE ROLE \"mon itor\" LOGIN PASSWORD '{}'; GRANT pg_monitor TO \"mon itor\";",
             password.replace('\'', "''")
@@ -538,9 +537,8 @@ fn passwords_with_special_characters_work() {
 
 #[test]
 fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
-    let server = PgServer::start(&pg::default_bin_dir());
-    server
-        .client("postgres")
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
         .batch_execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
         .unwrap();
     let uri = server.uri("postgres");
@@ -574,13 +572,12 @@ fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
 
 #[test]
 fn auto_discovery_labels_every_database_without_duplicates_and_probe_works() {
-    let server = PgServer::start(&pg::default_bin_dir());
-    let mut admin = server.client("postgres");
+    let server = pg::start(&pg::default_bin_dir());
+    let mut admin = pg::client(&server, "postgres");
     admin.batch_execute("CREATE DATABASE app1").unwrap();
     admin.batch_execute("CREATE DATABASE app2").unwrap();
     for db in ["app1", "app2"] {
-        server
-            .client(db)
+        pg::client(&server, db)
             .batch_execute(
                 "CREATE TABLE orders (id int); INSERT INTO orders SELECT generate_series(1, 10)",
             )
@@ -676,7 +673,7 @@ fn auto_discovery_labels_every_database_without_duplicates_and_probe_works() {
 
 #[test]
 fn sessions_are_named_and_few_and_concurrent_scrapes_share_collections() {
-    let server = PgServer::start(&pg::default_bin_dir());
+    let server = pg::start(&pg::default_bin_dir());
     let env = superuser_env(&server, "postgres");
     let (_p, addr) = exporter(&env_refs(&env), &[]);
     // Many concurrent scrapes share collections instead of piling up connections.
@@ -686,7 +683,7 @@ fn sessions_are_named_and_few_and_concurrent_scrapes_share_collections() {
     for h in handles {
         assert_eq!(value(&h.join().unwrap(), "pg_up", &[]), Some(1.0));
     }
-    let mut c = server.client("postgres");
+    let mut c = pg::client(&server, "postgres");
     let row = c
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sidecar-postgres-exporter'",

@@ -23,6 +23,8 @@ pub struct ProcessStats {
     pub open_fds: u64,
     pub max_fds: u64,
     pub start_time_seconds: f64,
+    /// Soft limit of the address space (u64::MAX when unlimited).
+    pub virtual_max_bytes: u64,
 }
 
 impl ProcessStats {
@@ -46,7 +48,8 @@ impl ProcessStats {
             s.open_fds = dir.count().saturating_sub(1) as u64;
         }
         if let Ok(limits) = fs::read_to_string("/proc/self/limits") {
-            s.max_fds = max_open_files(&limits).unwrap_or(0);
+            s.max_fds = soft_limit(&limits, "Max open files").unwrap_or(0);
+            s.virtual_max_bytes = soft_limit(&limits, "Max address space").unwrap_or(u64::MAX);
         }
         s
     }
@@ -78,9 +81,9 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
-fn max_open_files(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line["Max open files".len()..].split_whitespace().next()?;
+fn soft_limit(limits: &str, name: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with(name))?;
+    let soft = line[name.len()..].split_whitespace().next()?;
     if soft == "unlimited" {
         return Some(u64::MAX);
     }
@@ -107,7 +110,7 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let gauges: [(&str, &str, f64); 5] = [
+        let gauges: [(&str, &str, f64); 6] = [
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
@@ -127,6 +130,11 @@ impl Collector for ProcessCollector {
                 "process_max_fds",
                 "Maximum number of open file descriptors",
                 s.max_fds as f64,
+            ),
+            (
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes",
+                s.virtual_max_bytes as f64,
             ),
             (
                 "process_start_time_seconds",
@@ -170,7 +178,9 @@ mod tests {
     #[test]
     fn parses_limits_and_status() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
-        assert_eq!(max_open_files(limits), Some(1024));
+        assert_eq!(soft_limit(limits, "Max open files"), Some(1024));
+        let limits = "Max address space         unlimited            unlimited            bytes\n";
+        assert_eq!(soft_limit(limits, "Max address space"), Some(u64::MAX));
         assert_eq!(
             status_kib("Name:\tx\nVmRSS:\t    5120 kB\n", "VmRSS:"),
             Some(5120)
@@ -197,6 +207,7 @@ mod tests {
             "process_open_fds ",
             "process_max_fds ",
             "process_start_time_seconds ",
+            "process_virtual_memory_max_bytes ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
