@@ -258,7 +258,7 @@ fn expected_families(major: u32) -> Vec<(String, &'static str, Vec<&'static str>
 /// Creates what makes every default family show up: a table with an index, a
 /// logical replication slot.
 fn prepare(server: &PgServer) {
-    let mut c = pg::client(&server, "postgres");
+    let mut c = pg::client(server, "postgres");
     c.batch_execute(
         "CREATE TABLE IF NOT EXISTS products (id serial PRIMARY KEY, name text);
          INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 100) g;
