@@ -6,16 +6,23 @@
 //! `sidecar logs` following that file. The demo reads the relay's stdout,
 //! shows each relayed line, and at the end compares the sequence numbers
 //! relayed with the lines written: lost, duplicated, out of order.
+//!
+//! The metrics part starts a throwaway PostgreSQL server ([`pgserver`]) when
+//! server binaries are installed (or uses `--postgres-url`), runs
+//! `sidecar postgres-exporter` on it as a child, adds some load, and prints a
+//! few `pg_*` values before and after.
 
 #![forbid(unsafe_code)]
 
 pub mod applog;
 mod logs_part;
+mod metrics_part;
 pub mod pgserver;
 
 use std::path::PathBuf;
 
 pub use logs_part::LogsOutcome;
+pub use metrics_part::MetricsOutcome;
 
 /// Options of `sidecar demo`.
 #[derive(Debug, Clone)]
@@ -28,6 +35,8 @@ pub struct DemoOptions {
     pub rate: u64,
     /// The demo app rotates its log file at this size.
     pub rotate_bytes: u64,
+    /// A PostgreSQL server to export instead of a throwaway one.
+    pub postgres_url: Option<String>,
 }
 
 /// Why the demo could not run.
@@ -47,12 +56,13 @@ pub enum DemoError {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub logs: LogsOutcome,
+    pub metrics: MetricsOutcome,
 }
 
 impl Report {
     /// True when every part did what it promises.
     pub fn ok(&self) -> bool {
-        self.logs.ok()
+        self.logs.ok() && self.metrics.ok()
     }
 }
 
@@ -75,8 +85,13 @@ pub async fn run(opts: DemoOptions) -> Result<Report, DemoError> {
         let _ = cancel_tx.send(true);
     });
     let logs = logs_part::run(&opts, cancel.clone()).await?;
+    let metrics = if *cancel.borrow() {
+        MetricsOutcome::default()
+    } else {
+        metrics_part::run(&opts, cancel.clone()).await?
+    };
     signals.abort();
-    let report = Report { logs };
+    let report = Report { logs, metrics };
     println!();
     if report.ok() {
         println!("All parts of the demo did what they promise.");

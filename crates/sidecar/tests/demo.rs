@@ -30,6 +30,24 @@ fn demo_logs_part_relays_every_line() {
         "the demo shows rotation:\n{out}"
     );
     assert_eq!(out.matches("  relayed | ").count(), 300);
+    // Part 2: the exporter beside a throwaway PostgreSQL server, values moving with load.
+    let rows = out
+        .lines()
+        .find(|l| l.contains("live rows in orders"))
+        .unwrap_or_else(|| panic!("no metrics part in:\n{out}"));
+    assert!(rows.split_whitespace().any(|w| w == "5000"), "{rows}");
+    let up = out
+        .lines()
+        .find(|l| l.contains("database reachable"))
+        .unwrap();
+    assert!(
+        up.split_whitespace().filter(|w| *w == "1").count() == 2,
+        "{up}"
+    );
+    assert!(
+        out.contains("All parts of the demo did what they promise."),
+        "{out}"
+    );
 }
 
 #[test]

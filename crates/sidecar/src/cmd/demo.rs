@@ -14,8 +14,13 @@ use sidecar_demo::applog::{self, Rotation, WriterOptions};
 ///
 /// Part 1 (logs): a demo app writes numbered lines to a log file and rotates
 /// it; `sidecar logs` relays the file to stdout; the demo shows the lines live
-/// and counts lines written, relayed, lost and duplicated. Stops by itself, or
-/// on Ctrl-C. Exits non-zero if a part did not do what it promises.
+/// and counts lines written, relayed, lost and duplicated.
+///
+/// Part 2 (metrics): a throwaway PostgreSQL server (when its binaries are
+/// installed, or --postgres-url), `sidecar postgres-exporter` beside it, some
+/// load, and a few pg_* values before and after.
+///
+/// Stops by itself, or on Ctrl-C. Exits non-zero if a part did not do what it promises.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Log lines the demo app writes.
@@ -27,6 +32,10 @@ pub struct DemoArgs {
     /// The demo app rotates its log file when it reaches this size.
     #[arg(long, default_value = "8KiB", value_parser = super::parse_bytes)]
     rotate_bytes: usize,
+    /// Export this PostgreSQL server in the metrics part (read only) instead of
+    /// starting a throwaway one, e.g. postgresql://user:pass@host:5432/db?sslmode=disable
+    #[arg(long, env = "SIDECAR_DEMO_POSTGRES_URL")]
+    postgres_url: Option<String>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -40,6 +49,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         lines: args.lines,
         rate: args.rate,
         rotate_bytes: args.rotate_bytes as u64,
+        postgres_url: args.postgres_url,
     }))?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
