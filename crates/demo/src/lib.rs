@@ -18,6 +18,7 @@ pub mod applog;
 mod logs_part;
 mod metrics_part;
 pub mod pgserver;
+pub mod service;
 
 use std::path::PathBuf;
 

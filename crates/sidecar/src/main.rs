@@ -15,6 +15,8 @@ Examples:
   sidecar logs --prefix '/logs/*.log'   # several files, lines prefixed with the file name
   DATA_SOURCE_URI='localhost?sslmode=disable' DATA_SOURCE_USER=postgres DATA_SOURCE_PASS=secret \
       sidecar postgres-exporter         # pg_* metrics on :9187/metrics
+  sidecar proxy --listen 0.0.0.0:8000 --upstream 127.0.0.1:8080 --service service1 \
+      --zipkin http://jaeger-collector:9411/api/v2/spans   # a tracing sidecar
 
 Every option can also be set with an environment variable, shown in each subcommand's --help.";
 
@@ -23,7 +25,8 @@ Every option can also be set with an environment variable, shown in each subcomm
 /// Run it as a sidecar container next to an unmodified application:
 /// `logs` relays log files to stdout so `kubectl logs` and the node's log
 /// collector see them; `postgres-exporter` serves PostgreSQL metrics for
-/// Prometheus.
+/// Prometheus; `proxy` traces every request to or from a service and reports
+/// spans to Jaeger/Zipkin or an OTLP collector.
 #[derive(Debug, Parser)]
 #[command(name = "sidecar", version, after_help = EXAMPLES)]
 struct Cli {
@@ -46,10 +49,14 @@ struct Cli {
 enum Command {
     Logs(cmd::logs::LogsArgs),
     PostgresExporter(cmd::pg_exporter::PgExporterArgs),
+    Proxy(cmd::proxy::ProxyArgs),
     Demo(cmd::demo::DemoArgs),
     /// The demo's log-writing app (started by `sidecar demo`).
     #[command(hide = true)]
     DemoApp(cmd::demo::DemoAppArgs),
+    /// The demo's web service (started by `sidecar demo` and the tests).
+    #[command(hide = true)]
+    DemoService(cmd::demo::DemoServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,8 +65,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logs(args) => cmd::logs::run(args),
         Command::PostgresExporter(args) => cmd::pg_exporter::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::DemoApp(args) => cmd::demo::run_app(args),
+        Command::DemoService(args) => cmd::demo::run_service(args),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,7 @@
 //! [`http::serve`] on a listener it bound itself, until the future returned by
 //! [`shutdown::signal`] resolves (SIGTERM or SIGINT). Scrapers read
 //! `/metrics` in the Prometheus text format 0.0.4; Kubernetes probes read
-//! `/live` and `/ready`.
+//! `/live` and `/ready`. [`trace`] reads and writes W3C and B3 trace headers.
 
 #![forbid(unsafe_code)]
 
@@ -15,5 +15,6 @@ pub mod duration;
 pub mod http;
 pub mod process;
 pub mod shutdown;
+pub mod trace;
 
 pub use admin::{Admin, Health};

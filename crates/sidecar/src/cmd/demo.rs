@@ -117,3 +117,40 @@ pub fn run_app(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
     println!("written {} rotations {}", written.lines, written.rotations);
     Ok(ExitCode::SUCCESS)
 }
+
+/// Serve the demo's web service (stands in for the seed's service 1 and 2).
+#[derive(Debug, Args)]
+pub struct DemoServiceArgs {
+    /// Address to listen on.
+    #[arg(long, value_parser = sidecar_telemetry::http::parse_listen_addr)]
+    listen: std::net::SocketAddr,
+    /// Name it answers with.
+    #[arg(long, default_value = "service")]
+    name: String,
+    /// URL it calls (copying trace headers) before answering.
+    #[arg(long)]
+    call: Option<String>,
+}
+
+pub fn run_service(args: DemoServiceArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let signal = sidecar_telemetry::shutdown::signal()?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(
+            "demo service {} on http://{}",
+            args.name,
+            listener.local_addr()?
+        );
+        sidecar_demo::service::serve(listener, args.name, args.call, async move {
+            signal.await;
+        })
+        .await;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}

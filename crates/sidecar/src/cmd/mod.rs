@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod logs;
 pub mod pg_exporter;
+pub mod proxy;
 
 /// Parses a byte size: `1048576`, `512KiB`, `1MiB`, `64k`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {

@@ -3,6 +3,7 @@
 
 pub mod pg;
 pub mod prom;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

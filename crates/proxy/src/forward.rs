@@ -1,0 +1,652 @@
+//! One request through the proxy: route, trace headers, hop-by-hop headers,
+//! streaming bodies both ways, upgrades, errors, and the span at the end.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use sidecar_telemetry::trace::{self, Outgoing, TraceId};
+
+use crate::config::{Direction, Timeouts};
+use crate::export::SpanSink;
+use crate::metrics::{
+    Metrics, RejectLabels, RequestLabels, RouteLabels, method_label, status_class,
+};
+use crate::span::{Kind, Span};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// A route, ready to use.
+#[derive(Debug)]
+pub struct RouteRt {
+    pub prefix: String,
+    pub upstream: String,
+    pub authority: Authority,
+    /// Lower-case span name, when configured.
+    pub operation: Option<String>,
+    pub http2: bool,
+}
+
+/// A listener, ready to use.
+#[derive(Debug)]
+pub struct ListenerRt {
+    pub name: String,
+    pub direction: Direction,
+    pub generate_request_id: bool,
+    pub routes: Vec<RouteRt>,
+    pub port: u16,
+}
+
+/// What every request needs.
+pub struct Shared {
+    pub service: Arc<str>,
+    pub sample_rate: f64,
+    pub timeouts: Timeouts,
+    pub h1: HttpClient,
+    pub h2: HttpClient,
+    pub metrics: Metrics,
+    pub spans: SpanSink,
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), not to the message.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A short plain-text error with `x-sidecar-error`.
+pub fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert("x-sidecar-error", HeaderValue::from_static(code));
+    resp
+}
+
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Everything needed to finish a request's span and metrics, whenever its
+/// response body ends (or the client goes away).
+struct Pending {
+    shared: Arc<Shared>,
+    listener: Arc<ListenerRt>,
+    route: String,
+    method: &'static str,
+    started: Instant,
+    span: Option<Span>,
+    request_bytes: Arc<AtomicU64>,
+    response_bytes: u64,
+    status: u16,
+}
+
+impl Pending {
+    fn finish(mut self) {
+        let elapsed = self.started.elapsed();
+        let m = &self.shared.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                listener: self.listener.name.clone(),
+                route: self.route.clone(),
+                method: self.method.to_string(),
+                status_class: status_class(self.status).to_string(),
+            })
+            .inc();
+        m.duration
+            .get_or_create(&RouteLabels {
+                listener: self.listener.name.clone(),
+                route: self.route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(mut span) = self.span.take() {
+            span.duration_us = (elapsed.as_micros() as u64).max(1);
+            span.error = self.status == 0 || self.status >= 500;
+            span.tags
+                .push(("http.status_code", self.status.to_string()));
+            span.tags.push((
+                "request_size",
+                self.request_bytes.load(Ordering::Relaxed).to_string(),
+            ));
+            span.tags
+                .push(("response_size", self.response_bytes.to_string()));
+            self.shared.spans.send(span);
+        }
+    }
+}
+
+/// A body that counts its bytes (requests) or finishes the span at its end (responses).
+struct Tracked<B> {
+    inner: B,
+    counter: Option<Arc<AtomicU64>>,
+    pending: Option<Pending>,
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if let Some(c) = &this.counter {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if let Some(p) = &mut this.pending {
+                        p.response_bytes += n;
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish();
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        // The client went away before the end of the body: still account for the request.
+        if let Some(p) = self.pending.take() {
+            p.finish();
+        }
+    }
+}
+
+/// Handles one request received on `listener` from `peer` (accepted on `local`).
+pub async fn handle(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerRt>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ambiguous: bool,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let start_us = now_us();
+    // Request smuggling: a body length given two ways (see `guard`) is
+    // refused, and the connection closed, whatever the upstream would make of it.
+    if ambiguous {
+        shared
+            .metrics
+            .rejected
+            .get_or_create(&RejectLabels {
+                listener: listener.name.clone(),
+                reason: "malformed".into(),
+            })
+            .inc();
+        let mut resp = error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            "a request may not carry both Content-Length and Transfer-Encoding",
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    let method = method_label(req.method());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let route = listener
+        .routes
+        .iter()
+        .find(|r| req.uri().path().starts_with(&r.prefix));
+    let route_label = route
+        .map(|r| r.prefix.clone())
+        .unwrap_or_else(|| "none".into());
+
+    // Trace context: honour what came in, start a trace otherwise.
+    let incoming = trace::extract(req.headers()).map(|(c, _)| c);
+    if listener.generate_request_id && !req.headers().contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&trace::new_request_id()) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+    }
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let sampled = incoming
+        .as_ref()
+        .and_then(|c| c.sampled)
+        .unwrap_or_else(|| fastrand::f64() < shared.sample_rate);
+    let outgoing = Outgoing {
+        trace_id: incoming
+            .as_ref()
+            .map(|c| c.trace_id)
+            .unwrap_or_else(TraceId::random),
+        span_id: trace::nonzero_random(),
+        parent_id: incoming.as_ref().map(|c| c.span_id),
+        sampled,
+        tracestate: incoming.as_ref().and_then(|c| c.tracestate.clone()),
+    };
+    trace::inject(req.headers_mut(), &outgoing);
+
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let protocol = match req.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let span = (sampled && shared.spans.enabled()).then(|| {
+        let name = route
+            .and_then(|r| r.operation.clone())
+            .unwrap_or_else(|| host.to_ascii_lowercase());
+        let mut url = format!("http://{host}{path_and_query}");
+        url.truncate(256);
+        let mut tags = vec![
+            ("component", "proxy".to_string()),
+            ("http.method", req.method().to_string()),
+            ("http.url", url),
+            ("http.protocol", protocol.to_string()),
+            ("peer.address", peer.ip().to_string()),
+            (
+                "upstream_cluster",
+                route
+                    .map(|r| r.upstream.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ];
+        if let Some(id) = &request_id {
+            tags.push(("guid:x-request-id", id.clone()));
+        }
+        Span {
+            trace_id: outgoing.trace_id,
+            id: outgoing.span_id,
+            parent_id: outgoing.parent_id,
+            name,
+            kind: match listener.direction {
+                Direction::Inbound => Kind::Server,
+                Direction::Outbound => Kind::Client,
+            },
+            start_us,
+            duration_us: 0,
+            service: Arc::clone(&shared.service),
+            local_ip: Some(local.ip()).filter(|ip: &IpAddr| !ip.is_unspecified()),
+            local_port: Some(listener.port),
+            tags,
+            error: false,
+        }
+    });
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let mut pending = Pending {
+        shared: Arc::clone(&shared),
+        listener: Arc::clone(&listener),
+        route: route_label,
+        method,
+        started,
+        span,
+        request_bytes: Arc::clone(&request_bytes),
+        response_bytes: 0,
+        status: 0,
+    };
+
+    let Some(route) = route else {
+        pending.status = 404;
+        pending.finish();
+        return error_response(StatusCode::NOT_FOUND, "no_route", "no route for this path");
+    };
+
+    if is_upgrade(req.headers()) {
+        return upgrade(shared, route, req, pending).await;
+    }
+
+    // Hop-by-hop headers stay on this hop; Host is kept; X-Forwarded-* added.
+    strip_hop_by_hop(req.headers_mut());
+    append_forwarded_for(req.headers_mut(), peer.ip());
+    if !req.headers().contains_key("x-forwarded-proto") {
+        req.headers_mut()
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(route.authority.clone())
+        .path_and_query(path_and_query.as_str())
+        .build();
+    let Ok(uri) = uri else {
+        pending.status = 400;
+        pending.finish();
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request path is not valid",
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = if route.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let body = Tracked {
+        inner: body,
+        counter: Some(request_bytes),
+        pending: None,
+    }
+    .boxed();
+    let upstream_req = Request::from_parts(parts, body);
+    let client = if route.http2 { &shared.h2 } else { &shared.h1 };
+
+    match tokio::time::timeout(shared.timeouts.request, client.request(upstream_req)).await {
+        Err(_) => {
+            pending.status = 504;
+            pending.finish();
+            error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            )
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            shared
+                .metrics
+                .upstream_connect_errors
+                .get_or_create(&RouteLabels {
+                    listener: listener.name.clone(),
+                    route: route.prefix.clone(),
+                })
+                .inc();
+            tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
+            pending.status = 503;
+            pending.finish();
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_connect_error",
+                "cannot connect to the upstream",
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("bad response from upstream {}: {e}", route.upstream);
+            pending.status = 502;
+            pending.finish();
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "bad_upstream_response",
+                "the upstream sent no valid response",
+            )
+        }
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            pending.status = parts.status.as_u16();
+            let body = Tracked {
+                inner: body,
+                counter: None,
+                pending: Some(pending),
+            }
+            .boxed();
+            Response::from_parts(parts, body)
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// Upgrades (WebSocket): a dedicated HTTP/1.1 connection to the upstream;
+/// on `101 Switching Protocols` both sides are joined byte for byte.
+async fn upgrade(
+    shared: Arc<Shared>,
+    route: &RouteRt,
+    mut req: Request<Incoming>,
+    mut pending: Pending,
+) -> Response<ProxyBody> {
+    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(v) = upgrade_value {
+        req.headers_mut().insert(header::UPGRADE, v);
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let client_side = hyper::upgrade::on(&mut req);
+    let connect = tokio::net::TcpStream::connect(route.upstream.as_str());
+    let stream = match tokio::time::timeout(shared.timeouts.connect, connect).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            pending.status = 503;
+            pending.finish();
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_connect_error",
+                "cannot connect to the upstream",
+            );
+        }
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        pending.status = 502;
+        pending.finish();
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_upstream_response",
+            "upstream handshake failed",
+        );
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upgraded upstream connection ended: {e}");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_11;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .and_then(|p| p.as_str().parse().ok())
+        .unwrap_or_else(|| Uri::from_static("/"));
+    let body = Tracked {
+        inner: body,
+        counter: None,
+        pending: None,
+    }
+    .boxed();
+    let mut resp = match tokio::time::timeout(
+        shared.timeouts.request,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => {
+            pending.status = 502;
+            pending.finish();
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "bad_upstream_response",
+                "the upstream sent no valid response",
+            );
+        }
+        Err(_) => {
+            pending.status = 504;
+            pending.finish();
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            );
+        }
+    };
+    pending.status = resp.status().as_u16();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!("upgrade failed: {e}"),
+            }
+            pending.finish();
+        });
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Tracked {
+        inner: body,
+        counter: None,
+        pending: Some(pending),
+    }
+    .boxed();
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn upgrade_detection_and_forwarded_for() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        h.remove("upgrade");
+        assert!(!is_upgrade(&h));
+        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, "10.0.0.2".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+    }
+}

@@ -1,0 +1,139 @@
+//! The proxy's own metrics, registered under `sidecar_proxy_*`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub route: String,
+    pub method: String,
+    pub status_class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabels {
+    pub collector: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_connect_errors: Family<RouteLabels, Counter>,
+    pub active_connections: Family<ListenerLabels, Gauge>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub spans_exported: Family<CollectorLabels, Counter>,
+    pub span_export_errors: Family<CollectorLabels, Counter>,
+    pub spans_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_connect_errors: Family::default(),
+            active_connections: Family::default(),
+            rejected: Family::default(),
+            spans_exported: Family::default(),
+            span_export_errors: Family::default(),
+            spans_dropped: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sidecar_proxy");
+        r.register(
+            "requests",
+            "Requests served, by listener, route, method and status class (2xx..5xx)",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response body",
+            m.duration.clone(),
+        );
+        r.register(
+            "upstream_connect_errors",
+            "Upstream connections that could not be opened",
+            m.upstream_connect_errors.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Client connections open now",
+            m.active_connections.clone(),
+        );
+        r.register(
+            "rejected_requests",
+            "Malformed requests rejected before routing (reason: malformed, header_too_large)",
+            m.rejected.clone(),
+        );
+        r.register(
+            "spans_exported",
+            "Spans accepted by a collector",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "span_export_errors",
+            "Span batches a collector did not accept (its spans are dropped)",
+            m.span_export_errors.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans dropped because the export queue was full or the collector failed",
+            m.spans_dropped.clone(),
+        );
+        m
+    }
+}
+
+/// A method label with bounded cardinality.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,230 @@
+//! Spans as the proxy records them, and their two wire forms: Zipkin v2 JSON
+//! (what the seed's Envoy sent to Jaeger) and OTLP protobuf.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
+use serde::Serialize;
+use sidecar_telemetry::trace::{TraceId, span_id_hex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Kind {
+    Client,
+    Server,
+}
+
+/// One finished span.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub id: u64,
+    pub parent_id: Option<u64>,
+    pub name: String,
+    pub kind: Kind,
+    /// Epoch microseconds at the request's arrival.
+    pub start_us: u64,
+    /// Microseconds until the end of the response body (at least 1).
+    pub duration_us: u64,
+    pub service: Arc<str>,
+    pub local_ip: Option<IpAddr>,
+    pub local_port: Option<u16>,
+    pub tags: Vec<(&'static str, String)>,
+    pub error: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZipkinSpan<'a> {
+    trace_id: String,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_id: Option<String>,
+    name: &'a str,
+    kind: Kind,
+    timestamp: u64,
+    duration: u64,
+    local_endpoint: ZipkinEndpoint<'a>,
+    tags: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZipkinEndpoint<'a> {
+    service_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv4: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+/// A Zipkin v2 `ListOfSpans` (JSON array).
+pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
+    let list: Vec<ZipkinSpan<'_>> = spans
+        .iter()
+        .map(|s| {
+            let (ipv4, ipv6) = match s.local_ip {
+                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(ip.to_string()), None),
+                Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip.to_string())),
+                _ => (None, None),
+            };
+            let mut tags: std::collections::BTreeMap<&str, &str> =
+                s.tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if s.error {
+                tags.insert("error", "true");
+            }
+            ZipkinSpan {
+                trace_id: s.trace_id.to_b3(),
+                id: span_id_hex(s.id),
+                parent_id: s.parent_id.map(span_id_hex),
+                name: &s.name,
+                kind: s.kind,
+                timestamp: s.start_us,
+                duration: s.duration_us.max(1),
+                local_endpoint: ZipkinEndpoint {
+                    service_name: &s.service,
+                    ipv4,
+                    ipv6,
+                    port: s.local_port.filter(|p| *p != 0),
+                },
+                tags,
+            }
+        })
+        .collect();
+    serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+fn kv(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An OTLP `ExportTraceServiceRequest`, one resource per service name.
+pub fn otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
+    let mut by_service: Vec<(Arc<str>, Vec<opentelemetry_proto::tonic::trace::v1::Span>)> =
+        Vec::new();
+    for s in spans {
+        let start_ns = s.start_us.saturating_mul(1000);
+        let end_ns = start_ns.saturating_add(s.duration_us.max(1).saturating_mul(1000));
+        let mut attributes: Vec<KeyValue> = s.tags.iter().map(|(k, v)| kv(k, v.clone())).collect();
+        if let Some(ip) = s.local_ip.filter(|ip| !ip.is_unspecified()) {
+            attributes.push(kv("net.host.ip", ip.to_string()));
+        }
+        let span = opentelemetry_proto::tonic::trace::v1::Span {
+            trace_id: s.trace_id.to_bytes().to_vec(),
+            span_id: s.id.to_be_bytes().to_vec(),
+            parent_span_id: s
+                .parent_id
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_default(),
+            name: s.name.clone(),
+            kind: match s.kind {
+                Kind::Client => span::SpanKind::Client as i32,
+                Kind::Server => span::SpanKind::Server as i32,
+            },
+            start_time_unix_nano: start_ns,
+            end_time_unix_nano: end_ns,
+            attributes,
+            status: Some(Status {
+                code: if s.error {
+                    status::StatusCode::Error as i32
+                } else {
+                    status::StatusCode::Unset as i32
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match by_service.iter_mut().find(|(name, _)| *name == s.service) {
+            Some((_, list)) => list.push(span),
+            None => by_service.push((Arc::clone(&s.service), vec![span])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service.to_string())],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "sidecar-proxy".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn sample() -> Span {
+        Span {
+            trace_id: TraceId {
+                hi: 0,
+                lo: 0x463a_c35c_9f64_13ad,
+            },
+            id: 0x1111_2222_3333_4444,
+            parent_id: Some(0xa2fb_4a1d_1a96_d312),
+            name: "checkavailability".into(),
+            kind: Kind::Server,
+            start_us: 1_700_000_000_000_000,
+            duration_us: 0,
+            service: Arc::from("service1"),
+            local_ip: Some("10.0.0.7".parse().unwrap()),
+            local_port: Some(8000),
+            tags: vec![("http.method", "GET".into()), ("component", "proxy".into())],
+            error: true,
+        }
+    }
+
+    #[test]
+    fn zipkin_json_has_the_v2_shape() {
+        let json: serde_json::Value = serde_json::from_slice(&zipkin_json(&[sample()])).unwrap();
+        let s = &json[0];
+        assert_eq!(s["traceId"], "463ac35c9f6413ad");
+        assert_eq!(s["id"], "1111222233334444");
+        assert_eq!(s["parentId"], "a2fb4a1d1a96d312");
+        assert_eq!(s["kind"], "SERVER");
+        assert_eq!(s["duration"], 1, "duration is at least 1 µs");
+        assert_eq!(s["timestamp"], 1_700_000_000_000_000u64);
+        assert_eq!(s["localEndpoint"]["serviceName"], "service1");
+        assert_eq!(s["localEndpoint"]["ipv4"], "10.0.0.7");
+        assert_eq!(s["localEndpoint"]["port"], 8000);
+        assert_eq!(s["tags"]["error"], "true");
+        assert_eq!(s["tags"]["http.method"], "GET");
+    }
+
+    #[test]
+    fn otlp_round_trips_through_protobuf() {
+        let req = otlp_request(&[sample()]);
+        let bytes = req.encode_to_vec();
+        let back = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        let span = &back.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(span.span_id, 0x1111_2222_3333_4444u64.to_be_bytes());
+        assert_eq!(span.kind, span::SpanKind::Server as i32);
+        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 1000);
+    }
+}

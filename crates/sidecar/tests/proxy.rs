@@ -1,0 +1,720 @@
+//! `sidecar proxy` end to end on loopback: the seed's demo topology (front
+//! proxy, two services with sidecars), a span receiver, and the edge cases.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::receiver::Receiver;
+use common::{Proc, http_get, wait_until};
+use serde_json::Value;
+
+const ZIPKIN_SPEC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/reference/tracing/zipkin2-api.yaml"
+);
+
+fn python() -> String {
+    std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A demo service on a free port (optionally calling `call`).
+fn service(name: &str, call: Option<&str>) -> (Proc, SocketAddr) {
+    let addr = free_addr();
+    let mut args = vec![
+        "demo-service".to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--name".into(),
+        name.into(),
+    ];
+    if let Some(url) = call {
+        args.extend(["--call".into(), url.into()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Proc::start(&refs);
+    p.wait_stderr("demo service", Duration::from_secs(10));
+    (p, addr)
+}
+
+/// A proxy from a YAML config; waits for /ready and returns its admin address.
+fn proxy_with_config(yaml: &str, extra: &[&str]) -> (Proc, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut args = vec![
+        "proxy",
+        "--config",
+        path.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&args);
+    let admin = p.admin_addr();
+    wait_until("proxy ready", Duration::from_secs(10), || {
+        http_get(admin, "/ready").0 == 200
+    });
+    (p, admin, dir)
+}
+
+fn proxy(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    service: &str,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let (l, u) = (listen.to_string(), upstream.to_string());
+    let mut args = vec![
+        "proxy",
+        "--listen",
+        &l,
+        "--upstream",
+        &u,
+        "--service",
+        service,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&args);
+    let admin = p.admin_addr();
+    wait_until("proxy ready", Duration::from_secs(10), || {
+        http_get(admin, "/ready").0 == 200
+    });
+    (p, admin)
+}
+
+/// A raw HTTP/1.1 request; returns (status, head, body).
+fn request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    request(addr, &raw)
+}
+
+/// The seed's topology: front proxy -> [sidecar1 -> service1 -> sidecar1 outbound (h2c)] -> [sidecar2 -> service2].
+struct Topology {
+    front: SocketAddr,
+    receiver: Receiver,
+    procs: Vec<Proc>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn topology(otlp: bool) -> Topology {
+    let receiver = Receiver::start();
+    let (zipkin, otlp_url) = (receiver.zipkin_url(), receiver.otlp_url());
+    let tracing = if otlp {
+        format!("tracing:\n  zipkin: {zipkin}\n  otlp: {otlp_url}\n")
+    } else {
+        format!("tracing:\n  zipkin: {zipkin}\n")
+    };
+    // service2 and its sidecar (inbound).
+    let (s2, s2_addr) = service("service2", None);
+    let p2_in = free_addr();
+    let (p2, _, d2) = proxy_with_config(
+        &format!(
+            "service: service2\n{tracing}listeners:\n  - name: inbound\n    listen: {p2_in}\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s2_addr}\n"
+        ),
+        &[],
+    );
+    // service1 and its sidecar: inbound, and outbound to service2's sidecar over h2c.
+    let p1_in = free_addr();
+    let p1_out = free_addr();
+    let (s1, s1_addr) = service("service1", Some(&format!("http://{p1_out}/svc/2")));
+    let (p1, _, d1) = proxy_with_config(
+        &format!(
+            "service: service1\n{tracing}listeners:\n  - name: inbound\n    listen: {p1_in}\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s1_addr}\n        operation: checkAvailability\n  - name: outbound\n    listen: {p1_out}\n    direction: outbound\n    routes:\n      - prefix: /svc/2\n        upstream: {p2_in}\n        http2: true\n        operation: checkStock\n"
+        ),
+        &[],
+    );
+    // The front proxy starts traces.
+    let front = free_addr();
+    let (f, _, d3) = proxy_with_config(
+        &format!(
+            "service: front-proxy\n{tracing}listeners:\n  - name: front\n    listen: {front}\n    direction: outbound\n    generate_request_id: true\n    routes:\n      - prefix: /\n        upstream: {p1_in}\n"
+        ),
+        &[],
+    );
+    Topology {
+        front,
+        receiver,
+        procs: vec![s2, p2, s1, p1, f],
+        _dirs: vec![d1, d2, d3],
+    }
+}
+
+/// The spans of one trace, once all `n` arrived.
+fn trace_spans(receiver: &Receiver, trace_id: Option<&str>, n: usize) -> Vec<Value> {
+    let mut spans = Vec::new();
+    wait_until(&format!("{n} spans"), Duration::from_secs(30), || {
+        let all = receiver.zipkin_spans();
+        let id = trace_id.map(str::to_string).or_else(|| {
+            all.first()
+                .map(|s| s["traceId"].as_str().unwrap().to_string())
+        });
+        spans = all
+            .into_iter()
+            .filter(|s| Some(s["traceId"].as_str().unwrap().to_string()) == id)
+            .collect();
+        spans.len() >= n
+    });
+    spans
+}
+
+fn find<'a>(spans: &'a [Value], service: &str, kind: &str) -> &'a Value {
+    spans
+        .iter()
+        .find(|s| s["localEndpoint"]["serviceName"] == service && s["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} span of {service} in {spans:#?}"))
+}
+
+fn validate_zipkin(spans: &[Value]) {
+    let mut child = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/validate_zipkin.py"
+        ))
+        .arg(ZIPKIN_SPEC)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (./scripts/test installs it with jsonschema and pyyaml)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(spans).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "Zipkin JSON does not validate against zipkin2-api.yaml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Checks the four-span chain: front CLIENT -> service1 SERVER -> service1 CLIENT -> service2 SERVER.
+fn assert_chain(spans: &[Value], parent_of_front: Option<&str>) -> String {
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let front = find(spans, "front-proxy", "CLIENT");
+    let s1_in = find(spans, "service1", "SERVER");
+    let s1_out = find(spans, "service1", "CLIENT");
+    let s2_in = find(spans, "service2", "SERVER");
+    assert_eq!(
+        front.get("parentId").and_then(Value::as_str),
+        parent_of_front,
+        "front parent"
+    );
+    assert_eq!(s1_in["parentId"], front["id"]);
+    assert_eq!(s1_out["parentId"], s1_in["id"]);
+    assert_eq!(s2_in["parentId"], s1_out["id"]);
+    let ids: std::collections::HashSet<&str> =
+        spans.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "span ids are unique");
+    assert_eq!(s1_in["name"], "checkavailability");
+    assert_eq!(s1_out["name"], "checkstock");
+    let request_id = front["tags"]["guid:x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for s in spans {
+        let tags = &s["tags"];
+        assert_eq!(tags["guid:x-request-id"], request_id.as_str(), "{s}");
+        assert_eq!(tags["component"], "proxy");
+        assert_eq!(tags["http.method"], "GET");
+        assert_eq!(tags["http.status_code"], "200");
+        assert!(tags.get("error").is_none(), "{s}");
+        assert!(
+            tags["upstream_cluster"]
+                .as_str()
+                .unwrap()
+                .contains("127.0.0.1:")
+        );
+        for t in ["http.url", "http.protocol", "request_size", "response_size"] {
+            assert!(tags.get(t).is_some(), "tag {t} missing in {s}");
+        }
+        assert!(s["duration"].as_u64().unwrap() >= 1);
+        assert!(s["timestamp"].as_u64().unwrap() > 1_600_000_000_000_000);
+    }
+    // Children start after and end before their parents (same clock, loopback).
+    assert!(s2_in["timestamp"].as_u64() >= s1_out["timestamp"].as_u64());
+    assert_eq!(
+        s2_in["tags"]["http.protocol"], "HTTP/2",
+        "the outbound route speaks h2c"
+    );
+    assert!(
+        front["tags"]["response_size"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 20,
+        "{front}"
+    );
+    validate_zipkin(spans);
+    request_id
+}
+
+#[test]
+fn one_request_one_trace_with_four_spans_in_a_chain() {
+    let t = topology(false);
+    let (status, head, body) = get(t.front, "/", &[]);
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(
+        body.contains("Hello from service1") && body.contains("Hello from service2"),
+        "{body}"
+    );
+    let spans = trace_spans(&t.receiver, None, 4);
+    assert_chain(&spans, None);
+    // A root trace id from the front proxy is 64-bit, like Envoy's.
+    assert_eq!(spans[0]["traceId"].as_str().unwrap().len(), 16);
+    drop(t.procs);
+}
+
+#[test]
+fn w3c_only_and_b3_single_only_incoming_headers_keep_the_trace() {
+    let t = topology(false);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (status, _, _) = get(
+        t.front,
+        "/",
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+    );
+    assert_eq!(status, 200);
+    let spans = trace_spans(&t.receiver, Some(trace), 4);
+    assert_chain(&spans, Some("00f067aa0ba902b7"));
+
+    let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let (status, _, _) = get(
+        t.front,
+        "/",
+        &[
+            (
+                "b3",
+                &format!("{b3_trace}-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+            ),
+            ("x-request-id", "given-id"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let spans = trace_spans(&t.receiver, Some(b3_trace), 4);
+    let id = assert_chain(&spans, Some("e457b5a2e4d86bd1"));
+    assert_eq!(id, "given-id", "an existing x-request-id is kept");
+
+    // An incoming "not sampled" decision is honoured: no spans for that trace.
+    let unsampled = "11111111111111112222222222222222";
+    assert_eq!(
+        get(
+            t.front,
+            "/",
+            &[(
+                "traceparent",
+                &format!("00-{unsampled}-00f067aa0ba902b7-00")
+            )]
+        )
+        .0,
+        200
+    );
+    // Another sampled request after it: once its spans arrive, the unsampled one would have too.
+    assert_eq!(
+        get(
+            t.front,
+            "/",
+            &[(
+                "traceparent",
+                "00-33333333333333334444444444444444-00f067aa0ba902b7-01"
+            )]
+        )
+        .0,
+        200
+    );
+    trace_spans(&t.receiver, Some("33333333333333334444444444444444"), 4);
+    assert!(
+        t.receiver
+            .zipkin_spans()
+            .iter()
+            .all(|s| s["traceId"] != unsampled)
+    );
+    drop(t.procs);
+}
+
+#[test]
+fn otlp_export_decodes_with_the_reference_protobuf_package() {
+    let t = topology(true);
+    assert_eq!(get(t.front, "/", &[]).0, 200);
+    let zipkin = trace_spans(&t.receiver, None, 4);
+    let trace_id = zipkin[0]["traceId"].as_str().unwrap().to_string();
+    let mut decoded: Vec<Value> = Vec::new();
+    wait_until("4 OTLP spans", Duration::from_secs(30), || {
+        decoded.clear();
+        for post in t.receiver.bodies("/v1/traces") {
+            assert_eq!(post.content_type, "application/x-protobuf");
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &post.body).unwrap();
+            let out = Command::new(python())
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/py/decode_otlp.py"
+                ))
+                .arg(file.path())
+                .output()
+                .expect("python3 with opentelemetry-proto (./scripts/test installs it)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                decoded.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        decoded.len() >= 4
+    });
+    for span in &decoded {
+        assert!(
+            span["trace_id"].as_str().unwrap().ends_with(&trace_id),
+            "{span}"
+        );
+        let z = zipkin.iter().find(|z| z["id"] == span["span_id"]).unwrap();
+        assert_eq!(span["name"], z["name"]);
+        assert_eq!(span["service"], z["localEndpoint"]["serviceName"]);
+        assert_eq!(
+            span["kind"].as_i64().unwrap(),
+            if z["kind"] == "SERVER" { 2 } else { 3 }
+        );
+        assert!(span["end"].as_u64() > span["start"].as_u64());
+        assert_eq!(span["attributes"]["component"], "proxy");
+    }
+    drop(t.procs);
+}
+
+#[test]
+fn collector_down_never_fails_or_slows_requests() {
+    let (_s, s_addr) = service("service1", None);
+    let dead = free_addr(); // nothing listens there
+    let listen = free_addr();
+    let (_p, admin) = proxy(
+        listen,
+        s_addr,
+        "service1",
+        &["--zipkin", &format!("http://{dead}/api/v2/spans")],
+    );
+    for _ in 0..50 {
+        assert_eq!(get(listen, "/", &[]).0, 200);
+    }
+    let mut metrics = String::new();
+    wait_until("export errors counted", Duration::from_secs(30), || {
+        metrics = http_get(admin, "/metrics").2;
+        metrics.contains("sidecar_proxy_span_export_errors_total{collector=\"zipkin\"}")
+    });
+    assert!(
+        metrics.contains("sidecar_proxy_spans_dropped_total "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sidecar_proxy_requests_total{listener=\"inbound\",route=\"/\",method=\"GET\",status_class=\"2xx\"} 50"), "{metrics}");
+}
+
+#[test]
+fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() {
+    let receiver = Receiver::start();
+    let zipkin = receiver.zipkin_url();
+    // Refused.
+    let listen = free_addr();
+    let (_p, admin) = proxy(listen, free_addr(), "svc", &["--zipkin", &zipkin]);
+    let (status, head, _) = get(listen, "/", &[]);
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-sidecar-error: upstream_connect_error"),
+        "{head}"
+    );
+    let spans = trace_spans(&receiver, None, 1);
+    assert_eq!(spans[0]["tags"]["error"], "true");
+    assert_eq!(spans[0]["tags"]["http.status_code"], "503");
+    assert!(http_get(admin, "/metrics").2.contains(
+        "sidecar_proxy_upstream_connect_errors_total{listener=\"inbound\",route=\"/\"} 1"
+    ));
+
+    // Accepts and never answers: 504 after the request timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = std::thread::spawn(move || silent.incoming().take(1).collect::<Vec<_>>());
+    let yaml = format!(
+        "service: svc\ntimeouts:\n  request: 500ms\nlisteners:\n  - name: inbound\n    listen: {}\n    routes:\n      - upstream: {silent_addr}\n",
+        free_addr()
+    );
+    let listen2: SocketAddr = yaml
+        .lines()
+        .find(|l| l.contains("listen:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_p2, _, _d) = proxy_with_config(&yaml, &[]);
+    let (status, head, _) = get(listen2, "/", &[]);
+    assert_eq!(status, 504, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-sidecar-error: upstream_timeout")
+    );
+    drop(hold);
+
+    // Answers garbage: 502.
+    let bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad_addr = bad.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in bad.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"NOT HTTP AT ALL\r\n\r\n");
+        }
+    });
+    let listen3 = free_addr();
+    let (_p3, _) = proxy(listen3, bad_addr, "svc", &[]);
+    let (status, head, _) = get(listen3, "/", &[]);
+    assert_eq!(status, 502, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-sidecar-error: bad_upstream_response")
+    );
+}
+
+#[test]
+fn sigterm_under_load_finishes_in_flight_requests() {
+    let (_s, s_addr) = service("service1", None);
+    let listen = free_addr();
+    let (mut p, admin) = proxy(listen, s_addr, "service1", &[]);
+    // Slow-ish downloads in flight when SIGTERM arrives.
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (status, _, body) = get(listen, "/bytes/20000000", &[]);
+                (status, body.len())
+            })
+        })
+        .collect();
+    wait_until("requests in flight", Duration::from_secs(10), || {
+        http_get(admin, "/metrics")
+            .2
+            .contains("sidecar_proxy_active_connections{listener=\"inbound\"} 8")
+    });
+    p.terminate();
+    wait_until("not ready while draining", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(admin).is_err() || http_get(admin, "/ready").0 == 503
+    });
+    for w in workers {
+        let (status, len) = w.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(len >= 20_000_000, "a response was cut: {len} bytes");
+    }
+    let status = p.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", p.stderr_text());
+    // New connections are refused once it stopped accepting.
+    assert!(TcpStream::connect(listen).is_err());
+}
+
+#[test]
+fn h2c_upstream_and_h2c_clients() {
+    let (_s, s_addr) = service("service2", None);
+    let listen = free_addr();
+    let (_p, _) = proxy(listen, s_addr, "svc", &["--http2-upstream"]);
+    let (status, _, body) = get(listen, "/x", &[]);
+    assert_eq!(status, 200);
+    assert!(body.contains("Hello from service2 (/x)"), "{body}");
+    // An h2c (prior knowledge) client on the listener, detected per connection.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut buf = [0u8; 9];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(
+        buf[3], 0x04,
+        "the server answers with an HTTP/2 SETTINGS frame"
+    );
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    // An upstream that accepts the upgrade and echoes bytes.
+    let ws = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in ws.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(head.contains("upgrade: websocket"), "{head}");
+                c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let listen = free_addr();
+    let (_p, _) = proxy(listen, ws_addr, "svc", &[]);
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET /chat HTTP/1.1\r\nHost: {listen}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["hello", "through the proxy"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}
+
+#[test]
+fn a_1_gib_body_streams_without_growing_memory() {
+    let (_s, s_addr) = service("sink", None);
+    let listen = free_addr();
+    let (p, _) = proxy(listen, s_addr, "svc", &[]);
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    const TOTAL: u64 = 1 << 30;
+    s.write_all(format!("POST /upload HTTP/1.1\r\nHost: {listen}\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    for _ in 0..(TOTAL >> 20) {
+        s.write_all(&chunk).unwrap();
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.trim_end().ends_with(&TOTAL.to_string()), "{resp}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let hwm: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hwm < 64 * 1024, "peak RSS {hwm} KiB while streaming 1 GiB");
+}
+
+#[test]
+fn request_smuggling_attempts_and_oversized_headers_are_rejected() {
+    let (_s, s_addr) = service("svc", None);
+    let listen = free_addr();
+    let (_p, admin) = proxy(listen, s_addr, "svc", &[]);
+    let (status, _, _) = request(
+        listen,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status, 400, "CL + TE together");
+    let (status, _, _) = request(
+        listen,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    );
+    assert_eq!(status, 400, "conflicting Content-Length");
+    let big = "a".repeat(100 * 1024);
+    let (status, _, _) = request(
+        listen,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+    );
+    assert_eq!(status, 431, "oversized header");
+    let mut metrics = String::new();
+    wait_until("rejections counted", Duration::from_secs(10), || {
+        metrics = http_get(admin, "/metrics").2;
+        metrics.contains("reason=\"header_too_large\"} 1")
+            && metrics.contains("reason=\"malformed\"} 2")
+    });
+    // Nothing reached the service.
+    assert!(!metrics.contains("status_class"), "{metrics}");
+}
+
+#[test]
+fn admin_serves_config_metrics_and_probes() {
+    let (_s, s_addr) = service("svc", None);
+    let listen = free_addr();
+    let (_p, admin) = proxy(listen, s_addr, "svc", &["--sample-rate", "0.5"]);
+    assert_eq!(get(listen, "/", &[]).0, 200);
+    let (status, _, config) = http_get(admin, "/config");
+    assert_eq!(status, 200);
+    assert!(
+        config.contains("service: svc") && config.contains("sample_rate: 0.5"),
+        "{config}"
+    );
+    let metrics = http_get(admin, "/metrics").2;
+    for m in [
+        "sidecar_proxy_request_duration_seconds_bucket{",
+        "sidecar_proxy_active_connections{",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(m), "{m} missing:\n{metrics}");
+    }
+    assert_eq!(http_get(admin, "/live").0, 200);
+}
+
+#[test]
+fn bad_configuration_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "service: x\nlisteners:\n  - name: a\n    listen: 127.0.0.1:0\n    routes:\n      - prefix: /\n        upstrem: x:1\n").unwrap();
+    let out = Command::new(common::BIN)
+        .args(["proxy", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstrem") && err.contains("line 7"), "{err}");
+    let out = Command::new(common::BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+    let _ = Instant::now();
+}
