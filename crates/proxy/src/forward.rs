@@ -22,9 +22,7 @@ use sidecar_telemetry::trace::{self, Outgoing, TraceId};
 
 use crate::config::{Direction, Timeouts};
 use crate::export::SpanSink;
-use crate::metrics::{
-    Metrics, RejectLabels, RequestLabels, RouteLabels, method_label, status_class,
-};
+use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index};
 use crate::span::{Kind, Span};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +38,7 @@ pub struct RouteRt {
     /// Lower-case span name, when configured.
     pub operation: Option<String>,
     pub http2: bool,
+    pub stats: RouteStats,
 }
 
 /// A listener, ready to use.
@@ -50,6 +49,8 @@ pub struct ListenerRt {
     pub generate_request_id: bool,
     pub routes: Vec<RouteRt>,
     pub port: u16,
+    /// Requests that matched no route.
+    pub unrouted: RouteStats,
 }
 
 /// What every request needs.
@@ -139,8 +140,9 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
 struct Pending {
     shared: Arc<Shared>,
     listener: Arc<ListenerRt>,
-    route: String,
-    method: &'static str,
+    /// Index of the route in the listener (None: no route matched).
+    route: Option<usize>,
+    method: usize,
     started: Instant,
     span: Option<Span>,
     request_bytes: Arc<AtomicU64>,
@@ -151,21 +153,11 @@ struct Pending {
 impl Pending {
     fn finish(mut self) {
         let elapsed = self.started.elapsed();
-        let m = &self.shared.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                listener: self.listener.name.clone(),
-                route: self.route.clone(),
-                method: self.method.to_string(),
-                status_class: status_class(self.status).to_string(),
-            })
-            .inc();
-        m.duration
-            .get_or_create(&RouteLabels {
-                listener: self.listener.name.clone(),
-                route: self.route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let stats = match self.route {
+            Some(i) => &self.listener.routes[i].stats,
+            None => &self.listener.unrouted,
+        };
+        stats.record(self.method, self.status, elapsed.as_secs_f64());
         if let Some(mut span) = self.span.take() {
             span.duration_us = (elapsed.as_micros() as u64).max(1);
             span.error = self.status == 0 || self.status >= 500;
@@ -280,19 +272,17 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    let method = method_label(req.method());
+    let method = method_index(req.method());
     let path_and_query = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let route = listener
+    let route_index = listener
         .routes
         .iter()
-        .find(|r| req.uri().path().starts_with(&r.prefix));
-    let route_label = route
-        .map(|r| r.prefix.clone())
-        .unwrap_or_else(|| "none".into());
+        .position(|r| req.uri().path().starts_with(&r.prefix));
+    let route = route_index.map(|i| &listener.routes[i]);
 
     // Trace context: honour what came in, start a trace otherwise.
     let incoming = trace::extract(req.headers()).map(|(c, _)| c);
@@ -378,7 +368,7 @@ pub async fn handle(
     let mut pending = Pending {
         shared: Arc::clone(&shared),
         listener: Arc::clone(&listener),
-        route: route_label,
+        route: route_index,
         method,
         started,
         span,

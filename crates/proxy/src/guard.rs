@@ -230,11 +230,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            if !matches!(self.state, State::Off) {
-                let new = buf.filled()[before..].to_vec();
-                self.scan(&new);
+            if !matches!(this.state, State::Off) {
+                this.scan(&buf.filled()[before..]);
             }
         }
         result

@@ -114,6 +114,7 @@ pub async fn run(
                 .local_addr()
                 .map(|a| a.port())
                 .unwrap_or(l.listen.port()),
+            unrouted: metrics::RouteStats::new(&metrics, &l.name, "none"),
             routes: l
                 .routes
                 .iter()
@@ -124,6 +125,7 @@ pub async fn run(
                         authority: config::upstream_authority(&r.upstream).ok()?,
                         operation: r.operation.as_ref().map(|o| o.to_ascii_lowercase()),
                         http2: r.http2,
+                        stats: metrics::RouteStats::new(&metrics, &l.name, &r.prefix),
                     })
                 })
                 .collect(),

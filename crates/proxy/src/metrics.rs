@@ -112,28 +112,78 @@ impl Metrics {
     }
 }
 
-/// A method label with bounded cardinality.
-pub fn method_label(method: &http::Method) -> &'static str {
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A method's index in the bounded label set (`OTHER` for the rest).
+pub fn method_index(method: &http::Method) -> usize {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::PATCH => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
     }
 }
 
-pub fn status_class(status: u16) -> &'static str {
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// The series of one route, looked up once: recording a request allocates nothing.
+#[derive(Debug)]
+pub struct RouteStats {
+    listener: String,
+    route: String,
+    requests: Family<RequestLabels, Counter>,
+    by_method_and_class: [[std::sync::OnceLock<Counter>; 5]; 10],
+    duration: Histogram,
+}
+
+impl RouteStats {
+    pub fn new(metrics: &Metrics, listener: &str, route: &str) -> Self {
+        Self {
+            listener: listener.to_string(),
+            route: route.to_string(),
+            requests: metrics.requests.clone(),
+            by_method_and_class: Default::default(),
+            duration: metrics
+                .duration
+                .get_or_create(&RouteLabels {
+                    listener: listener.to_string(),
+                    route: route.to_string(),
+                })
+                .clone(),
+        }
+    }
+
+    pub fn record(&self, method: usize, status: u16, seconds: f64) {
+        let (m, c) = (method.min(9), class_index(status));
+        self.by_method_and_class[m][c]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        listener: self.listener.clone(),
+                        route: self.route.clone(),
+                        method: METHODS[m].to_string(),
+                        status_class: CLASSES[c].to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.duration.observe(seconds);
     }
 }

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Benchmark `sidecar proxy` against nginx as a keep-alive reverse proxy, with wrk.
+
+Called by bench/proxy.sh. In one run, on loopback:
+- upstream: nginx (1 worker) answering `200 ok` on /, and `202` on the span
+  collector path (so the proxy really exports its spans);
+- wrk against the upstream directly, through `sidecar proxy` (1 worker,
+  tracing on, every request sampled) and through nginx (1 worker, proxy_pass
+  with upstream keepalive), alternating rounds;
+- requests/s, p50/p99 latency, and RSS idle and under load.
+"""
+
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, deadline=20):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, seconds, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, lat(50), lat(99), int(errors.group(1)) if errors else 0
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+error_log {tmp}/error.log warn;
+pid {tmp}/nginx-{name}.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    {body}
+}}
+"""
+
+UPSTREAM = """
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "ok\\n"; }}
+        location /api/v2/spans {{ return 202; }}
+    }}
+"""
+
+PROXY = """
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+"""
+
+
+def nginx(tmp, name, body):
+    conf = os.path.join(tmp, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(tmp=tmp, name=name, body=body))
+    return subprocess.Popen(["nginx", "-c", conf, "-e", os.path.join(tmp, "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def nginx_worker(master):
+    out = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
+    return int(out[0])
+
+
+def main():
+    sidecar = sys.argv[1]
+    seconds = int(os.environ.get("BENCH_SECONDS", "10"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    conns = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+    tmp = tempfile.mkdtemp(prefix="proxy-bench-")
+    up_port, side_port, ngx_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    procs = []
+    try:
+        procs.append(nginx(tmp, "upstream", UPSTREAM.format(port=up_port)))
+        wait_http(f"http://127.0.0.1:{up_port}/")
+        side = subprocess.Popen([sidecar, "proxy", "--listen", f"127.0.0.1:{side_port}",
+                                 "--upstream", f"127.0.0.1:{up_port}", "--service", "bench",
+                                 "--zipkin", f"http://127.0.0.1:{up_port}/api/v2/spans",
+                                 "--admin", f"127.0.0.1:{admin_port}", "--workers", "1",
+                                 "--log-level", "warn"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(side)
+        ngx = nginx(tmp, "proxy", PROXY.format(port=ngx_port, upstream=up_port))
+        procs.append(ngx)
+        for port in (side_port, ngx_port):
+            wait_http(f"http://127.0.0.1:{port}/")
+        time.sleep(0.5)
+        ngx_worker = nginx_worker(ngx)
+        idle = {"sidecar proxy": rss_kib(side.pid), "nginx": rss_kib(ngx_worker)}
+        targets = {
+            "direct (no proxy)": f"http://127.0.0.1:{up_port}/",
+            "sidecar proxy": f"http://127.0.0.1:{side_port}/",
+            "nginx": f"http://127.0.0.1:{ngx_port}/",
+        }
+        results = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, url in targets.items():
+                results[name].append(wrk(url, seconds, conns))
+        loaded = {"sidecar proxy": rss_kib(side.pid, "VmHWM"), "nginx": rss_kib(ngx_worker, "VmHWM")}
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics").read().decode()
+        exported = sum(float(l.split()[-1]) for l in metrics.splitlines()
+                       if l.startswith("sidecar_proxy_spans_exported_total"))
+        dropped = sum(float(l.split()[-1]) for l in metrics.splitlines()
+                      if l.startswith("sidecar_proxy_spans_dropped_total"))
+
+        print(f"wrk -t1 -c{conns} -d{seconds}s, {rounds} rounds each (median), alternating; "
+              f"proxies with 1 worker; sidecar samples every request\n")
+        print("| path | requests/s | vs nginx | p50 | p99 | non-2xx | RSS idle | peak RSS under load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        ngx_rps = statistics.median(r[0] for r in results["nginx"])
+        for name, rs in results.items():
+            rps = statistics.median(r[0] for r in rs)
+            p50 = statistics.median(r[1] for r in rs)
+            p99 = statistics.median(r[2] for r in rs)
+            errors = sum(r[3] for r in rs)
+            idle_s = f"{idle[name] / 1024:.1f} MiB" if name in idle else "-"
+            load_s = f"{loaded[name] / 1024:.1f} MiB" if name in loaded else "-"
+            ratio = f"{rps / ngx_rps:.2f}x" if name != "direct (no proxy)" else "-"
+            print(f"| {name} | {rps:,.0f} | {ratio} | {p50:.2f} ms | {p99:.2f} ms | {errors} | {idle_s} | {load_s} |")
+        print(f"\nspans exported by the sidecar: {exported:,.0f}, dropped: {dropped:,.0f}")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
