@@ -11,6 +11,11 @@
 //! server binaries are installed (or uses `--postgres-url`), runs
 //! `sidecar postgres-exporter` on it as a child, adds some load, and prints a
 //! few `pg_*` values before and after.
+//!
+//! The traces part runs the seed's Jaeger demo on loopback: two demo services
+//! ([`service`]) with `sidecar proxy` beside each, a front proxy, and a Zipkin
+//! receiver inside the demo; it sends a few requests and prints each trace as
+//! a tree.
 
 #![forbid(unsafe_code)]
 
@@ -19,11 +24,13 @@ mod logs_part;
 mod metrics_part;
 pub mod pgserver;
 pub mod service;
+mod traces_part;
 
 use std::path::PathBuf;
 
 pub use logs_part::LogsOutcome;
 pub use metrics_part::MetricsOutcome;
+pub use traces_part::TracesOutcome;
 
 /// Options of `sidecar demo`.
 #[derive(Debug, Clone)]
@@ -58,12 +65,13 @@ pub enum DemoError {
 pub struct Report {
     pub logs: LogsOutcome,
     pub metrics: MetricsOutcome,
+    pub traces: TracesOutcome,
 }
 
 impl Report {
     /// True when every part did what it promises.
     pub fn ok(&self) -> bool {
-        self.logs.ok() && self.metrics.ok()
+        self.logs.ok() && self.metrics.ok() && self.traces.ok()
     }
 }
 
@@ -91,8 +99,17 @@ pub async fn run(opts: DemoOptions) -> Result<Report, DemoError> {
     } else {
         metrics_part::run(&opts, cancel.clone()).await?
     };
+    let traces = if *cancel.borrow() {
+        TracesOutcome::default()
+    } else {
+        traces_part::run(&opts, cancel.clone()).await?
+    };
     signals.abort();
-    let report = Report { logs, metrics };
+    let report = Report {
+        logs,
+        metrics,
+        traces,
+    };
     println!();
     if report.ok() {
         println!("All parts of the demo did what they promise.");

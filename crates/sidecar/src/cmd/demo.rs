@@ -20,6 +20,10 @@ use sidecar_demo::applog::{self, Rotation, WriterOptions};
 /// installed, or --postgres-url), `sidecar postgres-exporter` beside it, some
 /// load, and a few pg_* values before and after.
 ///
+/// Part 3 (traces): two demo services with `sidecar proxy` beside each and a
+/// front proxy, as in the seed's Jaeger demo; a few requests; each trace
+/// printed as a tree from an in-process Zipkin receiver.
+///
 /// Stops by itself, or on Ctrl-C. Exits non-zero if a part did not do what it promises.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
