@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and how they wire a library crate.
 
 pub mod demo;
+pub mod inject;
 pub mod logs;
 pub mod pg_exporter;
 pub mod proxy;

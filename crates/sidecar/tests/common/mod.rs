@@ -1,6 +1,7 @@
 //! Helpers for integration tests: run the real `sidecar` binary, read what it prints.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod kube;
 pub mod pg;
 pub mod prom;
 pub mod receiver;

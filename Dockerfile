@@ -1,0 +1,16 @@
+# syntax=docker/dockerfile:1
+# The `sidecar` image: one static binary (musl) on an empty base, run as a
+# fixed non-root user. Build: docker build -t sidecar:0.1.0 .
+FROM rust:1-bookworm AS build
+WORKDIR /src
+RUN rustup target add "$(uname -m)-unknown-linux-musl"
+COPY . .
+RUN cargo build --release --locked --target "$(uname -m)-unknown-linux-musl" \
+ && cp "target/$(uname -m)-unknown-linux-musl/release/sidecar" /sidecar
+
+FROM scratch
+COPY --from=build /sidecar /sidecar
+# 65532 is the conventional "nonroot" user of distroless images.
+USER 65532:65532
+ENTRYPOINT ["/sidecar"]
+CMD ["--help"]

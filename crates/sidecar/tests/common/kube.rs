@@ -1,0 +1,177 @@
+//! Kubernetes manifest checks for tests: offline schema validation and the
+//! rules every container of ours follows.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_norway::Value;
+
+/// Validates files strictly against the Kubernetes 1.33 schemas
+/// (`kubernetes-validate --strict`, from the test venv); warnings fail too.
+pub fn validate(files: &[&Path]) {
+    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-m", "kubernetes_validate", "-k", "1.33.0", "--strict"])
+        .args(files)
+        .output()
+        .expect("python with kubernetes-validate (./scripts/test installs it)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed:\n{report}"
+    );
+    for line in report.lines() {
+        assert!(line.starts_with("INFO"), "kubernetes-validate: {line}");
+    }
+}
+
+/// Every YAML document of a multi-document text.
+pub fn documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The pod template of a workload document, if it is one.
+pub fn pod_template(doc: &Value) -> Option<&Value> {
+    match doc.get("kind")?.as_str()? {
+        "Pod" => Some(doc),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            doc.get("spec")?.get("template")
+        }
+        "CronJob" => doc
+            .get("spec")?
+            .get("jobTemplate")?
+            .get("spec")?
+            .get("template"),
+        _ => None,
+    }
+}
+
+fn is_ours(container: &Value) -> bool {
+    container
+        .get("image")
+        .and_then(Value::as_str)
+        .is_some_and(|i| i.starts_with("sidecar:") || i.contains("/sidecar:"))
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, p| v.get(*p))
+}
+
+/// Checks the rules for our containers in one document; returns how many it checked.
+pub fn check_rules(doc: &Value, what: &str) -> usize {
+    let Some(template) = pod_template(doc) else {
+        return 0;
+    };
+    let spec = template.get("spec").unwrap();
+    let list = |name: &str| {
+        spec.get(name)
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (containers, init) = (list("containers"), list("initContainers"));
+    let has_app = containers.iter().any(|c| !is_ours(c));
+    let mut checked = 0;
+    for (c, is_init) in containers
+        .iter()
+        .map(|c| (c, false))
+        .chain(init.iter().map(|c| (c, true)))
+    {
+        if !is_ours(c) {
+            continue;
+        }
+        checked += 1;
+        let name = format!(
+            "{what}: container {}",
+            c.get("name").and_then(Value::as_str).unwrap_or("?")
+        );
+        if has_app {
+            assert!(
+                is_init,
+                "{name} sits beside an app: it must be a native sidecar (initContainers)"
+            );
+            assert_eq!(
+                s(c, &["restartPolicy"]).and_then(Value::as_str),
+                Some("Always"),
+                "{name}: restartPolicy Always"
+            );
+        }
+        let probe_path = |probe: &str| {
+            s(c, &[probe, "httpGet", "path"])
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        assert_eq!(
+            probe_path("startupProbe").as_deref(),
+            Some("/ready"),
+            "{name}: startupProbe on /ready"
+        );
+        assert_eq!(
+            probe_path("livenessProbe").as_deref(),
+            Some("/live"),
+            "{name}: livenessProbe on /live"
+        );
+        let sc = |k: &[&str]| {
+            s(c, &[&["securityContext"][..], k].concat())
+                .or_else(|| s(spec, &[&["securityContext"][..], k].concat()))
+                .cloned()
+        };
+        assert_eq!(
+            sc(&["runAsNonRoot"]),
+            Some(Value::Bool(true)),
+            "{name}: runAsNonRoot"
+        );
+        assert_eq!(
+            sc(&["allowPrivilegeEscalation"]),
+            Some(Value::Bool(false)),
+            "{name}: allowPrivilegeEscalation false"
+        );
+        assert_eq!(
+            sc(&["readOnlyRootFilesystem"]),
+            Some(Value::Bool(true)),
+            "{name}: readOnlyRootFilesystem"
+        );
+        assert_eq!(
+            sc(&["seccompProfile", "type"])
+                .and_then(|v| v.as_str().map(str::to_string))
+                .as_deref(),
+            Some("RuntimeDefault"),
+            "{name}: seccomp RuntimeDefault"
+        );
+        let drops = sc(&["capabilities", "drop"])
+            .and_then(|v| v.as_sequence().cloned())
+            .unwrap_or_default();
+        assert!(
+            drops.iter().any(|d| d.as_str() == Some("ALL")),
+            "{name}: capabilities drop ALL"
+        );
+        for r in [
+            ["requests", "cpu"],
+            ["requests", "memory"],
+            ["limits", "memory"],
+        ] {
+            assert!(
+                s(c, &["resources", r[0], r[1]]).is_some(),
+                "{name}: resources.{}.{}",
+                r[0],
+                r[1]
+            );
+        }
+        let annotations = s(template, &["metadata", "annotations"]);
+        assert!(
+            annotations
+                .and_then(|a| a.get("prometheus.io/port"))
+                .is_some(),
+            "{name}: the pod needs prometheus.io/port so Prometheus scrapes it"
+        );
+    }
+    checked
+}
