@@ -1087,12 +1087,7 @@ impl Relay {
                 }
             }
         }
-        let r = &mut self.readers[i];
-        let mut sink = out.for_file(&r.label, &r.name);
-        r.framer
-            .finish(&self.rules, now, &mut sink)
-            .map_err(RelayError::Output)?;
-        account(r, &mut self.summary);
+        self.finish_reader(i, now, out)?;
         // Copies made by later rotations we did not see come next.
         self.recover_missed(&label, old_mtime, true, &[id], now, out)?;
         let r = &mut self.readers[i];
