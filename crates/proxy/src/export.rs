@@ -71,6 +71,7 @@ pub fn start(
         zipkin,
         otlp,
         metrics: metrics.clone(),
+        failing: std::sync::Mutex::new(std::collections::HashSet::new()),
     };
     let task = tokio::spawn(exporter.run(rx, stop_rx));
     (
@@ -88,6 +89,8 @@ struct Exporter {
     zipkin: Option<String>,
     otlp: Option<String>,
     metrics: Metrics,
+    /// Collectors failing now (warned once until they work again).
+    failing: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl Exporter {
@@ -154,7 +157,7 @@ impl Exporter {
 
     async fn post(
         &self,
-        collector: &str,
+        collector: &'static str,
         url: &str,
         content_type: &str,
         body: Vec<u8>,
@@ -181,11 +184,20 @@ impl Exporter {
                     .spans_exported
                     .get_or_create(&labels)
                     .inc_by(count as u64);
+                if self.failing.lock().is_ok_and(|mut f| f.remove(collector)) {
+                    tracing::info!("spans reach {url} again");
+                }
             }
             Err(why) => {
                 self.metrics.span_export_errors.get_or_create(&labels).inc();
                 self.metrics.spans_dropped.inc_by(count as u64);
-                tracing::debug!("{count} spans not exported to {url}: {why}");
+                if self.failing.lock().is_ok_and(|mut f| f.insert(collector)) {
+                    tracing::warn!(
+                        "cannot export spans to {url} ({why}); dropping them (counted in sidecar_proxy_spans_dropped_total) until it works again; requests are not affected"
+                    );
+                } else {
+                    tracing::debug!("{count} spans not exported to {url}: {why}");
+                }
             }
         }
     }
