@@ -652,7 +652,7 @@ impl Relay {
             // The first file at this path: files rotated away before it (while
             // we waited for the path) hold earlier lines.
             let since = self.started;
-            self.recover_missed(&reader.label, since, false, &[id], now, out)?;
+            self.recover_missed(&reader.label, since, true, &[id], now, out)?;
         }
         self.readers.push(reader);
         self.metrics.files_open.set(self.readers.len() as i64);

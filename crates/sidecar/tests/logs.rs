@@ -117,8 +117,9 @@ fn restart_with_rotation_while_down(rotation: Rotation) {
     let state = dir.path().join("state");
     let state_arg = state.to_str().unwrap();
     let write = |first: u64, lines: u64| {
+        // Rotating every 512 KiB at full speed: several rotations per phase.
         let opts = WriterOptions {
-            rotate_bytes: 256 * 1024,
+            rotate_bytes: 512 * 1024,
             rotation,
             backups: 100,
             first_seq: first,
