@@ -42,6 +42,10 @@ impl TraceId {
 
     /// Parses 16 or 32 lowercase (or uppercase) hex; all-zero is invalid.
     pub fn parse(s: &str) -> Option<Self> {
+        // Hex only (and so ASCII only) before slicing by byte offsets.
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         let id = match s.len() {
             16 => Self {
                 hi: 0,
@@ -431,7 +435,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsers_never_panic(s in "\\PC{0,80}") {
+        fn parsers_never_panic(s in "\\PC{0,80}|[0-9a-f\u{e9}\u{2603}-]{0,70}") {
             let _ = parse_traceparent(&s);
             let _ = parse_b3_single(&s);
             let _ = TraceId::parse(&s);
