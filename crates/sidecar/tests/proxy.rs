@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
-use common::{Proc, http_get, wait_until};
+use common::{Proc, http_get, raw_request as request, wait_until};
 use serde_json::Value;
 
 const ZIPKIN_SPEC: &str = concat!(
@@ -94,23 +94,6 @@ fn proxy(
         http_get(admin, "/ready").0 == 200
     });
     (p, admin)
-}
-
-/// A raw HTTP/1.1 request; returns (status, head, body).
-fn request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {

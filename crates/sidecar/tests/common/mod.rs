@@ -191,15 +191,21 @@ impl Drop for Proc {
 
 /// A plain HTTP/1.1 GET; returns (status, headers, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `raw` bytes and reads the answer until the server closes;
+/// returns (status, headers, body). Invalid UTF-8 in the answer is replaced.
+pub fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let status = head
         .split_whitespace()
