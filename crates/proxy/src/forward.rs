@@ -135,6 +135,46 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// Why the proxy answers a request itself, with the status, `x-sidecar-error`
+/// code and body it answers with.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    NoRoute,
+    BadRequest,
+    UpstreamConnect,
+    UpstreamTimeout,
+    BadUpstreamResponse,
+}
+
+impl Failure {
+    fn response(self) -> Response<ProxyBody> {
+        let (status, code, message) = match self {
+            Failure::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path"),
+            Failure::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request path is not valid",
+            ),
+            Failure::UpstreamConnect => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_connect_error",
+                "cannot connect to the upstream",
+            ),
+            Failure::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            Failure::BadUpstreamResponse => (
+                StatusCode::BAD_GATEWAY,
+                "bad_upstream_response",
+                "the upstream sent no valid response",
+            ),
+        };
+        error_response(status, code, message)
+    }
+}
+
 /// Everything needed to finish a request's span and metrics, whenever its
 /// response body ends (or the client goes away).
 struct Pending {
@@ -151,6 +191,14 @@ struct Pending {
 }
 
 impl Pending {
+    /// Answers the request with `failure` and finishes its span and metrics.
+    fn fail(mut self, failure: Failure) -> Response<ProxyBody> {
+        let resp = failure.response();
+        self.status = resp.status().as_u16();
+        self.finish();
+        resp
+    }
+
     fn finish(mut self) {
         let elapsed = self.started.elapsed();
         let stats = match self.route {
@@ -378,9 +426,7 @@ pub async fn handle(
     };
 
     let Some(route) = route else {
-        pending.status = 404;
-        pending.finish();
-        return error_response(StatusCode::NOT_FOUND, "no_route", "no route for this path");
+        return pending.fail(Failure::NoRoute);
     };
 
     if is_upgrade(req.headers()) {
@@ -405,13 +451,7 @@ pub async fn handle(
         .path_and_query(path_and_query.as_str())
         .build();
     let Ok(uri) = uri else {
-        pending.status = 400;
-        pending.finish();
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the request path is not valid",
-        );
+        return pending.fail(Failure::BadRequest);
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
@@ -430,15 +470,7 @@ pub async fn handle(
     let client = if route.http2 { &shared.h2 } else { &shared.h1 };
 
     match tokio::time::timeout(shared.timeouts.request, client.request(upstream_req)).await {
-        Err(_) => {
-            pending.status = 504;
-            pending.finish();
-            error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            )
-        }
+        Err(_) => pending.fail(Failure::UpstreamTimeout),
         Ok(Err(e)) if e.is_connect() => {
             shared
                 .metrics
@@ -449,23 +481,11 @@ pub async fn handle(
                 })
                 .inc();
             tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
-            pending.status = 503;
-            pending.finish();
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_connect_error",
-                "cannot connect to the upstream",
-            )
+            pending.fail(Failure::UpstreamConnect)
         }
         Ok(Err(e)) => {
             tracing::debug!("bad response from upstream {}: {e}", route.upstream);
-            pending.status = 502;
-            pending.finish();
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream_response",
-                "the upstream sent no valid response",
-            )
+            pending.fail(Failure::BadUpstreamResponse)
         }
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
@@ -512,24 +532,12 @@ async fn upgrade(
     let stream = match tokio::time::timeout(shared.timeouts.connect, connect).await {
         Ok(Ok(s)) => s,
         _ => {
-            pending.status = 503;
-            pending.finish();
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_connect_error",
-                "cannot connect to the upstream",
-            );
+            return pending.fail(Failure::UpstreamConnect);
         }
     };
     let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     else {
-        pending.status = 502;
-        pending.finish();
-        return error_response(
-            StatusCode::BAD_GATEWAY,
-            "bad_upstream_response",
-            "upstream handshake failed",
-        );
+        return pending.fail(Failure::BadUpstreamResponse);
     };
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -557,22 +565,10 @@ async fn upgrade(
     {
         Ok(Ok(resp)) => resp,
         Ok(Err(_)) => {
-            pending.status = 502;
-            pending.finish();
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream_response",
-                "the upstream sent no valid response",
-            );
+            return pending.fail(Failure::BadUpstreamResponse);
         }
         Err(_) => {
-            pending.status = 504;
-            pending.finish();
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            );
+            return pending.fail(Failure::UpstreamTimeout);
         }
     };
     pending.status = resp.status().as_u16();
