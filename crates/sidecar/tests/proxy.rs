@@ -49,6 +49,16 @@ fn service(name: &str, call: Option<&str>) -> (Proc, SocketAddr) {
 }
 
 /// A proxy from a YAML config; waits for /ready and returns its admin address.
+/// Starts `sidecar` with `args` (a proxy with `--admin 127.0.0.1:0`) and waits for /ready.
+fn start_proxy(args: &[&str]) -> (Proc, SocketAddr) {
+    let p = Proc::start(args);
+    let admin = p.admin_addr();
+    wait_until("proxy ready", Duration::from_secs(10), || {
+        http_get(admin, "/ready").0 == 200
+    });
+    (p, admin)
+}
+
 fn proxy_with_config(yaml: &str, extra: &[&str]) -> (Proc, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
@@ -61,11 +71,7 @@ fn proxy_with_config(yaml: &str, extra: &[&str]) -> (Proc, SocketAddr, tempfile:
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let p = Proc::start(&args);
-    let admin = p.admin_addr();
-    wait_until("proxy ready", Duration::from_secs(10), || {
-        http_get(admin, "/ready").0 == 200
-    });
+    let (p, admin) = start_proxy(&args);
     (p, admin, dir)
 }
 
@@ -88,11 +94,7 @@ fn proxy(
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let p = Proc::start(&args);
-    let admin = p.admin_addr();
-    wait_until("proxy ready", Duration::from_secs(10), || {
-        http_get(admin, "/ready").0 == 200
-    });
+    let (p, admin) = start_proxy(&args);
     (p, admin)
 }
 
