@@ -149,6 +149,10 @@ struct Reader {
     /// Committed offset already counted in the bytes metric.
     counted: u64,
     error_noted: bool,
+    /// Set when the reader starts over after a truncation (with the old
+    /// content's last change): before relaying the new content, copies that
+    /// later `copytruncate`s made meanwhile are relayed.
+    recheck_since: Option<SystemTime>,
 }
 
 impl Reader {
@@ -176,9 +180,49 @@ impl Reader {
             metrics: metrics.for_file(label),
             counted: offset,
             error_noted: false,
+            recheck_since: None,
             file,
         })
     }
+}
+
+/// Files opened by the watcher's thread as they appear at followed paths.
+#[derive(Default)]
+struct Early {
+    /// The followed paths (literal paths and the paths of followed files).
+    paths: BTreeSet<PathBuf>,
+    files: Vec<(PathBuf, File, FileId)>,
+}
+
+impl Early {
+    fn opened(&mut self, paths: &[PathBuf]) {
+        for path in paths {
+            if !self.paths.contains(path) || self.files.len() >= MAX_PINNED {
+                continue;
+            }
+            let Ok(file) = File::open(path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            if meta.is_file() && !self.files.iter().any(|f| f.2 == id) {
+                self.files.push((path.clone(), file, id));
+            }
+        }
+    }
+}
+
+/// Which files [`Relay::recover_missed`] leaves to the followed file's reader.
+#[derive(Clone, Copy)]
+enum Skip<'a> {
+    /// None: every missed file is relayed.
+    Nothing,
+    /// Copies (whole or in progress) of what the followed path holds now.
+    CopiesOfPath,
+    /// Copies of content that starts with these bytes.
+    CopiesOf(&'a Fingerprint),
 }
 
 /// A file beside a followed one that may hold lines we never read.
@@ -240,10 +284,17 @@ pub struct Relay {
     initial_scan: bool,
     /// Labels that had a file at some point (a first file gets its missed siblings read).
     seen_labels: HashSet<Arc<str>>,
+    /// Labels whose path was found empty (mid-rotation) after their file was
+    /// let go, with that file's last change: files rotated away before the
+    /// next one appears hold lines too.
+    vacated: HashMap<Arc<str>, SystemTime>,
     started: SystemTime,
     checkpoint_time: Option<SystemTime>,
     /// Files opened early at followed paths (see [`Relay::pin_new_files`]).
     pinned: Vec<(PathBuf, File, FileId)>,
+    /// Files the watcher opened the moment they appeared at a followed path
+    /// (a writer that deletes its file may do so before the relay looks).
+    early: Arc<std::sync::Mutex<Early>>,
     summary: Summary,
 }
 
@@ -305,9 +356,11 @@ impl Relay {
             last_checkpoint: now,
             initial_scan: true,
             seen_labels: HashSet::new(),
+            vacated: HashMap::new(),
             started: SystemTime::now(),
             checkpoint_time: None,
             pinned: Vec::new(),
+            early: Arc::default(),
             summary: Summary::default(),
         };
         Ok((relay, control))
@@ -401,7 +454,18 @@ impl Relay {
 
     fn start_watcher(&mut self) {
         let tx = self.wake_tx.clone();
-        match notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let early = Arc::clone(&self.early);
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if matches!(
+                    event.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                ) {
+                    let mut early = early.lock().unwrap_or_else(|e| e.into_inner());
+                    early.opened(&event.paths);
+                }
+            }
             let _ = tx.try_send(());
         }) {
             Ok(w) => self.watcher = Some(w),
@@ -446,6 +510,26 @@ impl Relay {
 
     // ---- finding files -------------------------------------------------
 
+    /// Moves the files the watcher opened early to `pinned` (those not read
+    /// yet), and tells it which paths to open early from now on.
+    fn take_early(&mut self, paths: &BTreeSet<PathBuf>) {
+        let opened = {
+            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+            if early.paths != *paths {
+                early.paths.clone_from(paths);
+            }
+            std::mem::take(&mut early.files)
+        };
+        for (path, file, id) in opened {
+            if self.pinned.len() < MAX_PINNED
+                && !self.pinned.iter().any(|p| p.2 == id)
+                && !self.readers.iter().any(|r| r.id == id)
+            {
+                self.pinned.push((path, file, id));
+            }
+        }
+    }
+
     /// Re-checks the followed paths: new files, rotated files, vanished files.
     fn check_paths<W: Write>(
         &mut self,
@@ -489,6 +573,7 @@ impl Relay {
                 paths.insert(r.path.clone());
             }
         }
+        self.take_early(&paths);
         for path in paths {
             self.check_path(&path, now, out)?;
         }
@@ -511,7 +596,9 @@ impl Relay {
             Err(e) => {
                 if e.kind() == io::ErrorKind::NotFound {
                     if let Some(i) = attached {
-                        self.detach(i, &[], now, out)?;
+                        let label = Arc::clone(&self.readers[i].label);
+                        let since = self.detach(i, &[], now, out)?;
+                        self.vacated.insert(label, since);
                     } else {
                         self.note(
                             &key,
@@ -563,7 +650,13 @@ impl Relay {
         while i < self.pinned.len() {
             if self.pinned[i].0 == path {
                 let (_, f, pid) = self.pinned.remove(i);
-                if pid != id {
+                // Not the file at the path now, nor one read already.
+                let read = self.readers.iter().any(|r| r.id == pid)
+                    || self
+                        .known
+                        .get(&pid)
+                        .is_some_and(|k| k.fp.matches(&f).unwrap_or(false));
+                if pid != id && !read {
                     held.push(f);
                 }
             } else {
@@ -648,11 +741,26 @@ impl Relay {
         };
         reader.attached = true;
         tracing::info!("following {key} {how} (offset {offset})");
-        if self.seen_labels.insert(Arc::clone(&reader.label)) && !self.initial_scan {
+        let first = self.seen_labels.insert(Arc::clone(&reader.label));
+        let vacated = self.vacated.remove(&reader.label);
+        let since = if first && !self.initial_scan {
             // The first file at this path: files rotated away before it (while
             // we waited for the path) hold earlier lines.
             let since = self.started;
-            self.recover_missed(&reader.label, since, true, &[id], now, out)?;
+            self.recover_missed(&reader.label, since, Skip::CopiesOfPath, &[id], now, out)?;
+            Some(since)
+        } else if let Some(since) = vacated {
+            // The path was empty for a while: the writer may have rotated
+            // several files through it before this one stayed.
+            self.recover_missed(&reader.label, since, Skip::Nothing, &[id], now, out)?;
+            Some(since)
+        } else {
+            None
+        };
+        if offset == 0 {
+            // What the file holds at its first read may already come after
+            // a `copytruncate` made since the listing above.
+            reader.recheck_since = since;
         }
         self.readers.push(reader);
         self.metrics.files_open.set(self.readers.len() as i64);
@@ -679,14 +787,15 @@ impl Relay {
 
     /// The file at a followed path was replaced or removed. Read the old file
     /// to its end through its descriptor (it stays open a while for late
-    /// writes), then any file rotated away before we could open it.
+    /// writes), then any file rotated away before we could open it. Returns
+    /// the old file's last change.
     fn detach<W: Write>(
         &mut self,
         i: usize,
         exclude: &[FileId],
         now: Instant,
         out: &mut Output<W>,
-    ) -> Result<(), RelayError> {
+    ) -> Result<SystemTime, RelayError> {
         let r = &mut self.readers[i];
         r.attached = false;
         let meta = r.file.metadata().ok();
@@ -710,7 +819,8 @@ impl Relay {
         let r = &self.readers[i];
         let since = meta.and_then(|m| m.modified().ok()).unwrap_or(r.mtime);
         let label = Arc::clone(&r.label);
-        self.recover_missed(&label, since, false, exclude, now, out)
+        self.recover_missed(&label, since, Skip::Nothing, exclude, now, out)?;
+        Ok(since)
     }
 
     /// Reads reader `i` to the end of its file, whatever the tick budget.
@@ -729,13 +839,13 @@ impl Relay {
     /// files rotated away before the relay could open them.
     ///
     /// With `copytruncate`, a copy of what the followed file holds now is
-    /// skipped (`skip_copies_of_current`): the reader of the followed file
+    /// skipped (`skip`): the reader of the followed file
     /// relays that content, and finishes it from the copy after the truncation.
     fn recover_missed<W: Write>(
         &mut self,
         label: &Arc<str>,
         since: SystemTime,
-        skip_copies_of_current: bool,
+        skip: Skip<'_>,
         exclude: &[FileId],
         now: Instant,
         out: &mut Output<W>,
@@ -744,15 +854,19 @@ impl Relay {
         // A directory listing can miss a file renamed while it is read: list
         // twice and take both; then again after reading, for files rotated meanwhile.
         for _ in 0..100 {
-            let current = if skip_copies_of_current {
-                File::open(label_path)
-                    .and_then(|f| Fingerprint::read(&f, u64::MAX))
-                    .unwrap_or_default()
-            } else {
-                Fingerprint::default()
+            let of_path;
+            let current = match skip {
+                Skip::Nothing => None,
+                Skip::CopiesOf(fp) => Some(fp),
+                Skip::CopiesOfPath => {
+                    of_path = File::open(label_path)
+                        .and_then(|f| Fingerprint::read(&f, u64::MAX))
+                        .unwrap_or_default();
+                    Some(&of_path)
+                }
             };
-            let mut found = self.missed_candidates(label_path, since, &current, exclude);
-            for extra in self.missed_candidates(label_path, since, &current, exclude) {
+            let mut found = self.missed_candidates(label_path, since, current, exclude);
+            for extra in self.missed_candidates(label_path, since, current, exclude) {
                 if !found.iter().any(|c| c.id == extra.id) {
                     found.push(extra);
                 }
@@ -847,7 +961,7 @@ impl Relay {
         &self,
         label_path: &Path,
         since: SystemTime,
-        current: &Fingerprint,
+        current: Option<&Fingerprint>,
         exclude: &[FileId],
     ) -> Vec<Candidate> {
         let base = file_name(label_path);
@@ -878,9 +992,11 @@ impl Relay {
             {
                 continue;
             }
-            if !current.is_empty()
-                && File::open(&path).is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
-            {
+            if current.is_some_and(|current| {
+                !current.is_empty()
+                    && File::open(&path)
+                        .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
+            }) {
                 continue;
             }
             found.push(Candidate {
@@ -964,6 +1080,7 @@ impl Relay {
         }
         self.readers[i].size = size;
         self.readers[i].mtime = mtime;
+        self.recheck_after_truncation(i, now, out)?;
         let mut budget = TICK_BUDGET;
         let mut chunks = 0u32;
         while budget > 0 {
@@ -1008,6 +1125,37 @@ impl Relay {
             progress.budget_hit = true;
         }
         Ok(progress)
+    }
+
+    /// A reader that starts a file at offset 0 (new, or over after a
+    /// truncation) cannot tell from the file alone whether what it holds at
+    /// the first read follows what came before, or comes after more
+    /// `copytruncate`s (made while the relay looked elsewhere). Once the file has its first bytes, copies not starting with
+    /// them that changed since the old content are relayed first, oldest
+    /// first; the fingerprint taken here then guards the reads that follow.
+    fn recheck_after_truncation<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let r = &mut self.readers[i];
+        let Some(since) = r.recheck_since else {
+            return Ok(());
+        };
+        if r.offset != 0 {
+            r.recheck_since = None;
+            return Ok(());
+        }
+        let fp = match Fingerprint::read(&r.file, u64::MAX) {
+            Ok(fp) if !fp.is_empty() => fp,
+            // Nothing written yet: look again once something is.
+            _ => return Ok(()),
+        };
+        r.recheck_since = None;
+        r.fp = fp.clone();
+        let (label, id) = (Arc::clone(&r.label), r.id);
+        self.recover_missed(&label, since, Skip::CopiesOf(&fp), &[id], now, out)
     }
 
     fn read_error(&mut self, i: usize, e: &io::Error) {
@@ -1089,13 +1237,14 @@ impl Relay {
         }
         self.finish_reader(i, now, out)?;
         // Copies made by later rotations we did not see come next.
-        self.recover_missed(&label, old_mtime, true, &[id], now, out)?;
+        self.recover_missed(&label, old_mtime, Skip::CopiesOfPath, &[id], now, out)?;
         let r = &mut self.readers[i];
         r.framer.restart_at(0);
         r.counted = 0;
         r.offset = 0;
         r.size = 0;
         r.fp = Fingerprint::default();
+        r.recheck_since = Some(old_mtime);
         self.dirty = true;
         Ok(())
     }
@@ -1304,7 +1453,12 @@ impl Relay {
             }
         }
         for (label, since, by_copy) in after {
-            self.recover_missed(&label, since, by_copy, &[], now, out)?;
+            let skip = if by_copy {
+                Skip::CopiesOfPath
+            } else {
+                Skip::Nothing
+            };
+            self.recover_missed(&label, since, skip, &[], now, out)?;
         }
         self.metrics.files_open.set(self.readers.len() as i64);
         Ok(())
