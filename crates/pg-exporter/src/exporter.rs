@@ -3,7 +3,6 @@
 //! scrapes sharing one collection.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,10 +17,18 @@ use crate::dsn;
 use crate::exposition::{Families, Kind};
 use crate::session::Session;
 
-/// Server-wide collectors run on the fresh session each scrape opens for
-/// `pg_up` (the ones that cost the server most), the others on the
-/// long-lived session. None depends on the server version.
-const FRESH_SESSION_COLLECTORS: &[&str] = &["database"];
+/// Server-wide collectors that run on a second long-lived session to the
+/// main database (the ones that cost the server most: `pg_database_size`
+/// stats every file of every database), in parallel with the others on the
+/// first. Two backends work at once, while the fresh session each scrape
+/// opens for `pg_up` logs in.
+const SIDE_SESSION_COLLECTORS: &[&str] = &["database"];
+
+/// The key of the side session in `Exporter::conns` (database names cannot
+/// hold a NUL).
+fn side_key(db: &str) -> String {
+    format!("{db}\0side")
+}
 
 /// Settings of the exporter (from the command line).
 #[derive(Debug, Clone)]
@@ -110,8 +117,6 @@ pub struct Exporter {
     stats: Mutex<Stats>,
     warned: Mutex<HashSet<String>>,
     probes: Semaphore,
-    /// Server version seen on the long-lived session (for the fresh one's collectors).
-    last_version: AtomicU32,
 }
 
 impl Exporter {
@@ -131,7 +136,6 @@ impl Exporter {
             stats: Mutex::new(Stats::default()),
             warned: Mutex::new(HashSet::new()),
             probes,
-            last_version: AtomicU32::new(0),
         }
     }
 
@@ -171,59 +175,69 @@ impl Exporter {
         if let Some(base) = self.base.clone() {
             let main_db = dsn::database(&base);
             // A fresh session tells whether the exporter can still log in
-            // (pg_up). While open, it runs the costliest server-wide queries in
-            // parallel with the rest on the long-lived session (two backends,
-            // two CPUs), instead of opening for nothing.
-            let on_fresh: Vec<&'static str> = FRESH_SESSION_COLLECTORS
+            // (pg_up); it runs nothing. Meanwhile the long-lived sessions collect.
+            let fresh = async {
+                match open(&base, deadline, false).await {
+                    Ok(_conn) => {
+                        self.forget_connect_warnings();
+                        true
+                    }
+                    Err(e) => {
+                        self.warn_connect(&base, &e);
+                        false
+                    }
+                }
+            };
+            let on_side: Vec<&'static str> = SIDE_SESSION_COLLECTORS
                 .iter()
                 .copied()
                 .filter(|c| self.opts.collectors.contains(c))
                 .collect();
-            let fresh = async {
-                match open(&base, deadline, false).await {
-                    Ok(conn) => {
-                        self.forget_connect_warnings();
-                        let ctx = self.ctx(self.last_version.load(Ordering::Relaxed));
-                        let runs = join_all(
-                            on_fresh
-                                .iter()
-                                .map(|name| timed(name, &conn.session, &ctx, deadline)),
-                        )
-                        .await;
-                        (true, runs)
-                    }
-                    Err(e) => {
-                        self.warn_connect(&base, &e);
-                        (false, Vec::new())
-                    }
+            let side = async {
+                if on_side.is_empty() {
+                    return None;
                 }
+                let key = side_key(&main_db);
+                let (session, version) = self
+                    .database_connection(&base, &main_db, &key, deadline)
+                    .await?;
+                let ctx = self.ctx(version);
+                Some(
+                    join_all(
+                        on_side
+                            .iter()
+                            .map(|name| timed(name, &session, &ctx, deadline)),
+                    )
+                    .await,
+                )
             };
             let main = async {
-                let (session, version) =
-                    self.database_connection(&base, &main_db, deadline).await?;
-                self.last_version.store(version, Ordering::Relaxed);
+                let (session, version) = self
+                    .database_connection(&base, &main_db, &main_db, deadline)
+                    .await?;
                 let ctx = self.ctx(version);
                 let runs = self
-                    .run_collectors(&session, &ctx, &base, deadline, &on_fresh, &mut out)
+                    .run_collectors(&session, &ctx, &base, deadline, &on_side, &mut out)
                     .await;
                 Some((session, ctx, runs))
             };
-            let ((fresh_ok, fresh_runs), main) = tokio::join!(fresh, main);
+            let (fresh_ok, side_runs, main) = tokio::join!(fresh, side, main);
             let up = fresh_ok && main.is_some();
             match main {
                 Some((session, ctx, mut runs)) => {
-                    if fresh_ok {
-                        runs.extend(fresh_runs.into_iter().map(|r| (self.server.clone(), r)));
-                    } else {
-                        // No fresh session: run them on the long-lived one after all.
-                        let late = join_all(
-                            on_fresh
-                                .iter()
-                                .map(|name| timed(name, &session, &ctx, deadline)),
-                        )
-                        .await;
-                        runs.extend(late.into_iter().map(|r| (self.server.clone(), r)));
-                    }
+                    let side_runs = match side_runs {
+                        Some(runs) => runs,
+                        // No side session: run them on the main one after all.
+                        None => {
+                            join_all(
+                                on_side
+                                    .iter()
+                                    .map(|name| timed(name, &session, &ctx, deadline)),
+                            )
+                            .await
+                        }
+                    };
+                    runs.extend(side_runs.into_iter().map(|r| (self.server.clone(), r)));
                     ok &= self.record(runs, &mut out).await;
                 }
                 None => ok = false,
@@ -369,7 +383,7 @@ impl Exporter {
                     let session = if &db == main_db {
                         Some(Arc::clone(session))
                     } else {
-                        self.database_connection(base, &db, deadline)
+                        self.database_connection(base, &db, &db, deadline)
                             .await
                             .map(|(s, _)| s)
                     };
@@ -492,16 +506,17 @@ impl Exporter {
         warned.retain(|k| !k.starts_with("connect:"));
     }
 
-    /// The long-lived session to `db`, opened (again) if needed.
+    /// The long-lived session to `db` stored under `key`, opened (again) if needed.
     async fn database_connection(
         &self,
         base: &Config,
         db: &str,
+        key: &str,
         deadline: tokio::time::Instant,
     ) -> Option<(Arc<Session>, u32)> {
         {
             let conns = self.conns.lock().await;
-            if let Some(c) = conns.get(db) {
+            if let Some(c) = conns.get(key) {
                 if !c.session.is_closed() {
                     return Some((Arc::clone(&c.session), c.version));
                 }
@@ -516,16 +531,18 @@ impl Exporter {
                 return None;
             }
         };
-        if db == dsn::database(base) {
+        if key == dsn::database(base) {
             self.check_privileges(&conn.session).await;
         }
         let out = (Arc::clone(&conn.session), conn.version);
-        tracing::info!(
-            "connected to {} (PostgreSQL {})",
-            dsn::describe(&config),
-            version_text(conn.version)
-        );
-        self.conns.lock().await.insert(db.to_string(), conn);
+        if key == db {
+            tracing::info!(
+                "connected to {} (PostgreSQL {})",
+                dsn::describe(&config),
+                version_text(conn.version)
+            );
+        }
+        self.conns.lock().await.insert(key.to_string(), conn);
         Some(out)
     }
 

@@ -4,7 +4,8 @@
 //! Data flow: [`dsn`] turns postgres_exporter's environment variables into a
 //! connection config. On each scrape of the telemetry path, [`Exporter`]
 //! checks that a fresh connection can be made (`pg_up`), reuses one
-//! long-lived, read-only connection per database, runs every enabled
+//! long-lived, read-only connection per database (and a second one to the
+//! main database for the costly database sizes), runs every enabled
 //! [`collectors`] query at once under one deadline, and renders the families
 //! ([`exposition`]) with upstream's names; [`server`] serves that, `/probe`,
 //! `/`, `/live` and `/ready`. Scrapes that arrive during a collection share

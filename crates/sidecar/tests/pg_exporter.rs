@@ -691,7 +691,8 @@ fn sessions_are_named_and_few_and_concurrent_scrapes_share_collections() {
         )
         .unwrap();
     let sessions: i64 = row.get(0);
-    assert!((1..=2).contains(&sessions), "{sessions} exporter sessions");
+    // The main and the side session; a scrape's fresh session may still be closing.
+    assert!((2..=3).contains(&sessions), "{sessions} exporter sessions");
     let families = scrape(addr);
     assert!(value(&families, "pg_exporter_scrapes_total", &[]).unwrap() < 22.0);
 }
