@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -23,6 +24,7 @@ use sidecar_telemetry::trace::{self, Outgoing, TraceId};
 use crate::config::{Direction, Timeouts};
 use crate::export::SpanSink;
 use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index};
+use crate::pool::Pool;
 use crate::span::{Kind, Span};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,6 +40,8 @@ pub struct RouteRt {
     /// Lower-case span name, when configured.
     pub operation: Option<String>,
     pub http2: bool,
+    /// Keep-alive HTTP/1.1 connections to the upstream.
+    pub pool: Arc<Pool>,
     pub stats: RouteStats,
 }
 
@@ -58,7 +62,6 @@ pub struct Shared {
     pub service: Arc<str>,
     pub sample_rate: f64,
     pub timeouts: Timeouts,
-    pub h1: HttpClient,
     pub h2: HttpClient,
     pub metrics: Metrics,
     pub spans: SpanSink,
@@ -222,11 +225,31 @@ impl Pending {
     }
 }
 
-/// A body that counts its bytes (requests) or finishes the span at its end (responses).
+/// A body that counts its bytes (requests) or finishes the span at its end
+/// (responses), and then gives its upstream connection back to the pool.
 struct Tracked<B> {
     inner: B,
     counter: Option<Arc<AtomicU64>>,
     pending: Option<Pending>,
+    conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
+}
+
+impl<B> Tracked<B> {
+    fn new(inner: B) -> Self {
+        Self {
+            inner,
+            counter: None,
+            pending: None,
+            conn: None,
+        }
+    }
+
+    /// The response was read to its end: the connection can serve another.
+    fn release(&mut self) {
+        if let Some((pool, sender)) = self.conn.take() {
+            pool.checkin(sender);
+        }
+    }
 }
 
 impl<B> Body for Tracked<B>
@@ -253,6 +276,11 @@ where
                         p.response_bytes += n;
                     }
                 }
+                // The last frame of a sized body: the reader may stop here
+                // without polling for the end.
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -262,6 +290,7 @@ where
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                this.release();
                 if let Some(p) = this.pending.take() {
                     p.finish();
                 }
@@ -282,6 +311,8 @@ where
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
+        // Dropped before its end: the connection is mid-response and goes
+        // with it (`self.conn` is dropped, not returned).
         // The client went away before the end of the body: still account for the request.
         if let Some(p) = self.pending.take() {
             p.finish();
@@ -464,14 +495,33 @@ pub async fn handle(
         inner: body,
         counter: Some(request_bytes),
         pending: None,
+        conn: None,
     }
     .boxed();
     let upstream_req = Request::from_parts(parts, body);
-    let client = if route.http2 { &shared.h2 } else { &shared.h1 };
+    let sent = if route.http2 {
+        tokio::time::timeout(shared.timeouts.request, async {
+            shared.h2.request(upstream_req).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Connect(e.to_string())
+                } else {
+                    UpstreamError::Response(e.to_string())
+                }
+            })
+        })
+        .await
+        .map(|r| r.map(|resp| (resp, None)))
+    } else {
+        tokio::time::timeout(
+            shared.timeouts.request,
+            send_pooled(&route.pool, upstream_req),
+        )
+        .await
+    };
 
-    match tokio::time::timeout(shared.timeouts.request, client.request(upstream_req)).await {
+    match sent {
         Err(_) => pending.fail(Failure::UpstreamTimeout),
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(UpstreamError::Connect(e))) => {
             shared
                 .metrics
                 .upstream_connect_errors
@@ -483,21 +533,71 @@ pub async fn handle(
             tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
             pending.fail(Failure::UpstreamConnect)
         }
-        Ok(Err(e)) => {
+        Ok(Err(UpstreamError::Response(e))) => {
             tracing::debug!("bad response from upstream {}: {e}", route.upstream);
             pending.fail(Failure::BadUpstreamResponse)
         }
-        Ok(Ok(resp)) => {
+        Ok(Ok((resp, sender))) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             pending.status = parts.status.as_u16();
+            // A body known to be complete (HEAD, 204, empty) may be dropped
+            // unread: its connection can serve another request already.
+            let sender = match sender {
+                Some(s) if body.is_end_stream() => {
+                    route.pool.checkin(s);
+                    None
+                }
+                other => other,
+            };
             let body = Tracked {
                 inner: body,
                 counter: None,
                 pending: Some(pending),
+                conn: sender.map(|s| (Arc::clone(&route.pool), s)),
             }
             .boxed();
             Response::from_parts(parts, body)
+        }
+    }
+}
+
+/// Why a request got no response from its upstream.
+enum UpstreamError {
+    /// No connection (503).
+    Connect(String),
+    /// The connection failed or the answer was not HTTP (502).
+    Response(String),
+}
+
+/// Sends `req` on a pooled HTTP/1.1 connection; returns the response and the
+/// connection, to go back to the pool once the response body is read. A
+/// request that an idle connection could not take (the upstream closed it
+/// meanwhile) is sent once more on another.
+async fn send_pooled(
+    pool: &Pool,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Option<SendRequest<ProxyBody>>), UpstreamError> {
+    let mut sender = pool
+        .checkout()
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, Some(sender))),
+        Err(mut e) => {
+            let Some(req) = e.take_message() else {
+                return Err(UpstreamError::Response(e.into_error().to_string()));
+            };
+            drop(sender);
+            let mut sender = pool
+                .checkout()
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| UpstreamError::Response(e.to_string()))?;
+            Ok((resp, Some(sender)))
         }
     }
 }
@@ -551,12 +651,7 @@ async fn upgrade(
         .path_and_query()
         .and_then(|p| p.as_str().parse().ok())
         .unwrap_or_else(|| Uri::from_static("/"));
-    let body = Tracked {
-        inner: body,
-        counter: None,
-        pending: None,
-    }
-    .boxed();
+    let body = Tracked::new(body).boxed();
     let mut resp = match tokio::time::timeout(
         shared.timeouts.request,
         sender.send_request(Request::from_parts(parts, body)),
@@ -594,6 +689,7 @@ async fn upgrade(
         inner: body,
         counter: None,
         pending: Some(pending),
+        conn: None,
     }
     .boxed();
     Response::from_parts(parts, body)

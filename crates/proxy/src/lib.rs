@@ -18,6 +18,7 @@ pub mod export;
 pub mod forward;
 pub mod guard;
 pub mod metrics;
+pub mod pool;
 pub mod span;
 
 use std::future::Future;
@@ -64,7 +65,8 @@ pub async fn bind(cfg: &Config) -> std::io::Result<Vec<TcpListener>> {
     Ok(bound)
 }
 
-fn client(cfg: &Config, http2: bool) -> forward::HttpClient {
+/// The h2c client (HTTP/1.1 upstreams use [`pool::Pool`]).
+fn client(cfg: &Config) -> forward::HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cfg.timeouts.connect));
     connector.set_nodelay(true);
@@ -72,10 +74,9 @@ fn client(cfg: &Config, http2: bool) -> forward::HttpClient {
     builder
         .pool_idle_timeout(cfg.timeouts.idle)
         .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(256);
-    if http2 {
-        builder.http2_only(true).timer(TokioTimer::new());
-    }
+        .pool_max_idle_per_host(256)
+        .http2_only(true)
+        .timer(TokioTimer::new());
     builder.build(connector)
 }
 
@@ -97,8 +98,7 @@ pub async fn run(
         service: Arc::from(cfg.service.as_str()),
         sample_rate: cfg.tracing.sample_rate,
         timeouts: cfg.timeouts.clone(),
-        h1: client(&cfg, false),
-        h2: client(&cfg, true),
+        h2: client(&cfg),
         metrics: metrics.clone(),
         spans,
     });
@@ -125,6 +125,11 @@ pub async fn run(
                         authority: config::upstream_authority(&r.upstream).ok()?,
                         operation: r.operation.as_ref().map(|o| o.to_ascii_lowercase()),
                         http2: r.http2,
+                        pool: Arc::new(pool::Pool::new(
+                            &r.upstream,
+                            cfg.timeouts.connect,
+                            cfg.timeouts.idle,
+                        )),
                         stats: metrics::RouteStats::new(&metrics, &l.name, &r.prefix),
                     })
                 })

@@ -1,0 +1,229 @@
+//! Keep-alive HTTP/1.1 connections to one upstream, reused across requests.
+//!
+//! A connection is taken out of the pool for one request and put back when
+//! that request's response body has been read to its end (see
+//! `forward::Tracked`), so a connection is never shared by two requests in
+//! flight. Most recently used first; connections idle longer than the idle
+//! timeout, or closed by the upstream, are dropped. The upstream's host name
+//! is resolved again for every new connection (Kubernetes Services move).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::forward::ProxyBody;
+
+/// Most idle connections kept per upstream.
+const MAX_IDLE: usize = 256;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {upstream}: {source}")]
+    Io { upstream: String, source: io::Error },
+    #[error("no connection to {upstream} within {timeout:?}")]
+    Timeout { upstream: String, timeout: Duration },
+    #[error("HTTP/1.1 handshake with {upstream} failed: {source}")]
+    Handshake {
+        upstream: String,
+        source: hyper::Error,
+    },
+}
+
+pub struct Pool {
+    upstream: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Oldest at the front; taken from and returned to the back.
+    idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(upstream: &str, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            upstream: upstream.to_string(),
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A connection ready for one request: an idle one if any still works,
+    /// else a new one.
+    pub async fn checkout(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+        while let Some(mut sender) = self.pop_idle() {
+            // Put back right after its last response: the connection task
+            // may not have marked it idle yet, which `ready` waits for.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect().await
+    }
+
+    /// Returns a connection whose response was read to its end.
+    pub fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back((sender, now));
+        }
+    }
+
+    fn pop_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop_back() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+        let stream =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.upstream))
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    upstream: self.upstream.clone(),
+                    timeout: self.connect_timeout,
+                })?
+                .map_err(|source| ConnectError::Io {
+                    upstream: self.upstream.clone(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                upstream: self.upstream.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Empty};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream answering `ok` on keep-alive connections (or closing each
+    /// after one response), counting the connections it accepted.
+    async fn upstream(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &Pool) -> String {
+        let mut sender = pool.checkout().await.unwrap();
+        let req = Request::get("/")
+            .header("host", "upstream")
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        pool.checkin(sender);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_one_after_another() {
+        let (addr, accepted) = upstream(true).await;
+        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_the_upstream_closes_are_replaced() {
+        let (addr, accepted) = upstream(false).await;
+        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (addr, accepted) = upstream(true).await;
+        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::ZERO);
+        get(&pool).await;
+        get(&pool).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pool = Pool::new(
+            &format!("127.0.0.1:{port}"),
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        );
+        let err = pool.checkout().await.unwrap_err();
+        assert!(matches!(err, ConnectError::Io { .. }), "{err}");
+        assert!(err.to_string().starts_with("cannot connect to 127.0.0.1:"));
+    }
+}
