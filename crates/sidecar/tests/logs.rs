@@ -584,3 +584,39 @@ fn bad_arguments_are_explained() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid regular expression"));
     let _ = Path::new("/");
 }
+
+/// Lines `seq=first..=last`, as the demo writer numbers them.
+fn numbered(first: u64, last: u64) -> Vec<u8> {
+    (first..=last)
+        .flat_map(|n| format!("line seq={n:08}\n").into_bytes())
+        .collect()
+}
+
+#[test]
+fn files_rotated_through_a_vacated_path_are_relayed() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let rotated = |n: u32| dir.path().join(format!("app.log.{n}"));
+    append(&log, &numbered(1, 10));
+    let p = relay(&[log.to_str().unwrap()]);
+    p.wait_lines(10, LONG);
+    // The relay (watcher included) is stopped while the writer renames its
+    // file away: it wakes to an empty path.
+    p.signal(Signal::SIGSTOP);
+    fs::rename(&log, rotated(1)).unwrap();
+    p.signal(Signal::SIGCONT);
+    p.wait_stderr("was rotated (renamed)", LONG);
+    // Stopped again, it misses a whole file rotated through the path, then
+    // finds the next one there: the missed file's lines come first.
+    p.signal(Signal::SIGSTOP);
+    append(&log, &numbered(11, 20));
+    fs::rename(rotated(1), rotated(2)).unwrap();
+    fs::rename(&log, rotated(1)).unwrap();
+    append(&log, &numbered(21, 30));
+    p.signal(Signal::SIGCONT);
+    p.wait_lines(30, LONG);
+    let mut p = p;
+    terminate_ok(&mut p);
+    assert_exact_sequence(&p.stdout_lines(), 1, 30);
+}
