@@ -6,7 +6,9 @@ postgres user when run as root) under pgbench load; both exporters scrape it
 side by side, alternating, in the same run:
 
 - scrape latency (median, p90) over N scrapes each,
-- CPU seconds per scrape and peak RSS (from /proc),
+- CPU seconds per scrape and peak RSS (from /proc), and what the RSS is made
+  of at the end: anonymous memory (heap, stacks) and file pages (the
+  executable's code, which the kernel may map in large folios),
 - connections each holds to the server (pg_stat_activity by application_name),
 - family coverage: how many of the upstream exporter's families ours also has,
 - time to answer /metrics once the database is stopped.
@@ -44,12 +46,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def hwm_kib(pid):
+def status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def hwm_kib(pid):
+    return status_kib(pid, "VmHWM")
 
 
 def get(url, timeout=30):
@@ -153,15 +159,17 @@ def main():
 
         print(f"PostgreSQL: {psql(bindir, port, 'SHOW server_version')}, pgbench -c 4 running; "
               f"{scrapes} scrapes each, alternating\n")
-        print("| exporter | median | p90 | CPU ms/scrape | peak RSS | connections held | families |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| exporter | median | p90 | CPU ms/scrape | peak RSS | RSS anon / file | connections held | families |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         ref = statistics.median(lat["postgres_exporter 0.11 (Debian)"])
         for name, (p, _, _) in exporters.items():
             s = sorted(lat[name])
             med = statistics.median(s)
             p90 = s[int(len(s) * 0.9) - 1]
             print(f"| {name} | {med * 1000:.1f} ms ({med / ref:.2f}x) | {p90 * 1000:.1f} ms "
-                  f"| {cpu[name] * 1000:.2f} | {hwm_kib(p.pid) / 1024:.1f} MiB | {conns[name]} "
+                  f"| {cpu[name] * 1000:.2f} | {hwm_kib(p.pid) / 1024:.1f} MiB "
+                  f"| {status_kib(p.pid, 'RssAnon') / 1024:.1f} / {status_kib(p.pid, 'RssFile') / 1024:.1f} MiB "
+                  f"| {conns[name]} "
                   f"| {len(fams[name])} |")
         missing = sorted(theirs_fams - ours_fams)
         print(f"\nFamily coverage: ours has {len(theirs_fams) - len(missing)} of the "

@@ -196,6 +196,16 @@ struct Pending {
 impl Pending {
     /// Answers the request with `failure` and finishes its span and metrics.
     fn fail(mut self, failure: Failure) -> Response<ProxyBody> {
+        if let (Failure::UpstreamConnect, Some(i)) = (failure, self.route) {
+            self.shared
+                .metrics
+                .upstream_connect_errors
+                .get_or_create(&RouteLabels {
+                    listener: self.listener.name.clone(),
+                    route: self.listener.routes[i].prefix.clone(),
+                })
+                .inc();
+        }
         let resp = failure.response();
         self.status = resp.status().as_u16();
         self.finish();
@@ -522,14 +532,6 @@ pub async fn handle(
     match sent {
         Err(_) => pending.fail(Failure::UpstreamTimeout),
         Ok(Err(UpstreamError::Connect(e))) => {
-            shared
-                .metrics
-                .upstream_connect_errors
-                .get_or_create(&RouteLabels {
-                    listener: listener.name.clone(),
-                    route: route.prefix.clone(),
-                })
-                .inc();
             tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
             pending.fail(Failure::UpstreamConnect)
         }
@@ -631,7 +633,12 @@ async fn upgrade(
     let connect = tokio::net::TcpStream::connect(route.upstream.as_str());
     let stream = match tokio::time::timeout(shared.timeouts.connect, connect).await {
         Ok(Ok(s)) => s,
-        _ => {
+        Ok(Err(e)) => {
+            tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
+            return pending.fail(Failure::UpstreamConnect);
+        }
+        Err(_) => {
+            tracing::debug!("no connection to upstream {} in time", route.upstream);
             return pending.fail(Failure::UpstreamConnect);
         }
     };

@@ -451,6 +451,17 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
     assert!(http_get(admin, "/metrics").2.contains(
         "sidecar_proxy_upstream_connect_errors_total{listener=\"inbound\",route=\"/\"} 1"
     ));
+    // An upgrade (WebSocket) to the refused upstream: answered and counted the same.
+    let (status, head, _) = request(
+        listen,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: {listen}\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 503, "{head}");
+    assert!(http_get(admin, "/metrics").2.contains(
+        "sidecar_proxy_upstream_connect_errors_total{listener=\"inbound\",route=\"/\"} 2"
+    ));
 
     // Accepts and never answers: 504 after the request timeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
