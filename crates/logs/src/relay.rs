@@ -149,9 +149,10 @@ struct Reader {
     /// Committed offset already counted in the bytes metric.
     counted: u64,
     error_noted: bool,
-    /// Set when the reader starts over after a truncation (with the old
-    /// content's last change): before relaying the new content, copies that
-    /// later `copytruncate`s made meanwhile are relayed.
+    /// Set when the reader starts a file at offset 0 after the first scan
+    /// (with the time since which missed files count): before relaying the
+    /// content, copies that later `copytruncate`s made meanwhile are
+    /// relayed (see [`Relay::recheck_first_bytes`]).
     recheck_since: Option<SystemTime>,
 }
 
@@ -1080,7 +1081,7 @@ impl Relay {
         }
         self.readers[i].size = size;
         self.readers[i].mtime = mtime;
-        self.recheck_after_truncation(i, now, out)?;
+        self.recheck_first_bytes(i, now, out)?;
         let mut budget = TICK_BUDGET;
         let mut chunks = 0u32;
         while budget > 0 {
@@ -1130,10 +1131,11 @@ impl Relay {
     /// A reader that starts a file at offset 0 (new, or over after a
     /// truncation) cannot tell from the file alone whether what it holds at
     /// the first read follows what came before, or comes after more
-    /// `copytruncate`s (made while the relay looked elsewhere). Once the file has its first bytes, copies not starting with
-    /// them that changed since the old content are relayed first, oldest
-    /// first; the fingerprint taken here then guards the reads that follow.
-    fn recheck_after_truncation<W: Write>(
+    /// `copytruncate`s (made while the relay looked elsewhere). Once the
+    /// file has its first bytes, copies not starting with them that changed
+    /// since the old content are relayed first, oldest first; the
+    /// fingerprint taken here then guards the reads that follow.
+    fn recheck_first_bytes<W: Write>(
         &mut self,
         i: usize,
         now: Instant,
