@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -64,21 +64,34 @@ impl Pool {
     /// A connection ready for one request: an idle one if any still works,
     /// else a new one.
     pub async fn checkout(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
-        while let Some(mut sender) = self.pop_idle() {
-            // Put back right after its last response: the connection task
-            // may not have marked it idle yet, which `ready` waits for.
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
-            }
+        if let Some(sender) = self.pop_idle() {
+            return Ok(sender);
         }
         self.connect().await
     }
 
-    /// Returns a connection whose response was read to its end.
-    pub fn checkin(&self, sender: SendRequest<ProxyBody>) {
+    /// Returns a connection whose response was read to its end. One still
+    /// busy (its request body still streaming, or the connection task not
+    /// yet through the response) joins the idle ones only once it is ready,
+    /// so no request ever waits behind another on a pooled connection.
+    pub fn checkin(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
+        if !sender.is_ready() {
+            let pool = Arc::clone(self);
+            tokio::spawn(async move {
+                let ready = tokio::time::timeout(pool.idle_timeout, sender.ready()).await;
+                if matches!(ready, Ok(Ok(()))) {
+                    pool.push_idle(sender);
+                }
+            });
+            return;
+        }
+        self.push_idle(sender);
+    }
+
+    fn push_idle(&self, sender: SendRequest<ProxyBody>) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while idle
@@ -95,7 +108,7 @@ impl Pool {
     fn pop_idle(&self) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop_back() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+            if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
             }
         }
@@ -133,7 +146,6 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::{Request, Response};
@@ -170,7 +182,7 @@ mod tests {
         (addr, accepted)
     }
 
-    async fn get(pool: &Pool) -> String {
+    async fn get(pool: &Arc<Pool>) -> String {
         let mut sender = pool.checkout().await.unwrap();
         let req = Request::get("/")
             .header("host", "upstream")
@@ -185,7 +197,11 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_requests_one_after_another() {
         let (addr, accepted) = upstream(true).await;
-        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::from_secs(60));
+        let pool = Arc::new(Pool::new(
+            &addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
         for _ in 0..5 {
             assert_eq!(get(&pool).await, "ok");
         }
@@ -195,7 +211,11 @@ mod tests {
     #[tokio::test]
     async fn connections_the_upstream_closes_are_replaced() {
         let (addr, accepted) = upstream(false).await;
-        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::from_secs(60));
+        let pool = Arc::new(Pool::new(
+            &addr,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        ));
         for _ in 0..3 {
             assert_eq!(get(&pool).await, "ok");
         }
@@ -205,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_expire() {
         let (addr, accepted) = upstream(true).await;
-        let pool = Pool::new(&addr, Duration::from_secs(2), Duration::ZERO);
+        let pool = Arc::new(Pool::new(&addr, Duration::from_secs(2), Duration::ZERO));
         get(&pool).await;
         get(&pool).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
