@@ -202,14 +202,7 @@ impl Exporter {
                     .database_connection(&base, &main_db, &key, deadline)
                     .await?;
                 let ctx = self.ctx(version);
-                Some(
-                    join_all(
-                        on_side
-                            .iter()
-                            .map(|name| timed(name, &session, &ctx, deadline)),
-                    )
-                    .await,
-                )
+                Some(timed_all(&on_side, &session, &ctx, deadline).await)
             };
             let main = async {
                 let (session, version) = self
@@ -228,14 +221,7 @@ impl Exporter {
                     let side_runs = match side_runs {
                         Some(runs) => runs,
                         // No side session: run them on the main one after all.
-                        None => {
-                            join_all(
-                                on_side
-                                    .iter()
-                                    .map(|name| timed(name, &session, &ctx, deadline)),
-                            )
-                            .await
-                        }
+                        None => timed_all(&on_side, &session, &ctx, deadline).await,
                     };
                     runs.extend(side_runs.into_iter().map(|r| (self.server.clone(), r)));
                     ok &= self.record(runs, &mut out).await;
@@ -355,11 +341,7 @@ impl Exporter {
         let db_scope = self.enabled(Scope::Database);
         let main_db = dsn::database(base);
 
-        let server_runs = join_all(
-            server_scope
-                .iter()
-                .map(|name| timed(name, session, ctx, deadline)),
-        );
+        let server_runs = timed_all(&server_scope, session, ctx, deadline);
         let static_info = async {
             let mut fam = Families::new();
             let r = timeout_at(deadline, collectors::static_info(session, ctx, &mut fam)).await;
@@ -388,14 +370,7 @@ impl Exporter {
                             .map(|(s, _)| s)
                     };
                     let runs = match session {
-                        Some(session) => {
-                            join_all(
-                                db_scope
-                                    .iter()
-                                    .map(|name| timed(name, &session, ctx, deadline)),
-                            )
-                            .await
-                        }
+                        Some(session) => timed_all(db_scope, &session, ctx, deadline).await,
                         // Could not connect (already logged): the collectors count as failed.
                         None => db_scope
                             .iter()
@@ -709,6 +684,16 @@ async fn timed(
         Err(_) => Err(RunError::Timeout),
     };
     (name, result, t0.elapsed(), fam)
+}
+
+/// Runs the collectors `names` at once on `session` (pipelined).
+async fn timed_all(
+    names: &[&'static str],
+    session: &Session,
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+) -> Vec<Timed> {
+    join_all(names.iter().map(|name| timed(name, session, ctx, deadline))).await
 }
 
 /// Opens a connection (reading the server version if `version`), all before `deadline`.

@@ -630,15 +630,10 @@ async fn upgrade(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let client_side = hyper::upgrade::on(&mut req);
-    let connect = tokio::net::TcpStream::connect(route.upstream.as_str());
-    let stream = match tokio::time::timeout(shared.timeouts.connect, connect).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
-            return pending.fail(Failure::UpstreamConnect);
-        }
-        Err(_) => {
-            tracing::debug!("no connection to upstream {} in time", route.upstream);
+    let stream = match route.pool.open_stream().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("{e}");
             return pending.fail(Failure::UpstreamConnect);
         }
     };

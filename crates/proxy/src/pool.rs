@@ -115,7 +115,10 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+    /// A new TCP connection to the upstream (its name resolved afresh),
+    /// within the connect timeout: for the pool, and for upgrades, which
+    /// take a connection of their own.
+    pub async fn open_stream(&self) -> Result<TcpStream, ConnectError> {
         let stream =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.upstream))
                 .await
@@ -128,6 +131,11 @@ impl Pool {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+        let stream = self.open_stream().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
