@@ -23,9 +23,9 @@ use sidecar_telemetry::trace::{self, Outgoing, TraceId};
 
 use crate::config::{Direction, Timeouts};
 use crate::export::SpanSink;
-use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index};
+use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index, method_name};
 use crate::pool::Pool;
-use crate::span::{Kind, Span};
+use crate::span::{Kind, Span, Text};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -35,10 +35,10 @@ pub type HttpClient = Client<HttpConnector, ProxyBody>;
 #[derive(Debug)]
 pub struct RouteRt {
     pub prefix: String,
-    pub upstream: String,
+    pub upstream: Arc<str>,
     pub authority: Authority,
     /// Lower-case span name, when configured.
-    pub operation: Option<String>,
+    pub operation: Option<Arc<str>>,
     pub http2: bool,
     /// Keep-alive HTTP/1.1 connections to the upstream.
     pub pool: Arc<Pool>,
@@ -68,7 +68,7 @@ pub struct Shared {
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), not to the message.
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -108,7 +108,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -141,7 +141,7 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
 /// Why the proxy answers a request itself, with the status, `x-sidecar-error`
 /// code and body it answers with.
 #[derive(Debug, Clone, Copy)]
-enum Failure {
+pub(crate) enum Failure {
     NoRoute,
     BadRequest,
     UpstreamConnect,
@@ -150,8 +150,8 @@ enum Failure {
 }
 
 impl Failure {
-    fn response(self) -> Response<ProxyBody> {
-        let (status, code, message) = match self {
+    fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             Failure::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path"),
             Failure::BadRequest => (
                 StatusCode::BAD_REQUEST,
@@ -173,14 +173,31 @@ impl Failure {
                 "bad_upstream_response",
                 "the upstream sent no valid response",
             ),
-        };
+        }
+    }
+
+    fn response(self) -> Response<ProxyBody> {
+        let (status, code, message) = self.parts();
         error_response(status, code, message)
+    }
+
+    /// The same answer as raw HTTP/1.1 bytes (the fast path's form).
+    pub(crate) fn raw(self, close: bool) -> Vec<u8> {
+        let (status, code, message) = self.parts();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-sidecar-error: {code}\r\ncontent-length: {}\r\n{}\r\n{message}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            message.len() + 1,
+            if close { "connection: close\r\n" } else { "" },
+        )
+        .into_bytes()
     }
 }
 
 /// Everything needed to finish a request's span and metrics, whenever its
 /// response body ends (or the client goes away).
-struct Pending {
+pub(crate) struct Pending {
     shared: Arc<Shared>,
     listener: Arc<ListenerRt>,
     /// Index of the route in the listener (None: no route matched).
@@ -188,14 +205,20 @@ struct Pending {
     method: usize,
     started: Instant,
     span: Option<Span>,
-    request_bytes: Arc<AtomicU64>,
-    response_bytes: u64,
-    status: u16,
+    pub(crate) request_bytes: Arc<AtomicU64>,
+    pub(crate) response_bytes: u64,
+    pub(crate) status: u16,
 }
 
 impl Pending {
     /// Answers the request with `failure` and finishes its span and metrics.
-    fn fail(mut self, failure: Failure) -> Response<ProxyBody> {
+    fn fail(self, failure: Failure) -> Response<ProxyBody> {
+        self.settle(failure);
+        failure.response()
+    }
+
+    /// Finishes the span and metrics of a request answered with `failure`.
+    pub(crate) fn settle(mut self, failure: Failure) {
         if let (Failure::UpstreamConnect, Some(i)) = (failure, self.route) {
             self.shared
                 .metrics
@@ -206,13 +229,11 @@ impl Pending {
                 })
                 .inc();
         }
-        let resp = failure.response();
-        self.status = resp.status().as_u16();
+        self.status = failure.parts().0.as_u16();
         self.finish();
-        resp
     }
 
-    fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         let elapsed = self.started.elapsed();
         let stats = match self.route {
             Some(i) => &self.listener.routes[i].stats,
@@ -222,14 +243,14 @@ impl Pending {
         if let Some(mut span) = self.span.take() {
             span.duration_us = (elapsed.as_micros() as u64).max(1);
             span.error = self.status == 0 || self.status >= 500;
-            span.tags
-                .push(("http.status_code", self.status.to_string()));
-            span.tags.push((
-                "request_size",
-                self.request_bytes.load(Ordering::Relaxed).to_string(),
-            ));
-            span.tags
-                .push(("response_size", self.response_bytes.to_string()));
+            span.tags.extend([
+                ("http.status_code", Text::Number(self.status.into())),
+                (
+                    "request_size",
+                    Text::Number(self.request_bytes.load(Ordering::Relaxed)),
+                ),
+                ("response_size", Text::Number(self.response_bytes)),
+            ]);
             self.shared.spans.send(span);
         }
     }
@@ -330,6 +351,118 @@ impl<B> Drop for Tracked<B> {
     }
 }
 
+/// What a request's span is made of, whichever path parsed it.
+pub(crate) struct RequestInfo<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+    pub protocol: &'static str,
+    pub request_id: Option<&'a str>,
+    /// The client's address as text (the fast path makes it once per connection).
+    pub peer_ip: Arc<str>,
+    pub local: SocketAddr,
+}
+
+/// Starts a request: decides sampling, makes our span (a child of the
+/// caller's, or the root of a new trace) and the context to send on.
+pub(crate) fn begin(
+    shared: &Arc<Shared>,
+    listener: &Arc<ListenerRt>,
+    route_index: Option<usize>,
+    incoming: Option<trace::Incoming>,
+    info: RequestInfo<'_>,
+    started: Instant,
+    start_us: u64,
+) -> (Outgoing, Pending) {
+    let route = route_index.map(|i| &listener.routes[i]);
+    let sampled = incoming
+        .as_ref()
+        .and_then(|c| c.sampled)
+        .unwrap_or_else(|| fastrand::f64() < shared.sample_rate);
+    let (trace_id, parent_id, tracestate) = match incoming {
+        Some(c) => (c.trace_id, Some(c.span_id), c.tracestate),
+        None => (TraceId::random(), None, None),
+    };
+    let outgoing = Outgoing {
+        trace_id,
+        span_id: trace::nonzero_random(),
+        parent_id,
+        sampled,
+        tracestate,
+    };
+    let method = method_index(info.method);
+    let span = (sampled && shared.spans.enabled()).then(|| {
+        let name = match route.and_then(|r| r.operation.as_ref()) {
+            Some(op) => Text::Shared(Arc::clone(op)),
+            None => Text::Owned(info.host.to_ascii_lowercase()),
+        };
+        let mut url = String::with_capacity(7 + info.host.len() + info.path_and_query.len());
+        url.push_str("http://");
+        url.push_str(info.host);
+        url.push_str(info.path_and_query);
+        if url.len() > 256 {
+            let mut end = 256;
+            while !url.is_char_boundary(end) {
+                end -= 1;
+            }
+            url.truncate(end);
+        }
+        let mut tags = Vec::with_capacity(10);
+        tags.extend([
+            ("component", Text::Static("proxy")),
+            (
+                "http.method",
+                match method_name(method) {
+                    Some(m) => Text::Static(m),
+                    None => Text::Owned(info.method.to_string()),
+                },
+            ),
+            ("http.url", Text::Owned(url)),
+            ("http.protocol", Text::Static(info.protocol)),
+            ("peer.address", Text::Shared(info.peer_ip)),
+            (
+                "upstream_cluster",
+                match route {
+                    Some(r) => Text::Shared(Arc::clone(&r.upstream)),
+                    None => Text::Static("-"),
+                },
+            ),
+        ]);
+        if let Some(id) = info.request_id {
+            tags.push(("guid:x-request-id", Text::Owned(id.to_string())));
+        }
+        Span {
+            trace_id: outgoing.trace_id,
+            id: outgoing.span_id,
+            parent_id: outgoing.parent_id,
+            name,
+            kind: match listener.direction {
+                Direction::Inbound => Kind::Server,
+                Direction::Outbound => Kind::Client,
+            },
+            start_us,
+            duration_us: 0,
+            service: Arc::clone(&shared.service),
+            local_ip: Some(info.local.ip()).filter(|ip: &IpAddr| !ip.is_unspecified()),
+            local_port: Some(listener.port),
+            tags,
+            error: false,
+        }
+    });
+    let pending = Pending {
+        shared: Arc::clone(shared),
+        listener: Arc::clone(listener),
+        route: route_index,
+        method,
+        started,
+        span,
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        response_bytes: 0,
+        status: 0,
+    };
+    (outgoing, pending)
+}
+
 /// Handles one request received on `listener` from `peer` (accepted on `local`).
 pub async fn handle(
     shared: Arc<Shared>,
@@ -361,7 +494,6 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    let method = method_index(req.method());
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -380,27 +512,6 @@ pub async fn handle(
             req.headers_mut().insert("x-request-id", v);
         }
     }
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let sampled = incoming
-        .as_ref()
-        .and_then(|c| c.sampled)
-        .unwrap_or_else(|| fastrand::f64() < shared.sample_rate);
-    let outgoing = Outgoing {
-        trace_id: incoming
-            .as_ref()
-            .map(|c| c.trace_id)
-            .unwrap_or_else(TraceId::random),
-        span_id: trace::nonzero_random(),
-        parent_id: incoming.as_ref().map(|c| c.span_id),
-        sampled,
-        tracestate: incoming.as_ref().and_then(|c| c.tracestate.clone()),
-    };
-    trace::inject(req.headers_mut(), &outgoing);
-
     let host = req
         .headers()
         .get(header::HOST)
@@ -408,67 +519,37 @@ pub async fn handle(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let protocol = match req.version() {
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    };
-    let span = (sampled && shared.spans.enabled()).then(|| {
-        let name = route
-            .and_then(|r| r.operation.clone())
-            .unwrap_or_else(|| host.to_ascii_lowercase());
-        let mut url = format!("http://{host}{path_and_query}");
-        url.truncate(256);
-        let mut tags = vec![
-            ("component", "proxy".to_string()),
-            ("http.method", req.method().to_string()),
-            ("http.url", url),
-            ("http.protocol", protocol.to_string()),
-            ("peer.address", peer.ip().to_string()),
-            (
-                "upstream_cluster",
-                route
-                    .map(|r| r.upstream.clone())
-                    .unwrap_or_else(|| "-".into()),
-            ),
-        ];
-        if let Some(id) = &request_id {
-            tags.push(("guid:x-request-id", id.clone()));
-        }
-        Span {
-            trace_id: outgoing.trace_id,
-            id: outgoing.span_id,
-            parent_id: outgoing.parent_id,
-            name,
-            kind: match listener.direction {
-                Direction::Inbound => Kind::Server,
-                Direction::Outbound => Kind::Client,
+    let (outgoing, pending) = begin(
+        &shared,
+        &listener,
+        route_index,
+        incoming,
+        RequestInfo {
+            method: req.method().as_str(),
+            host: &host,
+            path_and_query: &path_and_query,
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
             },
-            start_us,
-            duration_us: 0,
-            service: Arc::clone(&shared.service),
-            local_ip: Some(local.ip()).filter(|ip: &IpAddr| !ip.is_unspecified()),
-            local_port: Some(listener.port),
-            tags,
-            error: false,
-        }
-    });
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let mut pending = Pending {
-        shared: Arc::clone(&shared),
-        listener: Arc::clone(&listener),
-        route: route_index,
-        method,
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            peer_ip: Arc::from(peer.ip().to_string()),
+            local,
+        },
         started,
-        span,
-        request_bytes: Arc::clone(&request_bytes),
-        response_bytes: 0,
-        status: 0,
-    };
+        start_us,
+    );
+    trace::inject(req.headers_mut(), &outgoing);
+    let request_bytes = Arc::clone(&pending.request_bytes);
 
     let Some(route) = route else {
         return pending.fail(Failure::NoRoute);
     };
+    let mut pending = pending;
 
     if is_upgrade(req.headers()) {
         return upgrade(shared, route, req, pending).await;

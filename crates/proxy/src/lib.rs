@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod export;
+mod fast;
 pub mod forward;
 pub mod guard;
 pub mod metrics;
@@ -121,9 +122,12 @@ pub async fn run(
                 .filter_map(|r| {
                     Some(RouteRt {
                         prefix: r.prefix.clone(),
-                        upstream: r.upstream.clone(),
+                        upstream: Arc::from(r.upstream.as_str()),
                         authority: config::upstream_authority(&r.upstream).ok()?,
-                        operation: r.operation.as_ref().map(|o| o.to_ascii_lowercase()),
+                        operation: r
+                            .operation
+                            .as_ref()
+                            .map(|o| Arc::from(o.to_ascii_lowercase())),
                         http2: r.http2,
                         pool: Arc::new(pool::Pool::new(
                             &r.upstream,
@@ -216,27 +220,45 @@ async fn accept_loop(
             .active_connections
             .get_or_create(&labels)
             .clone();
+        active.inc();
         let rejected = shared.metrics.rejected.clone();
         let listener_name = rt.name.clone();
         let (shared, rt2) = (Arc::clone(&shared), Arc::clone(&rt));
-        let (io, verdicts) = guard::Guarded::new(stream, cfg.max_header_bytes);
-        let service = service_fn(move |req| {
-            let ambiguous = verdicts.next_is_ambiguous();
-            let fut = forward::handle(
-                Arc::clone(&shared),
-                Arc::clone(&rt2),
-                peer,
-                local,
-                ambiguous,
-                req,
-            );
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let conn = graceful.watch(conn.into_owned());
-        active.inc();
+        let builder = Arc::clone(&builder);
+        // Taken now, so a drain waits for this connection whichever path serves it.
+        let watcher = graceful.watcher();
+        let mut fast = fast::Conn {
+            shared: Arc::clone(&shared),
+            listener: Arc::clone(&rt2),
+            peer_ip: Arc::from(peer.ip().to_string()),
+            local,
+            max_head: cfg.max_header_bytes,
+            stop: stop.clone(),
+        };
+        let max_head = cfg.max_header_bytes;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut stream = stream;
+            let fast::Outcome::Handoff(read) = fast.serve(&mut stream).await else {
+                active.dec();
+                return;
+            };
+            drop(fast);
+            let (io, verdicts) =
+                guard::Guarded::new(fast::Rewind::new(read.freeze(), stream), max_head);
+            let service = service_fn(move |req| {
+                let ambiguous = verdicts.next_is_ambiguous();
+                let fut = forward::handle(
+                    Arc::clone(&shared),
+                    Arc::clone(&rt2),
+                    peer,
+                    local,
+                    ambiguous,
+                    req,
+                );
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 if let Some(reason) = rejection_reason(&*e) {
                     rejected
                         .get_or_create(&RejectLabels {

@@ -118,19 +118,13 @@ const METHODS: [&str; 10] = [
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A method's index in the bounded label set (`OTHER` for the rest).
-pub fn method_index(method: &http::Method) -> usize {
-    match *method {
-        http::Method::GET => 0,
-        http::Method::POST => 1,
-        http::Method::PUT => 2,
-        http::Method::DELETE => 3,
-        http::Method::PATCH => 4,
-        http::Method::HEAD => 5,
-        http::Method::OPTIONS => 6,
-        http::Method::CONNECT => 7,
-        http::Method::TRACE => 8,
-        _ => 9,
-    }
+pub fn method_index(method: &str) -> usize {
+    METHODS[..9].iter().position(|m| *m == method).unwrap_or(9)
+}
+
+/// The name of a known method's index (None for `OTHER`).
+pub fn method_name(index: usize) -> Option<&'static str> {
+    METHODS[..9].get(index).copied()
 }
 
 fn class_index(status: u16) -> usize {

@@ -39,8 +39,45 @@ pub struct Pool {
     upstream: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// Oldest at the front; taken from and returned to the back.
-    idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
+    /// hyper's connections (h2c-less HTTP/1.1 path for streamed requests).
+    idle: Idle<SendRequest<ProxyBody>>,
+    /// Plain connections for the HTTP/1.1 fast path (`fast`).
+    streams: Idle<TcpStream>,
+}
+
+/// Idle connections: oldest at the front; taken from and returned to the back.
+struct Idle<T>(Mutex<VecDeque<(T, Instant)>>);
+
+impl<T> Idle<T> {
+    fn new() -> Self {
+        Self(Mutex::new(VecDeque::new()))
+    }
+
+    fn push(&self, conn: T, idle_timeout: Duration) {
+        let now = Instant::now();
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back((conn, now));
+        }
+    }
+
+    /// The most recently used connection that is younger than `idle_timeout`
+    /// and still `usable`; the others on the way are dropped.
+    fn pop(&self, idle_timeout: Duration, usable: impl Fn(&mut T) -> bool) -> Option<T> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((mut conn, since)) = idle.pop_back() {
+            if since.elapsed() < idle_timeout && usable(&mut conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -57,7 +94,8 @@ impl Pool {
             upstream: upstream.to_string(),
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Idle::new(),
+            streams: Idle::new(),
         }
     }
 
@@ -92,27 +130,30 @@ impl Pool {
     }
 
     fn push_idle(&self, sender: SendRequest<ProxyBody>) {
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push_back((sender, now));
-        }
+        self.idle.push(sender, self.idle_timeout);
     }
 
     fn pop_idle(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, since)) = idle.pop_back() {
-            if sender.is_ready() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
-            }
+        self.idle.pop(self.idle_timeout, |sender| sender.is_ready())
+    }
+
+    /// A plain connection for one request of the fast path, and whether it
+    /// was used before (then the upstream may have closed it just now: a
+    /// request that gets no byte back may be sent once more on a new one).
+    pub async fn checkout_stream(&self) -> Result<(TcpStream, bool), ConnectError> {
+        let alive = |s: &mut TcpStream| {
+            // Nothing to read and no end of stream: the upstream keeps it open.
+            matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        };
+        if let Some(stream) = self.streams.pop(self.idle_timeout, alive) {
+            return Ok((stream, true));
         }
-        None
+        Ok((self.open_stream().await?, false))
+    }
+
+    /// Returns a plain connection whose response was read exactly to its end.
+    pub fn checkin_stream(&self, stream: TcpStream) {
+        self.streams.push(stream, self.idle_timeout);
     }
 
     /// A new TCP connection to the upstream (its name resolved afresh),

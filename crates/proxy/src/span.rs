@@ -9,7 +9,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
 use serde::Serialize;
-use sidecar_telemetry::trace::{TraceId, span_id_hex};
+use serde::ser::{SerializeMap, Serializer};
+use sidecar_telemetry::trace::{TraceId, hex16};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -18,13 +19,68 @@ pub enum Kind {
     Server,
 }
 
+/// A span's name or tag value: most are shared or fixed, so a span costs
+/// few allocations (the proxy makes one per request).
+#[derive(Debug, Clone)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+    Number(u64),
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Text::Static(s) => f.write_str(s),
+            Text::Shared(s) => f.write_str(s),
+            Text::Owned(s) => f.write_str(s),
+            Text::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Text::Static(v) => s.serialize_str(v),
+            Text::Shared(v) => s.serialize_str(v),
+            Text::Owned(v) => s.serialize_str(v),
+            Text::Number(n) => s.collect_str(n),
+        }
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            Text::Static(s) => s == other,
+            Text::Shared(s) => &**s == *other,
+            Text::Owned(s) => s == other,
+            Text::Number(n) => other.parse() == Ok(*n),
+        }
+    }
+}
+
 /// One finished span.
 #[derive(Debug, Clone)]
 pub struct Span {
     pub trace_id: TraceId,
     pub id: u64,
     pub parent_id: Option<u64>,
-    pub name: String,
+    pub name: Text,
     pub kind: Kind,
     /// Epoch microseconds at the request's arrival.
     pub start_us: u64,
@@ -33,23 +89,71 @@ pub struct Span {
     pub service: Arc<str>,
     pub local_ip: Option<IpAddr>,
     pub local_port: Option<u16>,
-    pub tags: Vec<(&'static str, String)>,
+    pub tags: Vec<(&'static str, Text)>,
     pub error: bool,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ZipkinSpan<'a> {
-    trace_id: String,
-    id: String,
+    trace_id: Hex<32>,
+    id: Hex<16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parent_id: Option<String>,
-    name: &'a str,
+    parent_id: Option<Hex<16>>,
+    name: &'a Text,
     kind: Kind,
     timestamp: u64,
     duration: u64,
     local_endpoint: ZipkinEndpoint<'a>,
-    tags: std::collections::BTreeMap<&'a str, &'a str>,
+    tags: Tags<'a>,
+}
+
+/// Lower-case hex of an id, written without allocating.
+struct Hex<const N: usize>([u8; N], usize);
+
+impl Hex<16> {
+    fn span(id: u64) -> Self {
+        let mut b = [0u8; 16];
+        hex16(id, &mut b);
+        Self(b, 16)
+    }
+}
+
+impl Hex<32> {
+    /// 16 hex for 64-bit trace ids, 32 for 128-bit ones.
+    fn trace(id: TraceId) -> Self {
+        let mut b = [0u8; 32];
+        if id.hi == 0 {
+            hex16(id.lo, &mut b);
+            Self(b, 16)
+        } else {
+            hex16(id.hi, &mut b);
+            hex16(id.lo, &mut b[16..]);
+            Self(b, 32)
+        }
+    }
+}
+
+impl<const N: usize> Serialize for Hex<N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.0[..self.1]).unwrap_or_default())
+    }
+}
+
+/// A span's tags as a JSON object (plus `error` on failed requests).
+struct Tags<'a>(&'a [(&'static str, Text)], bool);
+
+impl Serialize for Tags<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len() + usize::from(self.1)))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        if self.1 {
+            map.serialize_entry("error", "true")?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -57,9 +161,9 @@ struct ZipkinSpan<'a> {
 struct ZipkinEndpoint<'a> {
     service_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ipv4: Option<String>,
+    ipv4: Option<std::net::Ipv4Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ipv6: Option<String>,
+    ipv6: Option<std::net::Ipv6Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
 }
@@ -70,19 +174,14 @@ pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
         .iter()
         .map(|s| {
             let (ipv4, ipv6) = match s.local_ip {
-                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(ip.to_string()), None),
-                Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip.to_string())),
+                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(ip), None),
+                Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip)),
                 _ => (None, None),
             };
-            let mut tags: std::collections::BTreeMap<&str, &str> =
-                s.tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            if s.error {
-                tags.insert("error", "true");
-            }
             ZipkinSpan {
-                trace_id: s.trace_id.to_b3(),
-                id: span_id_hex(s.id),
-                parent_id: s.parent_id.map(span_id_hex),
+                trace_id: Hex::trace(s.trace_id),
+                id: Hex::span(s.id),
+                parent_id: s.parent_id.map(Hex::span),
                 name: &s.name,
                 kind: s.kind,
                 timestamp: s.start_us,
@@ -93,11 +192,15 @@ pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
                     ipv6,
                     port: s.local_port.filter(|p| *p != 0),
                 },
-                tags,
+                tags: Tags(&s.tags, s.error),
             }
         })
         .collect();
-    serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+    let mut out = Vec::with_capacity(spans.len() * 512);
+    if serde_json::to_writer(&mut out, &list).is_err() {
+        return b"[]".to_vec();
+    }
+    out
 }
 
 fn kv(key: &str, value: String) -> KeyValue {
@@ -117,7 +220,8 @@ pub fn otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
     for s in spans {
         let start_ns = s.start_us.saturating_mul(1000);
         let end_ns = start_ns.saturating_add(s.duration_us.max(1).saturating_mul(1000));
-        let mut attributes: Vec<KeyValue> = s.tags.iter().map(|(k, v)| kv(k, v.clone())).collect();
+        let mut attributes: Vec<KeyValue> =
+            s.tags.iter().map(|(k, v)| kv(k, v.to_string())).collect();
         if let Some(ip) = s.local_ip.filter(|ip| !ip.is_unspecified()) {
             attributes.push(kv("net.host.ip", ip.to_string()));
         }
@@ -128,7 +232,7 @@ pub fn otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
                 .parent_id
                 .map(|p| p.to_be_bytes().to_vec())
                 .unwrap_or_default(),
-            name: s.name.clone(),
+            name: s.name.to_string(),
             kind: match s.kind {
                 Kind::Client => span::SpanKind::Client as i32,
                 Kind::Server => span::SpanKind::Server as i32,

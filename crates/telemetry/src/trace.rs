@@ -110,38 +110,49 @@ pub enum Format {
     B3Multi,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+/// Where trace headers are read from: an `http::HeaderMap`, or the raw
+/// header list of the proxy's HTTP/1.1 fast path.
+pub trait HeaderSource {
+    /// The first value of header `name` (lower-case), trimmed, if it is text.
+    fn first(&self, name: &str) -> Option<&str>;
+    /// Every value of `name`, joined with `,` (empty when there is none).
+    fn joined(&self, name: &str) -> String;
+}
+
+impl HeaderSource for HeaderMap {
+    fn first(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    }
+
+    fn joined(&self, name: &str) -> String {
+        self.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// Reads the incoming context: W3C first, then B3 single, then B3 multi.
 /// Malformed headers are ignored (a new trace starts), as the specs ask.
-pub fn extract(headers: &HeaderMap) -> Option<(Incoming, Format)> {
-    if let Some(tp) = header(headers, "traceparent").and_then(parse_traceparent) {
-        let tracestate = headers
-            .get_all("tracestate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
+pub fn extract(headers: &(impl HeaderSource + ?Sized)) -> Option<(Incoming, Format)> {
+    if let Some(tp) = headers.first("traceparent").and_then(parse_traceparent) {
+        let tracestate = headers.joined("tracestate");
         let incoming = Incoming {
             tracestate: (!tracestate.is_empty()).then_some(tracestate),
             ..tp
         };
         return Some((incoming, Format::W3c));
     }
-    if let Some(single) = header(headers, "b3").and_then(parse_b3_single) {
+    if let Some(single) = headers.first("b3").and_then(parse_b3_single) {
         return Some((single, Format::B3Single));
     }
-    let trace_id = header(headers, "x-b3-traceid").and_then(TraceId::parse)?;
-    let span_id = header(headers, "x-b3-spanid").and_then(parse_span_id)?;
-    let sampled = if header(headers, "x-b3-flags") == Some("1") {
+    let trace_id = headers.first("x-b3-traceid").and_then(TraceId::parse)?;
+    let span_id = headers.first("x-b3-spanid").and_then(parse_span_id)?;
+    let sampled = if headers.first("x-b3-flags") == Some("1") {
         Some(true)
     } else {
-        match header(headers, "x-b3-sampled") {
+        match headers.first("x-b3-sampled") {
             Some("1") | Some("true") => Some(true),
             Some("0") | Some("false") => Some(false),
             _ => None,
@@ -222,7 +233,10 @@ pub struct Outgoing {
     pub tracestate: Option<String>,
 }
 
-const B3_HEADERS: [&str; 6] = [
+/// Every header [`inject`] replaces: the caller's trace headers never go on.
+pub const TRACE_HEADERS: [&str; 8] = [
+    "traceparent",
+    "tracestate",
     "b3",
     "x-b3-traceid",
     "x-b3-spanid",
@@ -231,43 +245,68 @@ const B3_HEADERS: [&str; 6] = [
     "x-b3-flags",
 ];
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `v` as 16 lower-case hex digits into `out[..16]`.
+pub fn hex16(v: u64, out: &mut [u8]) {
+    for (i, b) in out[..16].iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// Calls `put(name, value)` for each header that carries `ctx` to the next
+/// hop: W3C `traceparent` (and `tracestate` as received) and B3 multi.
+/// Builds the values on the stack: the proxy's fast path calls this for
+/// every request.
+pub fn outgoing_headers(ctx: &Outgoing, mut put: impl FnMut(&'static str, &str)) {
+    // "00-" trace(32) "-" span(16) "-" flags(2)
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex16(ctx.trace_id.hi, &mut tp[3..]);
+    hex16(ctx.trace_id.lo, &mut tp[19..]);
+    hex16(ctx.span_id, &mut tp[36..]);
+    if ctx.sampled {
+        tp[54] = b'1';
+    }
+    put("traceparent", std::str::from_utf8(&tp).unwrap_or_default());
+    let trace = if ctx.trace_id.hi == 0 {
+        &tp[19..35]
+    } else {
+        &tp[3..35]
+    };
+    put(
+        "x-b3-traceid",
+        std::str::from_utf8(trace).unwrap_or_default(),
+    );
+    put(
+        "x-b3-spanid",
+        std::str::from_utf8(&tp[36..52]).unwrap_or_default(),
+    );
+    if let Some(parent) = ctx.parent_id {
+        let mut p = [0u8; 16];
+        hex16(parent, &mut p);
+        put(
+            "x-b3-parentspanid",
+            std::str::from_utf8(&p).unwrap_or_default(),
+        );
+    }
+    put("x-b3-sampled", if ctx.sampled { "1" } else { "0" });
+    if let Some(ts) = &ctx.tracestate {
+        put("tracestate", ts);
+    }
+}
+
 /// Replaces every trace header with our context: W3C `traceparent` (and
 /// `tracestate` as received) and B3 multi. A stale `b3` single header is
 /// removed, since B3 readers prefer it over the multi headers.
 pub fn inject(headers: &mut HeaderMap, ctx: &Outgoing) {
-    for name in B3_HEADERS {
+    for name in TRACE_HEADERS {
         headers.remove(name);
     }
-    headers.remove("traceparent");
-    let flags = if ctx.sampled { "01" } else { "00" };
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+    outgoing_headers(ctx, |name, value| {
+        if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
-    };
-    put(
-        "traceparent",
-        format!(
-            "00-{}-{}-{flags}",
-            ctx.trace_id.to_w3c(),
-            span_id_hex(ctx.span_id)
-        ),
-    );
-    put("x-b3-traceid", ctx.trace_id.to_b3());
-    put("x-b3-spanid", span_id_hex(ctx.span_id));
-    if let Some(parent) = ctx.parent_id {
-        put("x-b3-parentspanid", span_id_hex(parent));
-    }
-    put(
-        "x-b3-sampled",
-        if ctx.sampled { "1" } else { "0" }.to_string(),
-    );
-    match &ctx.tracestate {
-        Some(ts) => put("tracestate", ts.clone()),
-        None => {
-            headers.remove("tracestate");
-        }
-    }
+    });
 }
 
 /// A new random UUIDv4 for `x-request-id`.
