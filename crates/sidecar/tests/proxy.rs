@@ -672,6 +672,221 @@ fn request_smuggling_attempts_and_oversized_headers_are_rejected() {
     assert!(!metrics.contains("status_class"), "{metrics}");
 }
 
+/// An upstream speaking raw HTTP/1 from a script: `answer(request line, n)`
+/// (n: how often that line came before) gives the bytes to send back, or None
+/// to close the connection without answering. Records every request head and
+/// counts the connections it accepted.
+struct Scripted {
+    addr: SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn scripted_upstream(answer: fn(&str, usize) -> Option<&'static str>) -> Scripted {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (h, a) = (Arc::clone(&heads), Arc::clone(&accepted));
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            a.fetch_add(1, Ordering::SeqCst);
+            let heads = Arc::clone(&h);
+            std::thread::spawn(move || {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    if c.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    let seen = {
+                        let mut heads = heads.lock().unwrap();
+                        let seen = heads.iter().filter(|h| h.starts_with(&line)).count();
+                        heads.push(head);
+                        seen
+                    };
+                    let Some(response) = answer(&line, seen) else {
+                        return;
+                    };
+                    if c.write_all(response.as_bytes()).is_err() || response.starts_with("HTTP/1.0")
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        addr,
+        heads,
+        accepted,
+    }
+}
+
+#[test]
+fn http1_framing_and_headers_pass_through_exactly() {
+    let up = scripted_upstream(|line, _| {
+        Some(
+            match line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+                ["GET", "/cl"] => {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\r\nhello"
+                }
+                ["HEAD", "/cl"] => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                ["GET", "/chunked"] => {
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                }
+                ["GET", "/hints"] => {
+                    "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+                }
+                ["POST", "/echo"] => "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+                ["GET", "/eof"] => "HTTP/1.0 200 OK\r\n\r\nuntil the end",
+                _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            },
+        )
+    });
+    let listen = free_addr();
+    let (_p, admin) = proxy(listen, up.addr, "svc", &[]);
+    // Pipelined on one connection; the last response ends it.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "GET /cl HTTP/1.1\r\nHost: {listen}\r\nConnection: x-drop\r\nX-Drop: 1\r\nX-Forwarded-For: 10.1.1.1\r\nTE: trailers\r\n\r\n\
+             HEAD /cl HTTP/1.1\r\nHost: {listen}\r\n\r\n\
+             GET /chunked HTTP/1.1\r\nHost: {listen}\r\n\r\n\
+             GET /hints HTTP/1.1\r\nHost: {listen}\r\n\r\n\
+             POST /echo HTTP/1.1\r\nHost: {listen}\r\nContent-Length: 4\r\n\r\nbody\
+             GET /eof HTTP/1.1\r\nHost: {listen}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got); // (a timeout shows what came in the assertion)
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+         HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\
+         HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+         HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\
+         HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n\
+         HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+    );
+    // One upstream connection served them all.
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 6, "{heads:?}");
+    let first = heads[0].to_ascii_lowercase();
+    for expected in [
+        "get /cl http/1.1\r\n",
+        &format!("host: {listen}\r\n"),
+        "x-forwarded-for: 10.1.1.1, 127.0.0.1\r\n",
+        "x-forwarded-proto: http\r\n",
+        "traceparent: 00-",
+        "x-b3-sampled: 1\r\n",
+    ] {
+        assert!(first.contains(expected), "{expected:?} missing in {first}");
+    }
+    for hop in ["x-drop", "connection:", "te:"] {
+        assert!(!first.contains(hop), "{hop} was forwarded: {first}");
+    }
+    assert!(heads[4].ends_with("\r\n\r\n") && heads[4].contains("Content-Length: 4"));
+    let metrics = http_get(admin, "/metrics").2;
+    assert!(
+        metrics.contains(
+            "sidecar_proxy_requests_total{listener=\"inbound\",route=\"/\",method=\"GET\",status_class=\"2xx\"} 4"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
+    let up = scripted_upstream(|line, seen| match (line, seen) {
+        // The first /b arrives on the pooled connection, which the upstream then
+        // closes without answering (as a keep-alive timeout racing the request does).
+        (l, 0) if l.starts_with("GET /b ") => None,
+        (l, _) if l.starts_with("GET /never ") => None,
+        _ => Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    });
+    let listen = free_addr();
+    let (_p, _) = proxy(listen, up.addr, "svc", &[]);
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for path in ["/a", "/b"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 40];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "{path}"
+        );
+    }
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // An upstream that never answers is tried once more, not forever: 502.
+    let (status, head, _) = request(
+        listen,
+        "GET /never HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 502, "{head}");
+    let tries = up
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("GET /never "))
+        .count();
+    assert_eq!(tries, 2);
+}
+
+#[test]
+fn requests_the_fast_path_leaves_go_to_the_general_path_mid_connection() {
+    let (_s, s_addr) = service("svc", None);
+    let listen = free_addr();
+    let (_p, _) = proxy(listen, s_addr, "svc", &[]);
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A plain GET, a chunked upload (general path from here on), a GET again.
+    s.write_all(
+        format!(
+            "GET /one HTTP/1.1\r\nHost: {listen}\r\n\r\n\
+             POST /upload HTTP/1.1\r\nHost: {listen}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+             GET /two HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    let statuses = got.matches("HTTP/1.1 200 OK").count();
+    assert_eq!(statuses, 3, "{got}");
+    let one = got.find("Hello from svc (/one)").unwrap();
+    let five = got.find("\r\n\r\n5\n").unwrap();
+    let two = got.find("Hello from svc (/two)").unwrap();
+    assert!(one < five && five < two, "{got}");
+}
+
 #[test]
 fn admin_serves_config_metrics_and_probes() {
     let (_s, s_addr) = service("svc", None);
