@@ -1,8 +1,10 @@
 //! Span export off the request path: a bounded queue, batches of up to 512
 //! spans or one second, POSTed to Zipkin (JSON) and/or OTLP (protobuf).
 //! When a collector is slow or down, spans are dropped and counted; requests
-//! never wait for it.
+//! never wait for it. A request only pushes its span onto the queue; the
+//! exporter wakes when a batch is full or a second has passed, not per span.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::metrics::{CollectorLabels, Metrics};
 use crate::span::{Span, otlp_request, zipkin_json};
@@ -22,28 +24,52 @@ const QUEUE: usize = 8192;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Finished spans waiting for export (at most `QUEUE`).
+struct Queue {
+    spans: Mutex<Vec<Span>>,
+    /// Wakes the exporter when a batch is full.
+    batch_full: Notify,
+}
+
+impl Queue {
+    fn take(&self) -> Vec<Span> {
+        std::mem::take(&mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Where finished spans go (cheap to clone; a full queue drops the span).
 #[derive(Clone)]
 pub struct SpanSink {
-    tx: Option<mpsc::Sender<Span>>,
+    queue: Option<Arc<Queue>>,
     metrics: Metrics,
 }
 
 impl SpanSink {
     /// A sink that records nothing (no collector configured).
     pub fn disabled(metrics: Metrics) -> Self {
-        Self { tx: None, metrics }
+        Self {
+            queue: None,
+            metrics,
+        }
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.queue.is_some()
     }
 
     pub fn send(&self, span: Span) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(span).is_err() {
-                self.metrics.spans_dropped.inc();
-            }
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let mut spans = queue.spans.lock().unwrap_or_else(|e| e.into_inner());
+        if spans.len() >= QUEUE {
+            drop(spans);
+            self.metrics.spans_dropped.inc();
+            return;
+        }
+        spans.push(span);
+        if spans.len() == BATCH {
+            queue.batch_full.notify_one();
         }
     }
 }
@@ -59,24 +85,45 @@ pub fn start(
     if zipkin.is_none() && otlp.is_none() {
         return (SpanSink::disabled(metrics), tokio::spawn(async {}), stop_tx);
     }
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
-    let exporter = Exporter {
-        client,
-        zipkin,
-        otlp,
-        metrics: metrics.clone(),
-        failing: std::sync::Mutex::new(std::collections::HashSet::new()),
-    };
-    let task = tokio::spawn(exporter.run(rx, stop_rx));
+    let queue = Arc::new(Queue {
+        spans: Mutex::new(Vec::with_capacity(BATCH)),
+        batch_full: Notify::new(),
+    });
+    // The exporter has a thread of its own: serializing a batch (about a
+    // millisecond for 512 spans) never holds up requests.
+    let exporter_metrics = metrics.clone();
+    let exporter_queue = Arc::clone(&queue);
+    let task = tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot start the span exporter ({e}); spans are dropped");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(2)));
+            connector.set_nodelay(true);
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
+            let exporter = Exporter {
+                client,
+                zipkin,
+                otlp,
+                metrics: exporter_metrics,
+                failing: std::sync::Mutex::new(std::collections::HashSet::new()),
+            };
+            exporter.run(exporter_queue, stop_rx).await;
+        });
+    });
     (
         SpanSink {
-            tx: Some(tx),
+            queue: Some(queue),
             metrics,
         },
         task,
@@ -94,36 +141,24 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(self, mut rx: mpsc::Receiver<Span>, mut stop: watch::Receiver<bool>) {
-        let mut batch = Vec::with_capacity(BATCH);
+    async fn run(self, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                span = rx.recv() => match span {
-                    Some(span) => {
-                        batch.push(span);
-                        if batch.len() >= BATCH {
-                            self.flush(&mut batch).await;
-                        }
-                    }
-                    None => {
-                        self.flush(&mut batch).await;
-                        return;
-                    }
-                },
-                _ = tick.tick() => self.flush(&mut batch).await,
-                _ = stop.changed() => {
-                    // Shutting down: send what is queued, then stop.
-                    while let Ok(span) = rx.try_recv() {
-                        batch.push(span);
-                        if batch.len() >= BATCH {
-                            self.flush(&mut batch).await;
-                        }
-                    }
-                    self.flush(&mut batch).await;
-                    return;
-                }
+            let stopping = tokio::select! {
+                _ = queue.batch_full.notified() => false,
+                _ = tick.tick() => false,
+                // Shutting down (or the proxy is gone): send what is queued, then stop.
+                _ = stop.changed() => true,
+            };
+            let mut spans = queue.take();
+            while !spans.is_empty() {
+                let rest = spans.split_off(spans.len().min(BATCH));
+                self.flush(&mut spans).await;
+                spans = rest;
+            }
+            if stopping {
+                return;
             }
         }
     }

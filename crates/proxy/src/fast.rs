@@ -29,7 +29,7 @@ use sidecar_telemetry::trace::{self, HeaderSource};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 use crate::forward::{self, Failure, HOP_BY_HOP, ListenerRt, Pending, RequestInfo, Shared};
 
@@ -112,9 +112,10 @@ impl Conn {
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = Vec::with_capacity(1024);
         let mut resp = Vec::with_capacity(1024);
+        let mut deadline = Deadline::new(TokioInstant::now() + self.shared.timeouts.header_read);
         let mut first = true;
         loop {
-            match self.read_head(client, &mut buf, first).await {
+            match self.read_head(client, &mut buf, first, &mut deadline).await {
                 Ok(true) => {}
                 Ok(false) => return Outcome::Closed,
                 Err(()) => return Outcome::Handoff(buf),
@@ -124,14 +125,18 @@ impl Conn {
                 return Outcome::Handoff(buf);
             };
             // The body, read whole (it is small).
+            if buf.len() < plan.len {
+                deadline.set(TokioInstant::now() + self.shared.timeouts.idle);
+            }
             while buf.len() < plan.len {
                 buf.reserve(plan.len - buf.len());
-                match timeout(self.shared.timeouts.idle, client.read_buf(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => {
-                        plan.pending.finish(); // the client went away mid-body
-                        return Outcome::Closed;
-                    }
+                let read = tokio::select! {
+                    r = client.read_buf(&mut buf) => matches!(r, Ok(n) if n > 0),
+                    _ = deadline.passed() => false,
+                };
+                if !read {
+                    plan.pending.finish(); // the client went away mid-body
+                    return Outcome::Closed;
                 }
             }
             out.extend_from_slice(&buf[plan.len - plan.body_len..plan.len]);
@@ -140,7 +145,7 @@ impl Conn {
                 .request_bytes
                 .store(plan.body_len as u64, Ordering::Relaxed);
             if !self
-                .exchange(client, plan, &out, &mut resp, &mut rbuf)
+                .exchange(client, plan, &out, &mut resp, &mut rbuf, &mut deadline)
                 .await
             {
                 return Outcome::Closed;
@@ -156,31 +161,29 @@ impl Conn {
         client: &mut TcpStream,
         buf: &mut BytesMut,
         first: bool,
+        deadline: &mut Deadline,
     ) -> Result<bool, ()> {
         let timeouts = &self.shared.timeouts;
-        let mut deadline = tokio::time::Instant::now() + timeouts.header_read;
         if buf.is_empty() {
             if *self.stop.borrow() {
                 return Ok(false);
             }
-            // Keep-alive: wait up to the idle timeout for the next request.
-            let wait = if first {
-                timeouts.header_read
-            } else {
-                timeouts.idle
-            };
+            // Keep-alive: wait up to the idle timeout for the next request
+            // (the first one: the header-read timeout, set at accept).
+            if !first {
+                deadline.set(TokioInstant::now() + timeouts.idle);
+            }
             buf.reserve(4096);
             tokio::select! {
-                r = timeout(wait, client.read_buf(buf)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
+                r = client.read_buf(buf) => match r {
+                    Ok(n) if n > 0 => {}
                     _ => return Ok(false),
                 },
+                _ = deadline.passed() => return Ok(false),
                 _ = self.stop.changed() => return Ok(false),
             }
-            if !first {
-                deadline = tokio::time::Instant::now() + timeouts.header_read;
-            }
         }
+        let mut started = first;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match httparse::Request::new(&mut headers).parse(buf) {
@@ -188,10 +191,18 @@ impl Conn {
                 Ok(httparse::Status::Partial) if buf.len() < self.max_head => {}
                 _ => return Err(()),
             }
+            // A head in pieces: all of it within the header-read timeout.
+            if !started {
+                deadline.set(TokioInstant::now() + timeouts.header_read);
+                started = true;
+            }
             buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Ok(false),
+            tokio::select! {
+                r = client.read_buf(buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Ok(false),
+                },
+                _ = deadline.passed() => return Ok(false),
             }
         }
     }
@@ -352,21 +363,17 @@ impl Conn {
         request: &[u8],
         out: &mut Vec<u8>,
         rbuf: &mut BytesMut,
+        deadline: &mut Deadline,
     ) -> bool {
         let route = &self.listener.routes[plan.route];
-        let sent = timeout(
-            self.shared.timeouts.request,
-            self.send(route, &plan, request, out, rbuf),
-        )
-        .await;
+        deadline.set(TokioInstant::now() + self.shared.timeouts.request);
+        let sent = tokio::select! {
+            sent = self.send(route, &plan, request, out, rbuf) => sent,
+            _ = deadline.passed() => Err(Failure::UpstreamTimeout),
+        };
         let (mut upstream, head) = match sent {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(failure)) => return self.answer_failure(client, plan, failure).await,
-            Err(_) => {
-                return self
-                    .answer_failure(client, plan, Failure::UpstreamTimeout)
-                    .await;
-            }
+            Ok(ok) => ok,
+            Err(failure) => return self.answer_failure(client, plan, failure).await,
         };
         plan.pending.status = head.status;
         let close =
@@ -578,6 +585,45 @@ fn rewrite_response(
         framing,
         reusable,
     })
+}
+
+/// One timer for all of a connection's deadlines, re-armed lazily: setting
+/// a deadline only stores it, and tokio's timer wheel is touched when the
+/// armed time passes or an earlier deadline is set, not for every read.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    armed: TokioInstant,
+    at: TokioInstant,
+}
+
+impl Deadline {
+    fn new(at: TokioInstant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            armed: at,
+            at,
+        }
+    }
+
+    fn set(&mut self, at: TokioInstant) {
+        self.at = at;
+        if at < self.armed {
+            self.armed = at;
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Resolves once the deadline last set has passed.
+    async fn passed(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if TokioInstant::now() >= self.at {
+                return;
+            }
+            self.armed = self.at;
+            self.sleep.as_mut().reset(self.at);
+        }
+    }
 }
 
 /// How a relayed response body ended.
@@ -971,6 +1017,22 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_moved_later_or_earlier_is_the_one_that_counts() {
+        let start = TokioInstant::now();
+        let mut d = Deadline::new(start + std::time::Duration::from_millis(30));
+        d.set(start + std::time::Duration::from_millis(150));
+        d.passed().await;
+        assert!(start.elapsed() >= std::time::Duration::from_millis(150));
+
+        let start = TokioInstant::now();
+        let mut d = Deadline::new(start + std::time::Duration::from_secs(600));
+        d.set(start + std::time::Duration::from_millis(20));
+        tokio::time::timeout(std::time::Duration::from_secs(30), d.passed())
+            .await
+            .expect("an earlier deadline re-arms the timer");
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Serialize for Text {
             Text::Static(v) => s.serialize_str(v),
             Text::Shared(v) => s.serialize_str(v),
             Text::Owned(v) => s.serialize_str(v),
-            Text::Number(n) => s.collect_str(n),
+            Text::Number(n) => s.serialize_str(itoa::Buffer::new().format(*n)),
         }
     }
 }
@@ -140,6 +140,28 @@ impl<const N: usize> Serialize for Hex<N> {
     }
 }
 
+/// An IPv4 address in dotted form, written without the formatting machinery
+/// (one per span).
+struct V4(std::net::Ipv4Addr);
+
+impl Serialize for V4 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in self.0.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(octet).as_bytes();
+            text[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
+        }
+        s.serialize_str(std::str::from_utf8(&text[..len]).unwrap_or_default())
+    }
+}
+
 /// A span's tags as a JSON object (plus `error` on failed requests).
 struct Tags<'a>(&'a [(&'static str, Text)], bool);
 
@@ -161,7 +183,7 @@ impl Serialize for Tags<'_> {
 struct ZipkinEndpoint<'a> {
     service_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ipv4: Option<std::net::Ipv4Addr>,
+    ipv4: Option<V4>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ipv6: Option<std::net::Ipv6Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,7 +196,7 @@ pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
         .iter()
         .map(|s| {
             let (ipv4, ipv6) = match s.local_ip {
-                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(ip), None),
+                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(V4(ip)), None),
                 Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip)),
                 _ => (None, None),
             };
@@ -318,6 +340,15 @@ mod tests {
         assert_eq!(s["localEndpoint"]["port"], 8000);
         assert_eq!(s["tags"]["error"], "true");
         assert_eq!(s["tags"]["http.method"], "GET");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_and_numbers_read_as_their_display_form(ip: u32, n: u64) {
+            let ip = std::net::Ipv4Addr::from(ip);
+            let json = serde_json::to_string(&(V4(ip), Text::Number(n))).unwrap();
+            proptest::prop_assert_eq!(json, format!("[\"{ip}\",\"{n}\"]"));
+        }
     }
 
     #[test]

@@ -888,6 +888,48 @@ fn requests_the_fast_path_leaves_go_to_the_general_path_mid_connection() {
 }
 
 #[test]
+fn slow_heads_and_idle_keep_alive_connections_are_closed_on_time() {
+    let (_s, s_addr) = service("svc", None);
+    let listen = free_addr();
+    let yaml = format!(
+        "service: svc\ntimeouts:\n  header_read: 300ms\n  idle: 600ms\nlisteners:\n  - name: inbound\n    listen: {listen}\n    routes:\n      - upstream: {s_addr}\n"
+    );
+    let (_p, _, _d) = proxy_with_config(&yaml, &[]);
+    let closed_within = |s: &mut TcpStream| {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    // Half a head, then nothing: closed after the header-read timeout.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let waited = closed_within(&mut s);
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // A keep-alive connection after its response: closed after the idle timeout.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let waited = closed_within(&mut s);
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[test]
 fn admin_serves_config_metrics_and_probes() {
     let (_s, s_addr) = service("svc", None);
     let listen = free_addr();
