@@ -222,15 +222,19 @@ pub async fn collect(
         "locks" => run(client, ctx, out, &LOCKS, LOCKS_SQL).await,
         "replication" => run(client, ctx, out, &REPLICATION, REPLICATION_SQL).await,
         "replication_slots" => {
-            run(client, ctx, out, &SLOTS_LEGACY, &format!(
+            let legacy = format!(
                 "SELECT slot_name::text, COALESCE(database, '')::text, active::int::float8, \
-                 ({CURRENT_LSN} - restart_lsn)::float8 FROM pg_replication_slots")).await?;
-            run(client, ctx, out, &SLOTS, &format!(
+                 ({CURRENT_LSN} - restart_lsn)::float8 FROM pg_replication_slots");
+            let slots = format!(
                 "SELECT slot_name::text, slot_type::text, ({CURRENT_LSN} - '0/0')::float8, \
                  (confirmed_flush_lsn - '0/0')::float8, active::int::float8, safe_wal_size::float8 \
-                 FROM pg_replication_slots")).await?;
-            run(client, ctx, out, &SLOTS_STATUS, "SELECT slot_name::text, slot_type::text, \
-                 COALESCE(wal_status, '')::text, 1::float8 FROM pg_replication_slots").await
+                 FROM pg_replication_slots");
+            run_all(client, ctx, out, &[
+                (&SLOTS_LEGACY, &legacy),
+                (&SLOTS, &slots),
+                (&SLOTS_STATUS, "SELECT slot_name::text, slot_type::text, \
+                 COALESCE(wal_status, '')::text, 1::float8 FROM pg_replication_slots"),
+            ]).await
         }
         "roles" => run(client, ctx, out, &ROLES, "SELECT rolname::text, rolconnlimit::float8 FROM pg_roles").await,
         "settings" => settings(client, ctx, out).await,
@@ -269,19 +273,20 @@ pub async fn collect(
                 ", NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::float8, \
                  NULL::float8, NULL::float8"
             };
-            run(client, ctx, out, &STAT_DATABASE, &format!(
+            let stats = format!(
                 "SELECT datid::text, datname::text, numbackends::float8, xact_commit::float8, \
                  xact_rollback::float8, blks_read::float8, blks_hit::float8, tup_returned::float8, \
                  tup_fetched::float8, tup_inserted::float8, tup_updated::float8, tup_deleted::float8, \
                  conflicts::float8, temp_files::float8, temp_bytes::float8, deadlocks::float8, \
                  blk_read_time::float8, blk_write_time::float8, EXTRACT(EPOCH FROM stats_reset)::float8{active}, \
                  checksum_failures::float8, EXTRACT(EPOCH FROM checksum_last_failure)::float8 \
-                 FROM pg_stat_database WHERE datname IS NOT NULL")).await?;
+                 FROM pg_stat_database WHERE datname IS NOT NULL");
             // Upstream's legacy families, with its `server` label.
-            run(client, ctx, out, &CONFLICTS, &format!(
+            let conflicts = format!(
                 "SELECT datid::text, datname::text, {} AS server, confl_tablespace::float8, confl_lock::float8, \
                  confl_snapshot::float8, confl_bufferpin::float8, confl_deadlock::float8 \
-                 FROM pg_stat_database_conflicts WHERE datname IS NOT NULL", literal(&ctx.server))).await
+                 FROM pg_stat_database_conflicts WHERE datname IS NOT NULL", literal(&ctx.server));
+            run_all(client, ctx, out, &[(&STAT_DATABASE, &stats), (&CONFLICTS, &conflicts)]).await
         }
         "stat_progress_vacuum" => {
             let (max_dead, num_dead) = if v >= 170_000 {
@@ -289,12 +294,12 @@ pub async fn collect(
             } else {
                 ("max_dead_tuples", "num_dead_tuples")
             };
-            run(client, ctx, out, &VACUUM, &format!(
+            let progress = format!(
                 "SELECT d.datname::text, COALESCE(c.relname, '')::text, p.heap_blks_total::float8, \
                  p.heap_blks_scanned::float8, p.heap_blks_vacuumed::float8, p.index_vacuum_count::float8, \
                  p.{max_dead}::float8, p.{num_dead}::float8 FROM pg_stat_progress_vacuum p \
-                 JOIN pg_database d ON d.oid = p.datid LEFT JOIN pg_class c ON c.oid = p.relid")).await?;
-            run(client, ctx, out, &VACUUM_PHASE, VACUUM_PHASE_SQL).await
+                 JOIN pg_database d ON d.oid = p.datid LEFT JOIN pg_class c ON c.oid = p.relid");
+            run_all(client, ctx, out, &[(&VACUUM, &progress), (&VACUUM_PHASE, VACUUM_PHASE_SQL)]).await
         }
         "stat_replication" => run(client, ctx, out, &STAT_REPLICATION, &format!(
             "SELECT COALESCE(r.application_name, '')::text, COALESCE(host(r.client_addr), '')::text, \
@@ -401,6 +406,25 @@ async fn run(
             };
             out.add(&names[j], metric.help, metric.kind, labels.clone(), value);
         }
+    }
+    Ok(())
+}
+
+/// Runs several queries of one collector at once (pipelined on the session:
+/// one round trip, not one per query) and adds their rows in order.
+async fn run_all(
+    client: &Session,
+    ctx: &Ctx,
+    out: &mut Families,
+    queries: &[(&Spec, &str)],
+) -> Result<(), tokio_postgres::Error> {
+    let results = futures_util::future::join_all(queries.iter().map(|(spec, sql)| async move {
+        let mut fam = Families::new();
+        run(client, ctx, &mut fam, spec, sql).await.map(|()| fam)
+    }))
+    .await;
+    for result in results {
+        out.merge(result?);
     }
     Ok(())
 }

@@ -43,47 +43,73 @@ pub struct Families {
     duplicates: u64,
 }
 
+/// Adds a series unless present (the first value wins): false if it was.
+fn insert_series(series: &mut BTreeMap<Labels, f64>, labels: Labels, value: f64) -> bool {
+    match series.entry(labels) {
+        std::collections::btree_map::Entry::Occupied(_) => false,
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(value);
+            true
+        }
+    }
+}
+
 impl Families {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds one sample.
+    /// Adds one sample (the family name is copied only for a new family).
     pub fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels, value: f64) {
-        let family = self
-            .families
-            .entry(name.to_string())
-            .or_insert_with(|| Family {
+        if let Some(family) = self.families.get_mut(name) {
+            if !insert_series(&mut family.series, labels, value) {
+                self.duplicates += 1;
+            }
+            return;
+        }
+        let mut series = BTreeMap::new();
+        series.insert(labels, value);
+        self.families.insert(
+            name.to_string(),
+            Family {
                 help: help.to_string(),
                 kind,
-                series: BTreeMap::new(),
-            });
-        match family.series.entry(labels) {
-            std::collections::btree_map::Entry::Occupied(_) => self.duplicates += 1,
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(value);
-            }
-        }
+                series,
+            },
+        );
     }
 
     /// Declares a family with no series yet (so it shows up with HELP/TYPE).
     pub fn declare(&mut self, name: &str, help: &str, kind: Kind) {
-        self.families
-            .entry(name.to_string())
-            .or_insert_with(|| Family {
-                help: help.to_string(),
-                kind,
-                series: BTreeMap::new(),
-            });
+        if !self.families.contains_key(name) {
+            self.families.insert(
+                name.to_string(),
+                Family {
+                    help: help.to_string(),
+                    kind,
+                    series: BTreeMap::new(),
+                },
+            );
+        }
     }
 
-    /// Moves every series of `other` into `self`.
+    /// Moves every series of `other` into `self` (a family `self` does not
+    /// have yet moves as a whole).
     pub fn merge(&mut self, other: Families) {
         for (name, family) in other.families {
-            for (labels, value) in family.series {
-                self.add(&name, &family.help, family.kind, labels, value);
+            match self.families.entry(name) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(family);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    let mine = slot.get_mut();
+                    for (labels, value) in family.series {
+                        if !insert_series(&mut mine.series, labels, value) {
+                            self.duplicates += 1;
+                        }
+                    }
+                }
             }
-            self.declare(&name, &family.help, family.kind);
         }
         self.duplicates += other.duplicates;
     }
@@ -228,6 +254,23 @@ mod tests {
         );
         assert_eq!(f.duplicates(), 1);
         assert_eq!(f.get("pg_b", &[("datname", "x\"y\\z\nw")]), Some(3.0));
+    }
+
+    #[test]
+    fn merging_keeps_the_first_value_and_moves_new_families_whole() {
+        let mut a = Families::new();
+        a.add("pg_x", "X", Kind::Gauge, l(&[("k", "1")]), 1.0);
+        let mut b = Families::new();
+        b.add("pg_x", "X", Kind::Gauge, l(&[("k", "1")]), 2.0);
+        b.add("pg_x", "X", Kind::Gauge, l(&[("k", "2")]), 3.0);
+        b.add("pg_y", "Y", Kind::Counter, l(&[("k", "1")]), 4.0);
+        b.declare("pg_z", "Z", Kind::Untyped);
+        a.merge(b);
+        assert_eq!(a.get("pg_x", &[("k", "1")]), Some(1.0));
+        assert_eq!(a.get("pg_x", &[("k", "2")]), Some(3.0));
+        assert_eq!(a.get("pg_y", &[("k", "1")]), Some(4.0));
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.duplicates(), 1);
     }
 
     #[test]
