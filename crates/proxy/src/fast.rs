@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use sidecar_telemetry::trace::{self, HeaderSource};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant as TokioInstant, Sleep};
@@ -129,12 +129,7 @@ impl Conn {
                 deadline.set(TokioInstant::now() + self.shared.timeouts.idle);
             }
             while buf.len() < plan.len {
-                buf.reserve(plan.len - buf.len());
-                let read = tokio::select! {
-                    r = client.read_buf(&mut buf) => matches!(r, Ok(n) if n > 0),
-                    _ = deadline.passed() => false,
-                };
-                if !read {
+                if !read_more(client, &mut buf, &mut deadline).await {
                     plan.pending.finish(); // the client went away mid-body
                     return Outcome::Closed;
                 }
@@ -173,14 +168,12 @@ impl Conn {
             if !first {
                 deadline.set(TokioInstant::now() + timeouts.idle);
             }
-            buf.reserve(4096);
-            tokio::select! {
-                r = client.read_buf(buf) => match r {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(false),
-                },
-                _ = deadline.passed() => return Ok(false),
-                _ = self.stop.changed() => return Ok(false),
+            let read = tokio::select! {
+                read = read_more(client, buf, deadline) => read,
+                _ = self.stop.changed() => false,
+            };
+            if !read {
+                return Ok(false);
             }
         }
         let mut started = first;
@@ -196,13 +189,8 @@ impl Conn {
                 deadline.set(TokioInstant::now() + timeouts.header_read);
                 started = true;
             }
-            buf.reserve(4096);
-            tokio::select! {
-                r = client.read_buf(buf) => match r {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(false),
-                },
-                _ = deadline.passed() => return Ok(false),
+            if !read_more(client, buf, deadline).await {
+                return Ok(false);
             }
         }
     }
@@ -587,6 +575,16 @@ fn rewrite_response(
     })
 }
 
+/// Reads more of the client's bytes into `buf`: false when the client closed
+/// the connection, it failed, or the deadline passed first.
+async fn read_more(client: &mut TcpStream, buf: &mut BytesMut, deadline: &mut Deadline) -> bool {
+    buf.reserve(4096);
+    tokio::select! {
+        r = client.read_buf(buf) => matches!(r, Ok(n) if n > 0),
+        _ = deadline.passed() => false,
+    }
+}
+
 /// One timer for all of a connection's deadlines, re-armed lazily: setting
 /// a deadline only stores it, and tokio's timer wheel is touched when the
 /// armed time passes or an earlier deadline is set, not for every read.
@@ -935,35 +933,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+crate::guard::write_through!(Rewind);
 
 #[cfg(test)]
 mod tests {

@@ -572,15 +572,10 @@ fn websocket_upgrade_passes_through() {
     std::thread::spawn(move || {
         for mut c in ws.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if c.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let Some(head) = read_head(&mut c) else {
+                    return;
+                };
+                let head = head.to_ascii_lowercase();
                 assert!(head.contains("upgrade: websocket"), "{head}");
                 c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
                 let mut buf = [0u8; 1024];
@@ -672,6 +667,19 @@ fn request_smuggling_attempts_and_oversized_headers_are_rejected() {
     assert!(!metrics.contains("status_class"), "{metrics}");
 }
 
+/// Reads one message head byte by byte (None: the connection ended first).
+fn read_head(c: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// An upstream speaking raw HTTP/1 from a script: `answer(request line, n)`
 /// (n: how often that line came before) gives the bytes to send back, or None
 /// to close the connection without answering. Records every request head and
@@ -696,15 +704,9 @@ fn scripted_upstream(answer: fn(&str, usize) -> Option<&'static str>) -> Scripte
             let heads = Arc::clone(&h);
             std::thread::spawn(move || {
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if c.read(&mut byte).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(head) = read_head(&mut c) else {
+                        return;
+                    };
                     let length = head
                         .lines()
                         .find_map(|l| {
