@@ -16,6 +16,7 @@
 //! hyper) for the rest of the connection, so the fast path never has to get
 //! an unusual request right.
 
+use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -113,9 +114,19 @@ impl Conn {
         let mut out = Vec::with_capacity(1024);
         let mut resp = Vec::with_capacity(1024);
         let mut deadline = Deadline::new(TokioInstant::now() + self.shared.timeouts.header_read);
+        // Waits for the drain; made once, so an idle wait does not register
+        // (and unregister) a waiter on the channel for every request. Once it
+        // has resolved the connection ends, so it is never polled again.
+        let mut stop = self.stop.clone();
+        let mut draining = std::pin::pin!(async move {
+            let _ = stop.changed().await;
+        });
         let mut first = true;
         loop {
-            match self.read_head(client, &mut buf, first, &mut deadline).await {
+            match self
+                .read_head(client, &mut buf, first, &mut deadline, draining.as_mut())
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => return Outcome::Closed,
                 Err(()) => return Outcome::Handoff(buf),
@@ -157,6 +168,7 @@ impl Conn {
         buf: &mut BytesMut,
         first: bool,
         deadline: &mut Deadline,
+        draining: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, ()> {
         let timeouts = &self.shared.timeouts;
         if buf.is_empty() {
@@ -170,7 +182,7 @@ impl Conn {
             }
             let read = tokio::select! {
                 read = read_more(client, buf, deadline) => read,
-                _ = self.stop.changed() => false,
+                () = draining => false,
             };
             if !read {
                 return Ok(false);

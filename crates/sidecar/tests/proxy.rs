@@ -528,7 +528,23 @@ fn sigterm_under_load_finishes_in_flight_requests() {
             .2
             .contains("sidecar_proxy_active_connections{listener=\"inbound\"} 8")
     });
+    // And one idle keep-alive connection: closed at once by the drain.
+    let mut idle = TcpStream::connect(listen).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    idle.write_all(format!("GET / HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     p.terminate();
+    let terminated = Instant::now();
+    while idle.read(&mut buf).is_ok_and(|n| n > 0) {}
+    assert!(
+        terminated.elapsed() < Duration::from_secs(5),
+        "an idle connection held the drain for {:?}",
+        terminated.elapsed()
+    );
     wait_until("not ready while draining", Duration::from_secs(5), || {
         std::net::TcpStream::connect(admin).is_err() || http_get(admin, "/ready").0 == 503
     });
