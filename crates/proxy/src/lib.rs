@@ -1,15 +1,19 @@
 //! `sidecar proxy`: a tracing HTTP proxy sidecar that replaces Envoy in the
 //! seed's Jaeger demo.
 //!
-//! Data flow: each configured listener accepts HTTP/1.1 or h2c connections
-//! (detected per connection). For every request, [`forward::handle`] picks
-//! the first route whose prefix matches, reads the incoming trace context
-//! (W3C, B3, `x-request-id`), writes ours (a new span whose parent is the
-//! caller's) in W3C and B3 form, drops hop-by-hop headers and streams the
-//! request to the upstream over a pooled HTTP/1.1 or h2c connection. The
-//! response streams back; when its body ends, the request's metrics are
-//! recorded and its span goes to a bounded queue that [`export`] batches to
-//! Zipkin (JSON) and/or OTLP (protobuf) collectors, off the request path.
+//! Data flow: each configured listener accepts connections, which start on
+//! the HTTP/1.1 fast path ([`fast`]): the common request is parsed once,
+//! its head rewritten once (route by first matching prefix; the incoming
+//! trace context (W3C, B3, `x-request-id`) read and ours, a new span whose
+//! parent is the caller's, written in W3C and B3 form; hop-by-hop headers
+//! out, X-Forwarded-* in) and sent with its body on a pooled plain upstream
+//! connection; the response is copied back as it comes. Any other request
+//! (h2c, upgrades, chunked or large bodies, ...) hands the connection, with
+//! the bytes read so far, to the general path on hyper ([`forward::handle`]),
+//! which does the same over pooled HTTP/1.1 or h2c upstream connections.
+//! When a response body ends, the request's metrics are recorded and its
+//! span goes to a bounded queue that [`export`] batches, on a thread of its
+//! own, to Zipkin (JSON) and/or OTLP (protobuf) collectors.
 
 #![forbid(unsafe_code)]
 
