@@ -2,7 +2,7 @@
 //! seed's Jaeger demo.
 //!
 //! Data flow: each configured listener accepts connections, which start on
-//! the HTTP/1.1 fast path ([`fast`]): the common request is parsed once,
+//! the HTTP/1.1 fast path (`fast.rs`): the common request is parsed once,
 //! its head rewritten once (route by first matching prefix; the incoming
 //! trace context (W3C, B3, `x-request-id`) read and ours, a new span whose
 //! parent is the caller's, written in W3C and B3 form; hop-by-hop headers
