@@ -76,6 +76,8 @@ struct Plan {
     close: bool,
     /// A HEAD request: the response has no body whatever its headers say.
     head_method: bool,
+    /// Safe to send twice (RFC 9110 §9.2.2): GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
+    idempotent: bool,
     pending: Pending,
 }
 
@@ -350,6 +352,10 @@ impl Conn {
             route: route_index,
             close,
             head_method: method == "HEAD",
+            idempotent: matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
             pending,
         })
     }
@@ -400,10 +406,13 @@ impl Conn {
         client.write_all(&failure.raw(close)).await.is_ok() && !close
     }
 
-    /// Sends the request upstream on a pooled connection (once more on a new
-    /// one if a pooled one was closed by the upstream meanwhile) and reads the
+    /// Sends the request upstream on a pooled connection and reads the
     /// response head; the head for the client goes into `out` (without the
     /// empty line that ends it), the rest of what was read stays in `rbuf`.
+    /// A pooled connection that ends without a byte of answer was most
+    /// likely closed by the upstream as the request went out (its keep-alive
+    /// timeout): an idempotent request is then sent once more, on a new
+    /// connection; any other gets 502, since the upstream may have acted on it.
     async fn send(
         &self,
         route: &forward::RouteRt,
@@ -412,11 +421,13 @@ impl Conn {
         out: &mut Vec<u8>,
         rbuf: &mut BytesMut,
     ) -> Result<(TcpStream, ResponseHead), Failure> {
+        let mut may_reuse = true;
         loop {
-            let (mut upstream, reused) = route.pool.checkout_stream().await.map_err(|e| {
-                tracing::debug!("{e}");
-                Failure::UpstreamConnect
-            })?;
+            let (mut upstream, reused) =
+                route.pool.checkout_stream(may_reuse).await.map_err(|e| {
+                    tracing::debug!("{e}");
+                    Failure::UpstreamConnect
+                })?;
             rbuf.clear();
             let head = match upstream.write_all(request).await {
                 Ok(()) => {
@@ -427,8 +438,7 @@ impl Conn {
             };
             match head {
                 Ok(head) => return Ok((upstream, head)),
-                // A pooled connection the upstream closed meanwhile: once more on a new one.
-                Err(HeadError::Closed) if reused => continue,
+                Err(HeadError::Closed) if reused && plan.idempotent => may_reuse = false,
                 Err(HeadError::Closed) => {
                     tracing::debug!("upstream {} closed without answering", route.upstream);
                     return Err(Failure::BadUpstreamResponse);

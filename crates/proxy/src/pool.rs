@@ -137,15 +137,21 @@ impl Pool {
         self.idle.pop(self.idle_timeout, |sender| sender.is_ready())
     }
 
-    /// A plain connection for one request of the fast path, and whether it
-    /// was used before (then the upstream may have closed it just now: a
-    /// request that gets no byte back may be sent once more on a new one).
-    pub async fn checkout_stream(&self) -> Result<(TcpStream, bool), ConnectError> {
+    /// A plain connection for one request of the fast path (an idle one if
+    /// `may_reuse` and one still works, else a new one), and whether it was
+    /// used before (then the upstream may have closed it just now).
+    pub async fn checkout_stream(
+        &self,
+        may_reuse: bool,
+    ) -> Result<(TcpStream, bool), ConnectError> {
         let alive = |s: &mut TcpStream| {
             // Nothing to read and no end of stream: the upstream keeps it open.
             matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         };
-        if let Some(stream) = self.streams.pop(self.idle_timeout, alive) {
+        if let Some(stream) = may_reuse
+            .then(|| self.streams.pop(self.idle_timeout, alive))
+            .flatten()
+        {
             return Ok((stream, true));
         }
         Ok((self.open_stream().await?, false))

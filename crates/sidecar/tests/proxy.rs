@@ -843,7 +843,7 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
         // The first /b arrives on the pooled connection, which the upstream then
         // closes without answering (as a keep-alive timeout racing the request does).
         (l, 0) if l.starts_with("GET /b ") => None,
-        (l, _) if l.starts_with("GET /never ") => None,
+        (l, _) if l.starts_with("GET /never ") || l.starts_with("POST /never ") => None,
         _ => Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
     });
     let listen = free_addr();
@@ -876,6 +876,29 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
         .filter(|h| h.starts_with("GET /never "))
         .count();
     assert_eq!(tries, 2);
+    // A POST is not sent twice (the upstream may have acted on it): 502 at once.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 40];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"POST /never HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 502"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let posts = up
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("POST /never "))
+        .count();
+    assert_eq!(posts, 1);
 }
 
 #[test]
