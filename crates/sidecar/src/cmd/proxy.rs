@@ -101,7 +101,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SIDECAR_PROXY_DRAIN_TIMEOUT", value_parser = duration::parse)]
     drain_timeout: Option<Duration>,
 
-    /// Runtime threads (default: the CPUs this process may use).
+    /// Threads serving requests (default: the CPUs this process may use); the span exporter has one more.
     #[arg(long, env = "SIDECAR_PROXY_WORKERS")]
     workers: Option<usize>,
 }
