@@ -44,6 +44,11 @@ const MAX_HEADERS: usize = 64;
 const MAX_NAMED: usize = 8;
 /// Size of one read of a response body.
 const READ_CHUNK: usize = 64 * 1024;
+/// Usual sizes of a connection's buffers (client bytes, upstream bytes,
+/// rewritten heads); larger ones shrink back after the message that grew them.
+const CLIENT_BUF: usize = 8 * 1024;
+const UPSTREAM_BUF: usize = 16 * 1024;
+const HEAD_BUF: usize = 1024;
 
 /// How a connection left the fast path.
 pub(crate) enum Outcome {
@@ -111,10 +116,10 @@ enum HeadError {
 impl Conn {
     /// Serves requests until the connection ends or one needs the general path.
     pub(crate) async fn serve(&mut self, client: &mut TcpStream) -> Outcome {
-        let mut buf = BytesMut::with_capacity(8 * 1024);
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        let mut out = Vec::with_capacity(1024);
-        let mut resp = Vec::with_capacity(1024);
+        let mut buf = BytesMut::with_capacity(CLIENT_BUF);
+        let mut rbuf = BytesMut::with_capacity(UPSTREAM_BUF);
+        let mut out = Vec::with_capacity(HEAD_BUF);
+        let mut resp = Vec::with_capacity(HEAD_BUF);
         let mut deadline = Deadline::new(TokioInstant::now() + self.shared.timeouts.header_read);
         // Waits for the drain; made once, so an idle wait does not register
         // (and unregister) a waiter on the channel for every request. Once it
@@ -157,6 +162,19 @@ impl Conn {
                 .await
             {
                 return Outcome::Closed;
+            }
+            // Keep-alive connections may idle for long: buffers a large
+            // message grew go back to their usual size.
+            if buf.is_empty() && buf.capacity() > 2 * CLIENT_BUF {
+                buf = BytesMut::with_capacity(CLIENT_BUF);
+            }
+            if rbuf.capacity() > 2 * UPSTREAM_BUF {
+                rbuf = BytesMut::with_capacity(UPSTREAM_BUF);
+            }
+            for v in [&mut out, &mut resp] {
+                if v.capacity() > 64 * HEAD_BUF {
+                    *v = Vec::with_capacity(HEAD_BUF);
+                }
             }
         }
     }
@@ -486,7 +504,7 @@ async fn read_response_head(
             }
             return Ok(head);
         }
-        rbuf.reserve(READ_CHUNK.min(max_head));
+        rbuf.reserve(UPSTREAM_BUF.min(max_head));
         match upstream.read_buf(rbuf).await {
             Ok(n) if n > 0 => {}
             Ok(_) | Err(_) if rbuf.is_empty() && out.is_empty() => return Err(HeadError::Closed),
