@@ -1,11 +1,14 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, reused across requests.
+//! Keep-alive HTTP/1.1 connections to one upstream, reused across requests:
+//! plain TCP streams for the fast path (`fast`), hyper connections for the
+//! general path (`forward`).
 //!
 //! A connection is taken out of the pool for one request and put back when
-//! that request's response body has been read to its end (see
-//! `forward::Tracked`), so a connection is never shared by two requests in
-//! flight. Most recently used first; connections idle longer than the idle
-//! timeout, or closed by the upstream, are dropped. The upstream's host name
-//! is resolved again for every new connection (Kubernetes Services move).
+//! that request's response has been read exactly to its end (see
+//! `forward::Tracked` and `fast::relay_body`), so a connection is never
+//! shared by two requests in flight. Most recently used first; connections
+//! idle longer than the idle timeout, or closed by the upstream, are dropped.
+//! The upstream's host name is resolved again for every new connection
+//! (Kubernetes Services move).
 
 use std::collections::VecDeque;
 use std::io;
@@ -39,7 +42,7 @@ pub struct Pool {
     upstream: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// hyper's connections (h2c-less HTTP/1.1 path for streamed requests).
+    /// hyper's HTTP/1.1 connections, for requests on the general path.
     idle: Idle<SendRequest<ProxyBody>>,
     /// Plain connections for the HTTP/1.1 fast path (`fast`).
     streams: Idle<TcpStream>,
