@@ -75,7 +75,7 @@ impl SpanSink {
 }
 
 /// Starts the exporter task. It ends after a last flush when `true` is sent
-/// on the returned channel (or every [`SpanSink`] clone is dropped).
+/// on the returned channel (or that sender is dropped).
 pub fn start(
     zipkin: Option<String>,
     otlp: Option<String>,
