@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use std::sync::atomic::Ordering;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
 
 use crate::collectors::{self, COLLECTORS, Ctx, Scope};
@@ -23,6 +25,9 @@ use crate::session::Session;
 /// first. Two backends work at once, while the fresh session each scrape
 /// opens for `pg_up` logs in.
 const SIDE_SESSION_COLLECTORS: &[&str] = &["database"];
+
+/// What a failed login means for the main database.
+const PG_UP_ZERO: &str = "pg_up stays 0 until it can";
 
 /// The key of the side session in `Exporter::conns` (database names cannot
 /// hold a NUL).
@@ -83,12 +88,28 @@ pub enum ProbeError {
 struct Conn {
     session: Arc<Session>,
     version: u32,
-    task: JoinHandle<()>,
+    /// Drives the connection; aborted when the `Conn` is dropped.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Conn {
+    /// Ends the session politely (Terminate, then the socket closes) before
+    /// `deadline`, so the server has let go of it when this returns: a
+    /// role at its connection limit has the slot back for the next login.
+    async fn close(mut self, deadline: tokio::time::Instant) {
+        let task = self.task.take();
+        drop(self); // the last client handle: the connection says goodbye and ends
+        if let Some(task) = task {
+            let _ = timeout_at(deadline, task).await;
+        }
+    }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -117,6 +138,9 @@ pub struct Exporter {
     stats: Mutex<Stats>,
     warned: Mutex<HashSet<String>>,
     probes: Semaphore,
+    /// Set once the server or role turned out to have no connection to spare
+    /// for the side session: the side collectors run on the main one.
+    side_off: std::sync::atomic::AtomicBool,
 }
 
 impl Exporter {
@@ -136,6 +160,7 @@ impl Exporter {
             stats: Mutex::new(Stats::default()),
             warned: Mutex::new(HashSet::new()),
             probes,
+            side_off: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -178,13 +203,17 @@ impl Exporter {
             // (pg_up); it runs nothing. Meanwhile the long-lived sessions collect.
             let fresh = async {
                 match open(&base, deadline, false).await {
-                    Ok(_conn) => {
+                    Ok(conn) => {
                         self.forget_connect_warnings();
-                        true
+                        conn.close(deadline).await;
+                        Ok(())
                     }
                     Err(e) => {
-                        self.warn_connect(&base, &e);
-                        false
+                        self.warn_connect(
+                            &format!("cannot connect to {}: {e}", dsn::describe(&base)),
+                            PG_UP_ZERO,
+                        );
+                        Err(e.too_many_connections)
                     }
                 }
             };
@@ -193,40 +222,61 @@ impl Exporter {
                 .copied()
                 .filter(|c| self.opts.collectors.contains(c))
                 .collect();
+            let use_side = !on_side.is_empty() && !self.side_off.load(Ordering::Relaxed);
             let side = async {
-                if on_side.is_empty() {
-                    return None;
+                if !use_side {
+                    return Err(None::<OpenError>);
                 }
                 let key = side_key(&main_db);
                 let (session, version) = self
                     .database_connection(&base, &main_db, &key, deadline)
-                    .await?;
+                    .await
+                    .map_err(Some)?;
                 let ctx = self.ctx(version);
-                Some(timed_all(&on_side, &session, &ctx, deadline).await)
+                Ok(timed_all(&on_side, &session, &ctx, deadline).await)
             };
             let main = async {
                 let (session, version) = self
                     .database_connection(&base, &main_db, &main_db, deadline)
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        self.warn_connect(&e.text, PG_UP_ZERO);
+                        e.too_many_connections
+                    })?;
                 let ctx = self.ctx(version);
                 let runs = self
                     .run_collectors(&session, &ctx, &base, deadline, &on_side, &mut out)
                     .await;
-                Some((session, ctx, runs))
+                Ok((session, ctx, runs))
             };
-            let (fresh_ok, side_runs, main) = tokio::join!(fresh, side, main);
-            let up = fresh_ok && main.is_some();
+            let (fresh, side_runs, main) = tokio::join!(fresh, side, main);
+            let up = fresh.is_ok() && main.is_ok();
+            // At a connection limit, the side session must not take the slots
+            // the fresh login behind pg_up and the main session need: it is
+            // given up for good.
+            let side_refused = matches!(&side_runs, Err(Some(e)) if e.too_many_connections);
+            if use_side && (fresh == Err(true) || matches!(main, Err(true)) || side_refused) {
+                self.give_up_side_session(&base, &main_db).await;
+            }
             match main {
-                Some((session, ctx, mut runs)) => {
+                Ok((session, ctx, mut runs)) => {
                     let side_runs = match side_runs {
-                        Some(runs) => runs,
+                        Ok(runs) => runs,
                         // No side session: run them on the main one after all.
-                        None => timed_all(&on_side, &session, &ctx, deadline).await,
+                        Err(e) => {
+                            if let Some(e) = e.filter(|e| !e.too_many_connections) {
+                                self.warn_connect(
+                                    &e.text,
+                                    "the database sizes are read on the main session until it can",
+                                );
+                            }
+                            timed_all(&on_side, &session, &ctx, deadline).await
+                        }
                     };
                     runs.extend(side_runs.into_iter().map(|r| (self.server.clone(), r)));
                     ok &= self.record(runs, &mut out).await;
                 }
-                None => ok = false,
+                Err(_) => ok = false,
             }
             add_up(&mut out, &self.opts.prefix, up);
         }
@@ -367,6 +417,13 @@ impl Exporter {
                     } else {
                         self.database_connection(base, &db, &db, deadline)
                             .await
+                            .map_err(|e| {
+                                self.warn_connect(
+                                    &e.text,
+                                    "its per-database collectors count as failed until it can",
+                                )
+                            })
+                            .ok()
                             .map(|(s, _)| s)
                     };
                     let runs = match session {
@@ -481,31 +538,30 @@ impl Exporter {
         warned.retain(|k| !k.starts_with("connect:"));
     }
 
-    /// The long-lived session to `db` stored under `key`, opened (again) if needed.
+    /// The long-lived session to `db` stored under `key`, opened (again) if
+    /// needed. The error says which server could not be reached and why; the
+    /// caller warns, since what follows from it depends on the session.
     async fn database_connection(
         &self,
         base: &Config,
         db: &str,
         key: &str,
         deadline: tokio::time::Instant,
-    ) -> Option<(Arc<Session>, u32)> {
+    ) -> Result<(Arc<Session>, u32), OpenError> {
         {
             let conns = self.conns.lock().await;
             if let Some(c) = conns.get(key) {
                 if !c.session.is_closed() {
-                    return Some((Arc::clone(&c.session), c.version));
+                    return Ok((Arc::clone(&c.session), c.version));
                 }
             }
         }
         let mut config = base.clone();
         config.dbname(db);
-        let conn = match open(&config, deadline, true).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.warn_connect(&config, &e);
-                return None;
-            }
-        };
+        let conn = open(&config, deadline, true).await.map_err(|e| OpenError {
+            text: format!("cannot connect to {}: {e}", dsn::describe(&config)),
+            ..e
+        })?;
         if key == dsn::database(base) {
             self.check_privileges(&conn.session).await;
         }
@@ -518,7 +574,7 @@ impl Exporter {
             );
         }
         self.conns.lock().await.insert(key.to_string(), conn);
-        Some(out)
+        Ok(out)
     }
 
     /// Warns once when the role cannot see other sessions' statistics.
@@ -549,13 +605,23 @@ impl Exporter {
         }
     }
 
-    /// One warning per target and error until a connection succeeds again.
-    fn warn_connect(&self, config: &Config, error: &str) {
-        let target = dsn::describe(config);
-        self.warn_once(
-            format!("connect:{target}:{error}"),
-            format!("cannot connect to {target}: {error}; pg_up stays 0 until it can"),
+    /// Closes the side session and stops opening it (see `side_off`).
+    async fn give_up_side_session(&self, base: &Config, main_db: &str) {
+        if self.side_off.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.conns.lock().await.remove(&side_key(main_db));
+        tracing::warn!(
+            "{} has no connection to spare for a second session (connection limit); \
+             the database sizes are read on the main session from now on",
+            dsn::describe(base)
         );
+    }
+
+    /// One warning per target and error until a connection succeeds again.
+    /// `error` names the target; `then` says what follows from it.
+    fn warn_connect(&self, error: &str, then: &str) {
+        self.warn_once(format!("connect:{error}"), format!("{error}; {then}"));
     }
 
     fn warn_once(&self, key: String, message: String) {
@@ -696,18 +762,41 @@ async fn timed_all(
     join_all(names.iter().map(|name| timed(name, session, ctx, deadline))).await
 }
 
+/// Why a connection could not be opened.
+#[derive(Debug)]
+struct OpenError {
+    text: String,
+    /// The server or the role is at its connection limit (SQLSTATE 53300).
+    too_many_connections: bool,
+}
+
+impl OpenError {
+    fn db(e: &tokio_postgres::Error) -> Self {
+        Self {
+            text: db_error_text(e),
+            too_many_connections: e.code() == Some(&SqlState::TOO_MANY_CONNECTIONS),
+        }
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Opens a connection (reading the server version if `version`), all before `deadline`.
 async fn open(
     config: &Config,
     deadline: tokio::time::Instant,
     version: bool,
-) -> Result<Conn, String> {
+) -> Result<Conn, OpenError> {
     let limit = config
         .get_connect_timeout()
         .map(|t| tokio::time::Instant::now() + *t)
         .map_or(deadline, |t| t.min(deadline));
     let connecting = async {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| db_error_text(&e))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| OpenError::db(&e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");
@@ -717,7 +806,7 @@ async fn open(
             client
                 .query_one("SHOW server_version_num", &[])
                 .await
-                .map_err(|e| db_error_text(&e))?
+                .map_err(|e| OpenError::db(&e))?
                 .get::<_, String>(0)
                 .parse()
                 .unwrap_or(0)
@@ -727,12 +816,15 @@ async fn open(
         Ok(Conn {
             session: Arc::new(Session::new(client)),
             version,
-            task,
+            task: Some(task),
         })
     };
     match timeout_at(limit, connecting).await {
         Ok(result) => result,
-        Err(_) => Err("the server did not answer in time (connect timeout)".into()),
+        Err(_) => Err(OpenError {
+            text: "the server did not answer in time (connect timeout)".into(),
+            too_many_connections: false,
+        }),
     }
 }
 

@@ -536,6 +536,55 @@ fn passwords_with_special_characters_work() {
 }
 
 #[test]
+fn a_role_limited_to_two_connections_still_reports_pg_up_1() {
+    // The main session plus the fresh login behind pg_up are two; the side
+    // session must give way, or every fresh login fails and pg_up stays 0.
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
+        .batch_execute(
+            "CREATE ROLE lim LOGIN PASSWORD 'lim-pw' CONNECTION LIMIT 2; GRANT pg_monitor TO lim;",
+        )
+        .unwrap();
+    let uri = server.uri("postgres");
+    let (p, addr) = exporter(
+        &[
+            ("DATA_SOURCE_URI", &uri),
+            ("DATA_SOURCE_USER", "lim"),
+            ("DATA_SOURCE_PASS", "lim-pw"),
+        ],
+        &[],
+    );
+    // Main and side session hold the two slots, so a fresh login fails; the
+    // side session then gives way (before, pg_up stayed 0 for good).
+    wait_until(
+        "the side session gives way",
+        Duration::from_secs(30),
+        || {
+            scrape(addr);
+            p.stderr_text()
+                .contains("no connection to spare for a second session")
+        },
+    );
+    // Scrapes back to back may still find the last fresh login's slot not
+    // yet freed by the server, so this waits for a good scrape rather than
+    // asserting that every one is.
+    wait_until(
+        "pg_up 1 with database sizes",
+        Duration::from_secs(30),
+        || {
+            let families = scrape(addr);
+            value(&families, "pg_up", &[]) == Some(1.0)
+                && value(
+                    &families,
+                    "pg_database_size_bytes",
+                    &[("datname", "postgres")],
+                )
+                .is_some()
+        },
+    );
+}
+
+#[test]
 fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
     let server = pg::start(&pg::default_bin_dir());
     pg::client(&server, "postgres")
