@@ -130,18 +130,22 @@ impl Conn {
         });
         let mut first = true;
         loop {
-            match self
-                .read_head(client, &mut buf, first, &mut deadline, draining.as_mut())
+            let plan = match self
+                .read_head(
+                    client,
+                    &mut buf,
+                    &mut out,
+                    first,
+                    &mut deadline,
+                    draining.as_mut(),
+                )
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Closed,
+                Ok(Some(plan)) => plan,
+                Ok(None) => return Outcome::Closed,
                 Err(()) => return Outcome::Handoff(buf),
-            }
-            first = false;
-            let Some(plan) = self.plan(&buf, &mut out) else {
-                return Outcome::Handoff(buf);
             };
+            first = false;
             // The body, read whole (it is small).
             if buf.len() < plan.len {
                 deadline.set(TokioInstant::now() + self.shared.timeouts.idle);
@@ -179,21 +183,23 @@ impl Conn {
         }
     }
 
-    /// Waits for a complete request head in `buf`: Ok(false) when the
-    /// connection should end (closed, idle or header-read timeout, drain),
-    /// Err when it is not for the fast path (too large, or not parsable).
+    /// Waits for a complete request head in `buf` and plans it (see
+    /// [`Conn::plan`]): Ok(None) when the connection should end (closed, idle
+    /// or header-read timeout, drain), Err when the request is not for the
+    /// fast path (too large, not parsable, or not the common case).
     async fn read_head(
         &mut self,
         client: &mut TcpStream,
         buf: &mut BytesMut,
+        out: &mut Vec<u8>,
         first: bool,
         deadline: &mut Deadline,
         draining: Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<bool, ()> {
+    ) -> Result<Option<Plan>, ()> {
         let timeouts = &self.shared.timeouts;
         if buf.is_empty() {
             if *self.stop.borrow() {
-                return Ok(false);
+                return Ok(None);
             }
             // Keep-alive: wait up to the idle timeout for the next request
             // (the first one: the header-read timeout, set at accept).
@@ -205,14 +211,18 @@ impl Conn {
                 () = draining => false,
             };
             if !read {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut started = first;
         loop {
+            // Parsed once: a complete head is planned from this very parse.
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::Request::new(&mut headers).parse(buf) {
-                Ok(httparse::Status::Complete(_)) => return Ok(true),
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    return self.plan(&req, len, out).map(Some).ok_or(());
+                }
                 Ok(httparse::Status::Partial) if buf.len() < self.max_head => {}
                 _ => return Err(()),
             }
@@ -222,20 +232,19 @@ impl Conn {
                 started = true;
             }
             if !read_more(client, buf, deadline).await {
-                return Ok(false);
+                return Ok(None);
             }
         }
     }
 
-    /// Decides whether the head at the start of `buf` is for the fast path;
+    /// Decides whether the parsed head `req` (`head_len` bytes) is for the fast path;
     /// if so, starts its span and writes the upstream head into `out`.
-    fn plan(&self, buf: &[u8], out: &mut Vec<u8>) -> Option<Plan> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => return None,
-        };
+    fn plan(
+        &self,
+        req: &httparse::Request<'_, '_>,
+        head_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Plan> {
         let (method, path) = (req.method?, req.path?);
         if req.version != Some(1) || !path.starts_with('/') || method == "CONNECT" {
             return None;

@@ -706,6 +706,17 @@ struct Scripted {
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl Scripted {
+    /// How many request heads starting with `line` it received.
+    fn count(&self, line: &str) -> usize {
+        count_heads(&self.heads.lock().unwrap(), line)
+    }
+}
+
+fn count_heads(heads: &[String], line: &str) -> usize {
+    heads.iter().filter(|h| h.starts_with(line)).count()
+}
+
 fn scripted_upstream(answer: fn(&str, usize) -> Option<&'static str>) -> Scripted {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -738,7 +749,7 @@ fn scripted_upstream(answer: fn(&str, usize) -> Option<&'static str>) -> Scripte
                     let line = head.lines().next().unwrap_or("").to_string();
                     let seen = {
                         let mut heads = heads.lock().unwrap();
-                        let seen = heads.iter().filter(|h| h.starts_with(&line)).count();
+                        let seen = count_heads(&heads, &line);
                         heads.push(head);
                         seen
                     };
@@ -868,13 +879,7 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
         "GET /never HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 502, "{head}");
-    let tries = up
-        .heads
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|h| h.starts_with("GET /never "))
-        .count();
+    let tries = up.count("GET /never ");
     assert_eq!(tries, 2);
     // A POST is not sent twice (the upstream may have acted on it): 502 at once.
     let mut s = TcpStream::connect(listen).unwrap();
@@ -891,13 +896,7 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
-    let posts = up
-        .heads
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|h| h.starts_with("POST /never "))
-        .count();
+    let posts = up.count("POST /never ");
     assert_eq!(posts, 1);
 }
 
