@@ -463,11 +463,12 @@ pub(crate) fn begin(
     (outgoing, pending)
 }
 
-/// Handles one request received on `listener` from `peer` (accepted on `local`).
+/// Handles one request received on `listener` from the client at `peer_ip`
+/// (accepted on `local`).
 pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerRt>,
-    peer: SocketAddr,
+    peer_ip: Arc<str>,
     local: SocketAddr,
     ambiguous: bool,
     mut req: Request<Incoming>,
@@ -537,7 +538,7 @@ pub async fn handle(
                 .headers()
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok()),
-            peer_ip: Arc::from(peer.ip().to_string()),
+            peer_ip: Arc::clone(&peer_ip),
             local,
         },
         started,
@@ -557,7 +558,7 @@ pub async fn handle(
 
     // Hop-by-hop headers stay on this hop; Host is kept; X-Forwarded-* added.
     strip_hop_by_hop(req.headers_mut());
-    append_forwarded_for(req.headers_mut(), peer.ip());
+    append_forwarded_for(req.headers_mut(), &peer_ip);
     if !req.headers().contains_key("x-forwarded-proto") {
         req.headers_mut()
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
@@ -685,7 +686,7 @@ async fn send_pooled(
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.to_string(),
@@ -810,8 +811,8 @@ mod tests {
         assert!(is_upgrade(&h));
         h.remove("upgrade");
         assert!(!is_upgrade(&h));
-        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
-        append_forwarded_for(&mut h, "10.0.0.2".parse().unwrap());
+        append_forwarded_for(&mut h, "10.0.0.1");
+        append_forwarded_for(&mut h, "10.0.0.2");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
     }
 }

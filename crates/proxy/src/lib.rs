@@ -231,10 +231,12 @@ async fn accept_loop(
         let builder = Arc::clone(&builder);
         // Taken now, so a drain waits for this connection whichever path serves it.
         let watcher = graceful.watcher();
+        // The client's address as text, made once for both paths.
+        let peer_ip: Arc<str> = Arc::from(peer.ip().to_string());
         let mut fast = fast::Conn {
             shared: Arc::clone(&shared),
             listener: Arc::clone(&rt2),
-            peer_ip: Arc::from(peer.ip().to_string()),
+            peer_ip: Arc::clone(&peer_ip),
             local,
             max_head: cfg.max_header_bytes,
             stop: stop.clone(),
@@ -254,7 +256,7 @@ async fn accept_loop(
                 let fut = forward::handle(
                     Arc::clone(&shared),
                     Arc::clone(&rt2),
-                    peer,
+                    Arc::clone(&peer_ip),
                     local,
                     ambiguous,
                     req,
