@@ -63,17 +63,6 @@ impl From<String> for Text {
     }
 }
 
-impl PartialEq<&str> for Text {
-    fn eq(&self, other: &&str) -> bool {
-        match self {
-            Text::Static(s) => s == other,
-            Text::Shared(s) => &**s == *other,
-            Text::Owned(s) => s == other,
-            Text::Number(n) => other.parse() == Ok(*n),
-        }
-    }
-}
-
 /// One finished span.
 #[derive(Debug, Clone)]
 pub struct Span {
