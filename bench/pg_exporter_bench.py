@@ -2,14 +2,16 @@
 """Benchmark `sidecar postgres-exporter` against Debian's prometheus-postgres-exporter.
 
 Called by bench/pg-exporter.sh. One PostgreSQL server (started here, as the
-postgres user when run as root) under pgbench load; both exporters scrape it
-side by side, alternating, in the same run:
+postgres user when run as root) under pgbench load; the exporters scrape it
+side by side, alternating, in the same run: ours with its defaults (database
+sizes re-read at most once a minute), ours reading the sizes on every scrape
+as upstream does (`--collector.database.interval=0s`), and upstream's:
 
 - scrape latency (median, p90) over N scrapes each,
 - CPU seconds per scrape and peak RSS (from /proc), and what the RSS is made
   of at the end: anonymous memory (heap, stacks) and file pages (the
   executable's code, which the kernel may map in large folios),
-- connections each holds to the server (pg_stat_activity by application_name),
+- connections each holds to the server (its established sockets to the port),
 - family coverage: how many of the upstream exporter's families ours also has,
 - time to answer /metrics once the database is stopped.
 """
@@ -56,6 +58,27 @@ def status_kib(pid, field):
 
 def hwm_kib(pid):
     return status_kib(pid, "VmHWM")
+
+
+def connections(pid, port):
+    """Established TCP connections process `pid` holds to 127.0.0.1:`port`."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    n = 0
+    with open(f"/proc/{pid}/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if state == "01" and int(remote.split(":")[1], 16) == port and inode in inodes:
+                n += 1
+    return n
 
 
 def get(url, timeout=30):
@@ -127,6 +150,13 @@ def main():
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(ours)
         exporters["sidecar postgres-exporter"] = (ours, f"http://127.0.0.1:{ours_port}/metrics", "sidecar-postgres-exporter")
+        every_port = free_port()
+        every = subprocess.Popen([sidecar, "postgres-exporter", "--web.listen-address", f"127.0.0.1:{every_port}",
+                                  "--collector.database.interval=0s"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(every)
+        exporters["sidecar, sizes every scrape (interval 0s)"] = (
+            every, f"http://127.0.0.1:{every_port}/metrics", "sidecar-postgres-exporter")
         theirs_env = dict(os.environ, DATA_SOURCE_NAME=(
             f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable&application_name=postgres_exporter"))
         theirs_env.pop("DATA_SOURCE_URI", None)
@@ -147,9 +177,8 @@ def main():
                 t, _ = get(url)
                 lat[name].append(t)
             if i % 20 == 0:
-                for name, (_, _, app) in exporters.items():
-                    n = int(psql(bindir, port, f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"))
-                    conns[name] = max(conns[name], n)
+                for name, (p, _, _) in exporters.items():
+                    conns[name] = max(conns[name], connections(p.pid, port))
         cpu = {name: (cpu_seconds(p.pid) - cpu0[name]) / scrapes for name, (p, _, _) in exporters.items()}
         bodies = {name: get(url)[1] for name, (_, url, _) in exporters.items()}
         fams = {name: families(b) for name, b in bodies.items()}

@@ -109,14 +109,19 @@ pub(crate) async fn run(
     let port = pgserver::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     println!(
-        "`sidecar postgres-exporter --web.listen-address {listen}` exports it; Prometheus would find it\n\
+        "`sidecar postgres-exporter --web.listen-address {listen} --collector.database.interval 0s`\n\
+         exports it (sizes read on every scrape here; by default once a minute); Prometheus would find it\n\
          through the Pod annotations prometheus.io/scrape: \"true\" and prometheus.io/port: \"9187\".\n"
     );
     let mut cmd = Command::new(&opts.exe);
+    // The demo's scrapes are seconds apart: sizes are read on each one, so
+    // the table below shows the database growing (the default reuses them for a minute).
     cmd.args([
         "postgres-exporter",
         "--web.listen-address",
         &listen,
+        "--collector.database.interval",
+        "0s",
         "--log-level",
         "warn",
     ])

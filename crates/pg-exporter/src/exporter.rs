@@ -17,13 +17,14 @@ use tokio_postgres::{Config, NoTls};
 use crate::collectors::{self, COLLECTORS, Ctx, Scope};
 use crate::dsn;
 use crate::exposition::{Families, Kind};
-use crate::session::Session;
+use crate::session::{Session, lock};
 
 /// Server-wide collectors that run on a second long-lived session to the
 /// main database (the ones that cost the server most: `pg_database_size`
 /// stats every file of every database), in parallel with the others on the
 /// first. Two backends work at once, while the fresh session each scrape
-/// opens for `pg_up` logs in.
+/// opens for `pg_up` logs in. Their results are also reused for
+/// [`Options::database_interval`].
 const SIDE_SESSION_COLLECTORS: &[&str] = &["database"];
 
 /// What a failed login means for the main database.
@@ -54,6 +55,10 @@ pub struct Options {
     pub statements_limit: u32,
     /// Most `/probe` requests served at once.
     pub max_probes: usize,
+    /// How long the `database` collector's results (sizes, connection
+    /// limits) are reused before the next scrape reads them again; zero
+    /// reads them on every scrape.
+    pub database_interval: Duration,
 }
 
 impl Default for Options {
@@ -72,6 +77,7 @@ impl Default for Options {
             exclude_databases: Vec::new(),
             statements_limit: 100,
             max_probes: 4,
+            database_interval: Duration::from_secs(60),
         }
     }
 }
@@ -141,6 +147,10 @@ pub struct Exporter {
     /// Set once the server or role turned out to have no connection to spare
     /// for the side session: the side collectors run on the main one.
     side_off: std::sync::atomic::AtomicBool,
+    /// The last fresh session's goodbye, still finishing in the background.
+    fresh_closing: Mutex<Option<JoinHandle<()>>>,
+    /// The last successful runs of the side-session collectors, and when they ran.
+    side_cache: Mutex<Option<(Instant, Vec<Kept>)>>,
 }
 
 impl Exporter {
@@ -161,6 +171,8 @@ impl Exporter {
             warned: Mutex::new(HashSet::new()),
             probes,
             side_off: std::sync::atomic::AtomicBool::new(false),
+            fresh_closing: Mutex::new(None),
+            side_cache: Mutex::new(None),
         }
     }
 
@@ -202,10 +214,16 @@ impl Exporter {
             // A fresh session tells whether the exporter can still log in
             // (pg_up); it runs nothing. Meanwhile the long-lived sessions collect.
             let fresh = async {
+                // The last login's slot is free again before the next one is
+                // taken (a role at its connection limit needs it back)...
+                self.fresh_closed(deadline).await;
                 match open(&base, deadline, false).await {
                     Ok(conn) => {
                         self.forget_connect_warnings();
-                        conn.close(deadline).await;
+                        // ...but this scrape does not wait for the goodbye.
+                        let until = tokio::time::Instant::now() + self.opts.collection_timeout;
+                        let closing = tokio::spawn(conn.close(until));
+                        *lock(&self.fresh_closing) = Some(closing);
                         Ok(())
                     }
                     Err(e) => {
@@ -217,11 +235,14 @@ impl Exporter {
                     }
                 }
             };
-            let on_side: Vec<&'static str> = SIDE_SESSION_COLLECTORS
+            let side_names: Vec<&'static str> = SIDE_SESSION_COLLECTORS
                 .iter()
                 .copied()
                 .filter(|c| self.opts.collectors.contains(c))
                 .collect();
+            // Recent enough results are reused: nothing to run for them.
+            let reused = self.reusable_side_runs();
+            let on_side: &[&'static str] = if reused.is_some() { &[] } else { &side_names };
             let use_side = !on_side.is_empty() && !self.side_off.load(Ordering::Relaxed);
             let side = async {
                 if !use_side {
@@ -233,7 +254,7 @@ impl Exporter {
                     .await
                     .map_err(Some)?;
                 let ctx = self.ctx(version);
-                Ok(timed_all(&on_side, &session, &ctx, deadline).await)
+                Ok(timed_all(on_side, &session, &ctx, deadline).await)
             };
             let main = async {
                 let (session, version) = self
@@ -245,7 +266,7 @@ impl Exporter {
                     })?;
                 let ctx = self.ctx(version);
                 let runs = self
-                    .run_collectors(&session, &ctx, &base, deadline, &on_side, &mut out)
+                    .run_collectors(&session, &ctx, &base, deadline, &side_names, &mut out)
                     .await;
                 Ok((session, ctx, runs))
             };
@@ -270,7 +291,14 @@ impl Exporter {
                                     "the database sizes are read on the main session until it can",
                                 );
                             }
-                            timed_all(&on_side, &session, &ctx, deadline).await
+                            timed_all(on_side, &session, &ctx, deadline).await
+                        }
+                    };
+                    let side_runs = match reused {
+                        Some(runs) => runs,
+                        None => {
+                            self.keep_side_runs(&side_runs);
+                            side_runs
                         }
                     };
                     runs.extend(side_runs.into_iter().map(|r| (self.server.clone(), r)));
@@ -281,7 +309,7 @@ impl Exporter {
             add_up(&mut out, &self.opts.prefix, up);
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = lock(&self.stats);
         stats.scrapes += 1;
         stats.last_duration = elapsed;
         stats.last_error = !ok;
@@ -534,7 +562,7 @@ impl Exporter {
 
     /// A connection worked again: a later outage is worth a new warning.
     fn forget_connect_warnings(&self) {
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = lock(&self.warned);
         warned.retain(|k| !k.starts_with("connect:"));
     }
 
@@ -589,7 +617,7 @@ impl Exporter {
             return;
         };
         let (role, monitored): (String, bool) = (row.get(0), row.get(1));
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = lock(&self.stats);
         if monitored {
             stats.missing_monitor = None;
         } else {
@@ -625,7 +653,7 @@ impl Exporter {
     }
 
     fn warn_once(&self, key: String, message: String) {
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = lock(&self.warned);
         if warned.len() > 1000 {
             warned.clear();
         }
@@ -682,9 +710,49 @@ impl Exporter {
         Ok(text)
     }
 
-    /// Closes the long-lived connections (at shutdown).
+    /// The side-session collectors' last results, as runs, if they are
+    /// younger than `database_interval`.
+    fn reusable_side_runs(&self) -> Option<Vec<Timed>> {
+        let cache = lock(&self.side_cache);
+        let (at, runs) = cache.as_ref()?;
+        if at.elapsed() >= self.opts.database_interval {
+            return None;
+        }
+        Some(
+            runs.iter()
+                .map(|(name, elapsed, fam)| (*name, Ok(()), *elapsed, fam.clone()))
+                .collect(),
+        )
+    }
+
+    /// Keeps the side-session runs for reuse when every one of them succeeded.
+    fn keep_side_runs(&self, runs: &[Timed]) {
+        if self.opts.database_interval.is_zero()
+            || runs.is_empty()
+            || runs.iter().any(|r| r.1.is_err())
+        {
+            return;
+        }
+        let kept = runs
+            .iter()
+            .map(|(name, _, elapsed, fam)| (*name, *elapsed, fam.clone()))
+            .collect();
+        *lock(&self.side_cache) = Some((Instant::now(), kept));
+    }
+
+    /// Waits (until `deadline`) for the last fresh session to have ended.
+    async fn fresh_closed(&self, deadline: tokio::time::Instant) {
+        let closing = lock(&self.fresh_closing).take();
+        if let Some(closing) = closing {
+            let _ = timeout_at(deadline, closing).await;
+        }
+    }
+
+    /// Closes the long-lived connections, and lets the last fresh one finish (at shutdown).
     pub async fn close(&self) {
         self.conns.lock().await.clear();
+        self.fresh_closed(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
     }
 }
 
@@ -730,6 +798,9 @@ enum RunError {
     Timeout,
     NotConnected,
 }
+
+/// A successful collector run kept for reuse: its name, duration and families.
+type Kept = (&'static str, Duration, Families);
 
 /// A collector run: its name, outcome, duration and families.
 type Timed = (&'static str, Result<(), RunError>, Duration, Families);

@@ -2,11 +2,16 @@
 //! query is parsed and planned once per connection, not on every scrape.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::exposition::Families;
+
+/// Locks `m`, also after a panic elsewhere poisoned it (the data stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub struct Session {
     client: Client,
@@ -27,7 +32,7 @@ impl Session {
 
     /// The families stored under `key` if they were stored with `stamp`.
     pub fn cached(&self, key: &'static str, stamp: f64) -> Option<Families> {
-        let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = lock(&self.cached);
         cached
             .get(key)
             .filter(|(s, _)| *s == stamp)
@@ -35,23 +40,18 @@ impl Session {
     }
 
     pub fn store(&self, key: &'static str, stamp: f64, families: Families) {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = lock(&self.cached);
         cached.insert(key, (stamp, families));
     }
 
     /// Runs `sql` (no parameters) through its prepared statement.
     pub async fn query(&self, sql: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let cached = self
-            .statements
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(sql)
-            .cloned();
+        let cached = lock(&self.statements).get(sql).cloned();
         let statement = match cached {
             Some(s) => s,
             None => {
                 let s = self.client.prepare(sql).await?;
-                let mut statements = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+                let mut statements = lock(&self.statements);
                 // The SQL texts are a fixed set; the bound only guards against surprises.
                 if statements.len() > 256 {
                     statements.clear();

@@ -426,6 +426,39 @@ fn values_move_when_the_database_works() {
 }
 
 #[test]
+fn database_sizes_are_reused_for_the_interval_and_read_each_scrape_with_0s() {
+    let server = pg::start(&pg::default_bin_dir());
+    let env = superuser_env(&server, "postgres");
+    let (_reusing, reusing) = exporter(&env_refs(&env), &["--collector.database.interval", "1h"]);
+    let (_reading, reading) = exporter(&env_refs(&env), &["--collector.database.interval", "0s"]);
+    let size = |f: &BTreeMap<String, Family>, db: &str| {
+        value(f, "pg_database_size_bytes", &[("datname", db)])
+    };
+    for addr in [reusing, reading] {
+        assert!(size(&scrape(addr), "postgres").is_some());
+    }
+    pg::client(&server, "postgres")
+        .batch_execute("CREATE DATABASE later")
+        .unwrap();
+    assert!(size(&scrape(reading), "later").is_some());
+    let reused = scrape(reusing);
+    assert_eq!(
+        size(&reused, "later"),
+        None,
+        "read again within the interval"
+    );
+    assert!(size(&reused, "postgres").is_some());
+    assert_eq!(
+        value(
+            &reused,
+            "pg_scrape_collector_success",
+            &[("collector", "database")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn database_down_answers_fast_with_pg_up_0_and_recovers() {
     let mut server = pg::start(&pg::default_bin_dir());
     let env = superuser_env(&server, "postgres");

@@ -93,6 +93,10 @@ pub struct PgExporterArgs {
     #[arg(long = "collector.stat_statements.limit", default_value_t = 100)]
     statements_limit: u32,
 
+    /// How often the database collector reads database sizes (and connection limits) again; scrapes in between reuse the last values. Reading the sizes stats every file of every database, the costliest query of a scrape. 0s reads them on every scrape.
+    #[arg(long = "collector.database.interval", default_value = "60s", value_parser = duration::parse, env = "PG_EXPORTER_COLLECTOR_DATABASE_INTERVAL")]
+    database_interval: Duration,
+
     #[command(flatten)]
     collectors: CollectorFlags,
 }
@@ -178,6 +182,7 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         include_databases: args.include_databases,
         exclude_databases: args.exclude_databases,
         statements_limit: args.statements_limit,
+        database_interval: args.database_interval,
         ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
