@@ -29,6 +29,17 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// An address that refuses connections for as long as the socket is kept: it
+/// is bound but not listening, so no other test can start a server on it.
+fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 /// A demo service on a free port (optionally calling `call`).
 fn service(name: &str, call: Option<&str>) -> (Proc, SocketAddr) {
     let addr = free_addr();
@@ -408,7 +419,7 @@ fn otlp_export_decodes_with_the_reference_protobuf_package() {
 #[test]
 fn collector_down_never_fails_or_slows_requests() {
     let (_s, s_addr) = service("service1", None);
-    let dead = free_addr(); // nothing listens there
+    let (_refusing, dead) = refusing_addr();
     let listen = free_addr();
     let (_p, admin) = proxy(
         listen,
@@ -437,7 +448,8 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
     let zipkin = receiver.zipkin_url();
     // Refused.
     let listen = free_addr();
-    let (_p, admin) = proxy(listen, free_addr(), "svc", &["--zipkin", &zipkin]);
+    let (_refusing, refused) = refusing_addr();
+    let (_p, admin) = proxy(listen, refused, "svc", &["--zipkin", &zipkin]);
     let (status, head, _) = get(listen, "/", &[]);
     assert_eq!(status, 503, "{head}");
     assert!(
