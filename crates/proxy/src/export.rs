@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{CollectorLabels, Metrics};
-use crate::span::{Span, otlp_request, zipkin_json};
+use crate::span::{Span, otlp_request, zipkin_json_into};
 
 const BATCH: usize = 512;
 const QUEUE: usize = 8192;
@@ -32,9 +32,22 @@ struct Queue {
 }
 
 impl Queue {
-    fn take(&self) -> Vec<Span> {
-        std::mem::take(&mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The queued spans; `spare` (empty) takes their place, so the queue
+    /// keeps an allocation of its own instead of growing a new one.
+    fn take(&self, spare: Vec<Span>) -> Vec<Span> {
+        std::mem::replace(
+            &mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()),
+            spare,
+        )
     }
+}
+
+/// Request bodies being built: kept from batch to batch, so export does not
+/// allocate (and, with musl, map and unmap) a fresh buffer every batch.
+#[derive(Default)]
+struct Buffers {
+    zipkin: Vec<u8>,
+    otlp: Vec<u8>,
 }
 
 /// Where finished spans go (cheap to clone; a full queue drops the span).
@@ -144,6 +157,8 @@ impl Exporter {
     async fn run(self, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut spare = Vec::with_capacity(BATCH);
+        let mut buffers = Buffers::default();
         loop {
             let stopping = tokio::select! {
                 _ = queue.batch_full.notified() => false,
@@ -151,51 +166,72 @@ impl Exporter {
                 // Shutting down (or the proxy is gone): send what is queued, then stop.
                 _ = stop.changed() => true,
             };
-            let mut spans = queue.take();
-            while !spans.is_empty() {
-                let rest = spans.split_off(spans.len().min(BATCH));
-                self.flush(&mut spans).await;
-                spans = rest;
+            let mut spans = queue.take(std::mem::take(&mut spare));
+            for batch in spans.chunks(BATCH) {
+                self.flush(batch, &mut buffers).await;
             }
+            spans.clear();
+            // A backlog's larger vector is not kept: memory stays bounded.
+            spare = if spans.capacity() <= 2 * BATCH {
+                spans
+            } else {
+                Vec::with_capacity(BATCH)
+            };
             if stopping {
                 return;
             }
         }
     }
 
-    async fn flush(&self, batch: &mut Vec<Span>) {
-        if batch.is_empty() {
+    async fn flush(&self, spans: &[Span], buffers: &mut Buffers) {
+        if spans.is_empty() {
             return;
         }
-        let spans = std::mem::take(batch);
-        let zipkin = async {
+        let Buffers { zipkin, otlp } = buffers;
+        let to_zipkin = async {
             if let Some(url) = &self.zipkin {
-                self.post(
-                    "zipkin",
-                    url,
-                    "application/json",
-                    zipkin_json(&spans),
-                    spans.len(),
-                )
-                .await;
-            }
-        };
-        let otlp = async {
-            if let Some(url) = &self.otlp {
-                let body = otlp_request(&spans).encode_to_vec();
-                self.post("otlp", url, "application/x-protobuf", body, spans.len())
+                zipkin.clear();
+                zipkin_json_into(spans, zipkin);
+                self.post("zipkin", url, "application/json", zipkin, spans.len())
                     .await;
             }
         };
-        tokio::join!(zipkin, otlp);
+        let to_otlp = async {
+            if let Some(url) = &self.otlp {
+                otlp.clear();
+                // Encoding into a Vec cannot fail for want of space.
+                let _ = otlp_request(spans).encode(otlp);
+                self.post("otlp", url, "application/x-protobuf", otlp, spans.len())
+                    .await;
+            }
+        };
+        tokio::join!(to_zipkin, to_otlp);
     }
 
+    /// POSTs `buf` (taken, and given back for the next batch once the
+    /// client has let go of it) and counts the outcome.
     async fn post(
         &self,
         collector: &'static str,
         url: &str,
         content_type: &str,
-        body: Vec<u8>,
+        buf: &mut Vec<u8>,
+        count: usize,
+    ) {
+        let body = Bytes::from(std::mem::take(buf));
+        let kept = body.clone();
+        self.send(collector, url, content_type, body, count).await;
+        if let Ok(unique) = kept.try_into_mut() {
+            *buf = unique.into();
+        }
+    }
+
+    async fn send(
+        &self,
+        collector: &'static str,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
         count: usize,
     ) {
         let labels = CollectorLabels {
@@ -203,7 +239,7 @@ impl Exporter {
         };
         let request = Request::post(url)
             .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)));
+            .body(Full::new(body));
         let outcome = match request {
             Ok(req) => match tokio::time::timeout(POST_TIMEOUT, self.client.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => Ok(()),

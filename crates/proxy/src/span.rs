@@ -181,37 +181,49 @@ struct ZipkinEndpoint<'a> {
 
 /// A Zipkin v2 `ListOfSpans` (JSON array).
 pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
-    let list: Vec<ZipkinSpan<'_>> = spans
-        .iter()
-        .map(|s| {
-            let (ipv4, ipv6) = match s.local_ip {
-                Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(V4(ip)), None),
-                Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip)),
-                _ => (None, None),
-            };
-            ZipkinSpan {
-                trace_id: Hex::trace(s.trace_id),
-                id: Hex::span(s.id),
-                parent_id: s.parent_id.map(Hex::span),
-                name: &s.name,
-                kind: s.kind,
-                timestamp: s.start_us,
-                duration: s.duration_us.max(1),
-                local_endpoint: ZipkinEndpoint {
-                    service_name: &s.service,
-                    ipv4,
-                    ipv6,
-                    port: s.local_port.filter(|p| *p != 0),
-                },
-                tags: Tags(&s.tags, s.error),
-            }
-        })
-        .collect();
     let mut out = Vec::with_capacity(spans.len() * 512);
-    if serde_json::to_writer(&mut out, &list).is_err() {
-        return b"[]".to_vec();
-    }
+    zipkin_json_into(spans, &mut out);
     out
+}
+
+/// Appends the Zipkin v2 `ListOfSpans` of `spans` to `out`, span by span
+/// (no intermediate list), so a buffer kept by the caller serves every batch.
+pub fn zipkin_json_into(spans: &[Span], out: &mut Vec<u8>) {
+    struct List<'a>(&'a [Span]);
+    impl Serialize for List<'_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            ser.collect_seq(self.0.iter().map(zipkin_span))
+        }
+    }
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &List(spans)).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"[]");
+    }
+}
+
+fn zipkin_span(s: &Span) -> ZipkinSpan<'_> {
+    let (ipv4, ipv6) = match s.local_ip {
+        Some(IpAddr::V4(ip)) if !ip.is_unspecified() => (Some(V4(ip)), None),
+        Some(IpAddr::V6(ip)) if !ip.is_unspecified() => (None, Some(ip)),
+        _ => (None, None),
+    };
+    ZipkinSpan {
+        trace_id: Hex::trace(s.trace_id),
+        id: Hex::span(s.id),
+        parent_id: s.parent_id.map(Hex::span),
+        name: &s.name,
+        kind: s.kind,
+        timestamp: s.start_us,
+        duration: s.duration_us.max(1),
+        local_endpoint: ZipkinEndpoint {
+            service_name: &s.service,
+            ipv4,
+            ipv6,
+            port: s.local_port.filter(|p| *p != 0),
+        },
+        tags: Tags(&s.tags, s.error),
+    }
 }
 
 fn kv(key: &str, value: String) -> KeyValue {
@@ -312,6 +324,20 @@ mod tests {
             tags: vec![("http.method", "GET".into()), ("component", "proxy".into())],
             error: true,
         }
+    }
+
+    #[test]
+    fn a_reused_buffer_holds_the_same_json_as_a_fresh_one() {
+        let mut other = sample();
+        other.id = 7;
+        other.name = Text::Static("other");
+        let mut buf = Vec::new();
+        zipkin_json_into(&[sample(), other.clone(), sample()], &mut buf);
+        buf.clear();
+        zipkin_json_into(&[other.clone()], &mut buf);
+        assert_eq!(buf, zipkin_json(&[other]));
+        let list: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
     }
 
     #[test]
