@@ -3,7 +3,10 @@
 # fixed non-root user. Build: docker build -t sidecar:0.1.0 .
 FROM rust:1-bookworm AS build
 WORKDIR /src
-RUN rustup target add "$(uname -m)-unknown-linux-musl"
+# musl-tools: the C compiler for mimalloc, the musl build's allocator.
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add "$(uname -m)-unknown-linux-musl"
 COPY . .
 RUN cargo build --release --locked --target "$(uname -m)-unknown-linux-musl" \
  && cp "target/$(uname -m)-unknown-linux-musl/release/sidecar" /sidecar

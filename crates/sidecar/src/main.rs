@@ -61,6 +61,13 @@ enum Command {
     DemoService(cmd::demo::DemoServiceArgs),
 }
 
+/// musl's own allocator is slow for many small allocations (CPU per
+/// scrape and per proxied request up by a third or more, measured); the
+/// musl build, which the image ships, uses mimalloc instead.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
