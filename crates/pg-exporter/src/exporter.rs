@@ -243,7 +243,10 @@ impl Exporter {
             // Recent enough results are reused: nothing to run for them.
             let reused = self.reusable_side_runs();
             let on_side: &[&'static str] = if reused.is_some() { &[] } else { &side_names };
-            let use_side = !on_side.is_empty() && !self.side_off.load(Ordering::Relaxed);
+            // The side session is held while it is on, also between the
+            // scrapes that reuse its results.
+            let side_held = !side_names.is_empty() && !self.side_off.load(Ordering::Relaxed);
+            let use_side = side_held && !on_side.is_empty();
             let side = async {
                 if !use_side {
                     return Err(None::<OpenError>);
@@ -276,7 +279,7 @@ impl Exporter {
             // the fresh login behind pg_up and the main session need: it is
             // given up for good.
             let side_refused = matches!(&side_runs, Err(Some(e)) if e.too_many_connections);
-            if use_side && (fresh == Err(true) || matches!(main, Err(true)) || side_refused) {
+            if side_held && (fresh == Err(true) || matches!(main, Err(true)) || side_refused) {
                 self.give_up_side_session(&base, &main_db).await;
             }
             match main {

@@ -573,10 +573,9 @@ fn a_role_limited_to_two_connections_still_reports_pg_up_1() {
     // The main session plus the fresh login behind pg_up are two; the side
     // session must give way, or every fresh login fails and pg_up stays 0.
     let server = pg::start(&pg::default_bin_dir());
-    pg::client(&server, "postgres")
-        .batch_execute(
-            "CREATE ROLE lim LOGIN PASSWORD 'lim-pw' CONNECTION LIMIT 2; GRANT pg_monitor TO lim;",
-        )
+    let mut admin = pg::client(&server, "postgres");
+    admin
+        .batch_execute("CREATE ROLE lim LOGIN PASSWORD 'lim-pw'; GRANT pg_monitor TO lim;")
         .unwrap();
     let uri = server.uri("postgres");
     let (p, addr) = exporter(
@@ -587,8 +586,22 @@ fn a_role_limited_to_two_connections_still_reports_pg_up_1() {
         ],
         &[],
     );
+    // A first scrape opens the main and the side session (and reads the
+    // sizes, which later scrapes reuse); then the limit comes.
+    assert!(
+        value(
+            &scrape(addr),
+            "pg_database_size_bytes",
+            &[("datname", "postgres")]
+        )
+        .is_some()
+    );
+    admin
+        .batch_execute("ALTER ROLE lim CONNECTION LIMIT 2")
+        .unwrap();
     // Main and side session hold the two slots, so a fresh login fails; the
-    // side session then gives way (before, pg_up stayed 0 for good).
+    // side session then gives way (before, pg_up stayed 0 for good), also
+    // when this scrape had no use for it.
     wait_until(
         "the side session gives way",
         Duration::from_secs(30),
