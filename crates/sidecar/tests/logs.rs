@@ -620,3 +620,32 @@ fn files_rotated_through_a_vacated_path_are_relayed() {
     terminate_ok(&mut p);
     assert_exact_sequence(&p.stdout_lines(), 1, 30);
 }
+
+#[test]
+fn a_stdout_pipe_is_widened_so_that_large_writes_do_not_stall() {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    fs::write(&log, "one\n").unwrap();
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let before = fcntl(read_end.as_fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["logs", "--admin-addr", "off", log.to_str().unwrap()])
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = fs::File::from(read_end);
+    let mut first = [0u8; 4];
+    reader.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"one\n");
+    let after = fcntl(reader.as_fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        before < 1024 * 1024 && after >= 1024 * 1024,
+        "pipe capacity {before} -> {after}"
+    );
+}

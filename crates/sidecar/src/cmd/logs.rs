@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow};
 use clap::builder::FalseyValueParser;
 use clap::{Args, ValueEnum};
 use regex::bytes::Regex;
+use sidecar_logs::output::PIPE_CAPACITY;
 use sidecar_logs::{Config, Format, Metrics, Relay, StartAt};
 use sidecar_telemetry::admin::{self, AdminAddr};
 use sidecar_telemetry::{Admin, Health, duration, process, shutdown};
@@ -175,6 +176,9 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             .as_fd()
             .try_clone_to_owned()
             .context("cannot use stdout")?;
+        if let Some(bytes) = sidecar_logs::output::widen_pipe(stdout.as_fd(), PIPE_CAPACITY) {
+            tracing::debug!("stdout is a pipe of {} KiB", bytes / 1024);
+        }
         let writer = BufWriter::with_capacity(64 * 1024, std::fs::File::from(stdout));
         let ready = health.clone();
         let mut task =
