@@ -35,10 +35,20 @@ fn exporter(env: &[(&str, &str)], args: &[&str]) -> (Proc, SocketAddr) {
 }
 
 fn superuser_env(server: &PgServer, db: &str) -> Vec<(&'static str, String)> {
+    role_env(server, db, SUPERUSER, SUPERUSER_PASSWORD)
+}
+
+/// The seed's way to configure the exporter: URI, user and password apart.
+fn role_env(
+    server: &PgServer,
+    db: &str,
+    user: &str,
+    password: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("DATA_SOURCE_URI", server.uri(db)),
-        ("DATA_SOURCE_USER", SUPERUSER.to_string()),
-        ("DATA_SOURCE_PASS", SUPERUSER_PASSWORD.to_string()),
+        ("DATA_SOURCE_USER", user.to_string()),
+        ("DATA_SOURCE_PASS", password.to_string()),
     ]
 }
 
@@ -529,14 +539,8 @@ fn passwords_with_special_characters_work() {
         ))
         .unwrap();
     let uri = server.uri("postgres");
-    let (p, addr) = exporter(
-        &[
-            ("DATA_SOURCE_URI", &uri),
-            ("DATA_SOURCE_USER", "mon itor"),
-            ("DATA_SOURCE_PASS", password),
-        ],
-        &[],
-    );
+    let env = role_env(&server, "postgres", "mon itor", password);
+    let (p, addr) = exporter(&env_refs(&env), &[]);
     assert_eq!(
         value(&scrape(addr), "pg_up", &[]),
         Some(1.0),
@@ -577,15 +581,8 @@ fn a_role_limited_to_two_connections_still_reports_pg_up_1() {
     admin
         .batch_execute("CREATE ROLE lim LOGIN PASSWORD 'lim-pw'; GRANT pg_monitor TO lim;")
         .unwrap();
-    let uri = server.uri("postgres");
-    let (p, addr) = exporter(
-        &[
-            ("DATA_SOURCE_URI", &uri),
-            ("DATA_SOURCE_USER", "lim"),
-            ("DATA_SOURCE_PASS", "lim-pw"),
-        ],
-        &[],
-    );
+    let env = role_env(&server, "postgres", "lim", "lim-pw");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
     // A first scrape opens the main and the side session (and reads the
     // sizes, which later scrapes reuse); then the limit comes.
     assert!(
@@ -636,15 +633,8 @@ fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
     pg::client(&server, "postgres")
         .batch_execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
         .unwrap();
-    let uri = server.uri("postgres");
-    let (p, addr) = exporter(
-        &[
-            ("DATA_SOURCE_URI", &uri),
-            ("DATA_SOURCE_USER", "plain"),
-            ("DATA_SOURCE_PASS", "plain-pw"),
-        ],
-        &[],
-    );
+    let env = role_env(&server, "postgres", "plain", "plain-pw");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
     for _ in 0..3 {
         let families = scrape(addr);
         assert_eq!(value(&families, "pg_up", &[]), Some(1.0));
