@@ -95,6 +95,73 @@ impl Fingerprint {
     }
 }
 
+/// The last bytes read from a file (up to [`FINGERPRINT_BYTES`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail(Vec<u8>);
+
+impl Tail {
+    /// Adds bytes read right after the ones held.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= FINGERPRINT_BYTES {
+            self.0.clear();
+            self.0
+                .extend_from_slice(&data[data.len() - FINGERPRINT_BYTES..]);
+            return;
+        }
+        let excess = (self.0.len() + data.len()).saturating_sub(FINGERPRINT_BYTES);
+        self.0.drain(..excess);
+        self.0.extend_from_slice(data);
+    }
+
+    /// The bytes of `file` right before `offset`.
+    pub fn read(file: &File, offset: u64) -> io::Result<Self> {
+        let want = offset.min(FINGERPRINT_BYTES as u64);
+        let mut buf = vec![0; want as usize];
+        let got = read_full_at(file, &mut buf, offset - want)?;
+        buf.truncate(got);
+        Ok(Self(buf))
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Content that was relayed up to byte `end`, told apart by its first bytes
+/// and its last bytes before `end`: a copy of it that turns up later
+/// (`copytruncate`) is relayed from `end`, not again from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadContent {
+    head: Fingerprint,
+    tail: Tail,
+    end: u64,
+}
+
+impl ReadContent {
+    /// `None` when there is too little to tell the content apart by.
+    pub fn new(head: Fingerprint, tail: Tail, end: u64) -> Option<Self> {
+        let enough = head.len() == FINGERPRINT_BYTES || head.len() as u64 == end;
+        (enough && !head.is_empty() && tail.0.len() as u64 == end.min(FINGERPRINT_BYTES as u64))
+            .then_some(Self { head, tail, end })
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// True when `file` holds this content: the same first bytes, and the
+    /// same bytes right before `end`.
+    pub fn is_in(&self, file: &File) -> io::Result<bool> {
+        if !self.head.matches(file)? {
+            return Ok(false);
+        }
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let buf = &mut buf[..self.tail.0.len()];
+        let got = read_full_at(file, buf, self.end - buf.len() as u64)?;
+        Ok(got == buf.len() && buf[..] == self.tail.0[..])
+    }
+}
+
 /// Reads until `buf` is full or end of file; returns how many bytes were read.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut got = 0;
@@ -140,6 +207,55 @@ mod tests {
         fp.extend(3, &[b'x'; 1000]);
         assert_eq!(fp.len(), FINGERPRINT_BYTES);
         assert_eq!(&fp.0[..4], b"abcx");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::default();
+        t.push(b"abc");
+        t.push(b"def");
+        assert_eq!(t.0, b"abcdef");
+        t.push(&[b'x'; FINGERPRINT_BYTES - 2]);
+        assert_eq!(t.0.len(), FINGERPRINT_BYTES);
+        assert_eq!(&t.0[..4], b"efxx");
+        let mut long = vec![b'y'; 1000];
+        long.push(b'z');
+        t.push(&long);
+        assert_eq!(t.0.len(), FINGERPRINT_BYTES);
+        assert_eq!(t.0.last(), Some(&b'z'));
+    }
+
+    #[test]
+    fn read_content_is_found_in_a_copy_and_only_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..2000u32)
+            .flat_map(|n| format!("line {n}\n").into_bytes())
+            .collect();
+        let end = 5000u64;
+        let mut tail = Tail::default();
+        tail.push(&content[..end as usize]);
+        let head = Fingerprint(content[..FINGERPRINT_BYTES].to_vec());
+        let read = ReadContent::new(head.clone(), tail.clone(), end).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            File::open(path).unwrap()
+        };
+        // A copy, whole or cut right at `end`: found.
+        assert!(read.is_in(&write("copy", &content)).unwrap());
+        assert!(read.is_in(&write("cut", &content[..end as usize])).unwrap());
+        // Shorter than `end`, or other bytes before `end`: not found.
+        assert!(!read.is_in(&write("short", &content[..4000])).unwrap());
+        let mut other = content.clone();
+        other[end as usize - 1] = b'#';
+        assert!(!read.is_in(&write("other", &other)).unwrap());
+        // Same start, other content further on (a banner): not found.
+        let mut banner = content[..FINGERPRINT_BYTES].to_vec();
+        banner.extend(std::iter::repeat_n(b'-', 10_000));
+        assert!(!read.is_in(&write("banner", &banner)).unwrap());
+        // Too little to tell contents apart by.
+        assert!(ReadContent::new(Fingerprint(b"ab".to_vec()), tail, end).is_none());
+        assert!(ReadContent::new(head, Tail::default(), end).is_none());
     }
 
     #[test]

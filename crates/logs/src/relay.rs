@@ -15,7 +15,7 @@ use regex::bytes::Regex;
 
 use crate::checkpoint::{CheckpointError, Entry, Store};
 use crate::framer::{Framer, Rules};
-use crate::identity::{FileId, Fingerprint, read_full_at};
+use crate::identity::{FileId, Fingerprint, ReadContent, Tail, read_full_at};
 use crate::metrics::{FileMetrics, Metrics, RotationKind};
 use crate::output::{Format, Output};
 
@@ -31,6 +31,8 @@ const KNOWN_FILES: usize = 1024;
 const DIR_SEARCH_LIMIT: usize = 10_000;
 /// Most files held open ahead of their turn.
 const MAX_PINNED: usize = 64;
+/// Contents of truncated files remembered (see [`Relay::read_contents`]).
+const READ_CONTENTS: usize = 16;
 /// Rotated files with these endings are compressed: not relayed.
 const COMPRESSED: [&str; 5] = [".gz", ".bz2", ".xz", ".zst", ".lz4"];
 
@@ -138,6 +140,8 @@ struct Reader {
     id: FileId,
     file: File,
     fp: Fingerprint,
+    /// The last bytes read (before `offset`).
+    tail: Tail,
     /// Next byte to read.
     offset: u64,
     /// Size and modification time at the last look.
@@ -173,6 +177,7 @@ impl Reader {
             attached: false,
             id: FileId::of(&meta),
             fp: Fingerprint::read(&file, offset)?,
+            tail: Tail::read(&file, offset)?,
             offset,
             size: meta.len(),
             mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -184,6 +189,14 @@ impl Reader {
             recheck_since: None,
             file,
         })
+    }
+
+    /// The file's last change: its mtime now, else at the last look.
+    fn last_change(&self) -> SystemTime {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(self.mtime)
     }
 }
 
@@ -232,6 +245,8 @@ struct Candidate {
     number: Option<u64>,
     path: PathBuf,
     id: FileId,
+    /// The file, when it was opened before it was listed (pinned).
+    file: Option<File>,
 }
 
 /// A file read before and let go (or saved in the checkpoint).
@@ -289,8 +304,16 @@ pub struct Relay {
     /// let go, with that file's last change: files rotated away before the
     /// next one appears hold lines too.
     vacated: HashMap<Arc<str>, SystemTime>,
+    /// Labels with files rotated away since the given time that were left
+    /// for later because the file at the path moved on while we listed
+    /// (see [`Relay::recover_missed`]): the next rotation looks back that far.
+    deferred: HashMap<Arc<str>, SystemTime>,
     started: SystemTime,
     checkpoint_time: Option<SystemTime>,
+    /// The contents of truncated files and how far they were relayed, newest
+    /// last: a copy of one that turns up after the truncation was handled
+    /// is relayed from there (never twice).
+    read_contents: VecDeque<ReadContent>,
     /// Files opened early at followed paths (see [`Relay::pin_new_files`]).
     pinned: Vec<(PathBuf, File, FileId)>,
     /// Files the watcher opened the moment they appeared at a followed path
@@ -358,6 +381,8 @@ impl Relay {
             initial_scan: true,
             seen_labels: HashSet::new(),
             vacated: HashMap::new(),
+            deferred: HashMap::new(),
+            read_contents: VecDeque::new(),
             started: SystemTime::now(),
             checkpoint_time: None,
             pinned: Vec::new(),
@@ -598,7 +623,7 @@ impl Relay {
                 if e.kind() == io::ErrorKind::NotFound {
                     if let Some(i) = attached {
                         let label = Arc::clone(&self.readers[i].label);
-                        let since = self.detach(i, &[], now, out)?;
+                        let since = self.detach(i, now, out)?;
                         self.vacated.insert(label, since);
                     } else {
                         self.note(
@@ -645,38 +670,48 @@ impl Relay {
             return Ok(());
         };
         let id = FileId::of(&meta);
-        // Files held earlier for this path (seen between two checks) come first.
-        let mut held = Vec::new();
-        let mut i = 0;
-        while i < self.pinned.len() {
-            if self.pinned[i].0 == path {
-                let (_, f, pid) = self.pinned.remove(i);
-                // Not the file at the path now, nor one read already.
-                let read = self.readers.iter().any(|r| r.id == pid)
-                    || self
-                        .known
-                        .get(&pid)
-                        .is_some_and(|k| k.fp.matches(&f).unwrap_or(false));
-                if pid != id && !read {
-                    held.push(f);
-                }
-            } else {
-                i += 1;
+        let held = self.take_held(path, id);
+        let Some(i) = attached else {
+            for (f, _) in held {
+                let label: Arc<str> = Arc::from(key.as_str());
+                self.relay_rotated_file(&label, path.to_path_buf(), f, now, out)?;
             }
+            return self.follow_at(path, file, &meta, now, out);
+        };
+        // Another file now has the path: the old one was rotated. Files
+        // rotated between the two are listed before anything is read, and
+        // only if `id` is still at the path afterwards: files the writer
+        // rotates later, while we read, come after `id`, not before it.
+        let label = Arc::clone(&self.readers[i].label);
+        // Copies older than the old file's content, if it has not looked yet.
+        self.recheck_first_bytes(i, now, out)?;
+        let since = self.look_back(i);
+        let Some(between) = self.rotated_before(&label, since, id, held) else {
+            // The writer rotated again while we listed: look again next tick.
+            return Ok(());
+        };
+        self.deferred.remove(&label);
+        self.let_go(i, now, out)?;
+        for (p, f) in between {
+            self.relay_rotated_file(&label, p, f, now, out)?;
         }
-        let mut exclude: Vec<FileId> = held
-            .iter()
-            .filter_map(|f| f.metadata().ok().map(|m| FileId::of(&m)))
-            .collect();
-        exclude.push(id);
-        if let Some(i) = attached {
-            // Another file now has the path: the old one was rotated.
-            self.detach(i, &exclude, now, out)?;
-        }
-        for f in held {
-            let label: Arc<str> = Arc::from(key.as_str());
-            self.relay_rotated_file(&label, path.to_path_buf(), f, now, out)?;
-        }
+        // Files rotated while we read those, as long as `id` is at the path.
+        self.recover_missed(&label, since, Skip::Nothing, &[id], Some(id), now, out)?;
+        self.follow_at(path, file, &meta, now, out)
+    }
+
+    /// Follows `file`, now at `path`: a reader already reading it (a file
+    /// renamed into a match, or a second link) keeps its place; otherwise a
+    /// new reader starts.
+    fn follow_at<W: Write>(
+        &mut self,
+        path: &Path,
+        file: File,
+        meta: &fs::Metadata,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let id = FileId::of(meta);
         if let Some(r) = self.readers.iter_mut().find(|r| r.id == id) {
             // A file we already read showed up at this path (renamed into a match,
             // or a second link): keep reading it where we are, never start over.
@@ -686,7 +721,68 @@ impl Relay {
             }
             return Ok(());
         }
-        self.start_reader(path, file, &meta, now, out)
+        self.start_reader(path, file, meta, now, out)
+    }
+
+    /// Takes the files pinned for `path` (seen there between two checks)
+    /// that are neither `current` nor read already.
+    fn take_held(&mut self, path: &Path, current: FileId) -> Vec<(File, FileId)> {
+        let mut held = Vec::new();
+        let mut i = 0;
+        while i < self.pinned.len() {
+            if self.pinned[i].0 == path {
+                let (_, f, pid) = self.pinned.remove(i);
+                let read = self.readers.iter().any(|r| r.id == pid)
+                    || self
+                        .known
+                        .get(&pid)
+                        .is_some_and(|k| k.fp.matches(&f).unwrap_or(false));
+                if pid != current && !read {
+                    held.push((f, pid));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        held
+    }
+
+    /// The files rotated away from `label` since `since`, before `anchor`
+    /// (the file at the path now) and not read yet, oldest first and opened:
+    /// the files listed beside the path, with the `held` files (pinned there
+    /// earlier; those no longer beside it keep their order). `None`, with
+    /// `held` pinned again, when `anchor` left the path while we listed: some
+    /// files listed may then be newer than it.
+    fn rotated_before(
+        &mut self,
+        label: &Arc<str>,
+        since: SystemTime,
+        anchor: FileId,
+        held: Vec<(File, FileId)>,
+    ) -> Option<Vec<(PathBuf, File)>> {
+        let label_path = Path::new(&**label);
+        let mut found = self.list_missed(label_path, since, None, &[anchor]);
+        if !at_path(label_path, anchor) {
+            for (f, id) in held {
+                self.pinned.push((label_path.to_path_buf(), f, id));
+            }
+            return None;
+        }
+        tracing::debug!(
+            "{label}: rotated before inode {}: inodes {:?} listed, {:?} held",
+            anchor.ino,
+            found.iter().map(|c| c.id.ino).collect::<Vec<_>>(),
+            held.iter().map(|h| h.1.ino).collect::<Vec<_>>()
+        );
+        let mut unlisted = Vec::new();
+        for (f, id) in held {
+            match found.iter_mut().find(|c| c.id == id) {
+                Some(c) => c.file = Some(f),
+                None => unlisted.push((label_path.to_path_buf(), f)),
+            }
+        }
+        unlisted.extend(open_candidates(found));
+        Some(unlisted)
     }
 
     /// Opens the file at `path`, noting (once) why not if it cannot.
@@ -742,18 +838,35 @@ impl Relay {
         };
         reader.attached = true;
         tracing::info!("following {key} {how} (offset {offset})");
+        tracing::debug!("{key}: following inode {}", reader.id.ino);
         let first = self.seen_labels.insert(Arc::clone(&reader.label));
         let vacated = self.vacated.remove(&reader.label);
         let since = if first && !self.initial_scan {
             // The first file at this path: files rotated away before it (while
             // we waited for the path) hold earlier lines.
             let since = self.started;
-            self.recover_missed(&reader.label, since, Skip::CopiesOfPath, &[id], now, out)?;
+            self.recover_missed(
+                &reader.label,
+                since,
+                Skip::CopiesOfPath,
+                &[id],
+                Some(id),
+                now,
+                out,
+            )?;
             Some(since)
         } else if let Some(since) = vacated {
             // The path was empty for a while: the writer may have rotated
             // several files through it before this one stayed.
-            self.recover_missed(&reader.label, since, Skip::Nothing, &[id], now, out)?;
+            self.recover_missed(
+                &reader.label,
+                since,
+                Skip::Nothing,
+                &[id],
+                Some(id),
+                now,
+                out,
+            )?;
             Some(since)
         } else {
             None
@@ -786,22 +899,47 @@ impl Relay {
         Some(offset)
     }
 
-    /// The file at a followed path was replaced or removed. Read the old file
-    /// to its end through its descriptor (it stays open a while for late
-    /// writes), then any file rotated away before we could open it. Returns
-    /// the old file's last change.
+    /// The file at a followed path was removed. Read the old file to its end
+    /// through its descriptor (it stays open a while for late writes), then
+    /// any file rotated away before we could open it. Returns the old file's
+    /// last change.
     fn detach<W: Write>(
         &mut self,
         i: usize,
-        exclude: &[FileId],
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<SystemTime, RelayError> {
+        let since = self.look_back(i);
+        self.let_go(i, now, out)?;
+        let label = Arc::clone(&self.readers[i].label);
+        self.deferred.remove(&label);
+        self.recover_missed(&label, since, Skip::Nothing, &[], None, now, out)?;
+        Ok(since)
+    }
+
+    /// How far back to look for files rotated away after reader `i`'s file:
+    /// its last change, or earlier if files were left for later.
+    fn look_back(&self, i: usize) -> SystemTime {
+        let r = &self.readers[i];
+        let since = r.last_change();
+        match self.deferred.get(&r.label) {
+            Some(&earlier) => since.min(earlier),
+            None => since,
+        }
+    }
+
+    /// Reader `i`'s file is no longer at its path: note the rotation and
+    /// read the file to its end.
+    fn let_go<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
         let r = &mut self.readers[i];
         r.attached = false;
-        let meta = r.file.metadata().ok();
-        let kind = match &meta {
-            Some(m) if m.nlink() == 0 => RotationKind::Delete,
+        let kind = match r.file.metadata() {
+            Ok(m) if m.nlink() == 0 => RotationKind::Delete,
             _ => RotationKind::Rename,
         };
         if *r.path == *Path::new(&*r.label) {
@@ -816,12 +954,7 @@ impl Relay {
             );
         }
         self.dirty = true;
-        self.drain_reader(i, now, out)?;
-        let r = &self.readers[i];
-        let since = meta.and_then(|m| m.modified().ok()).unwrap_or(r.mtime);
-        let label = Arc::clone(&r.label);
-        self.recover_missed(&label, since, Skip::Nothing, exclude, now, out)?;
-        Ok(since)
+        self.drain_reader(i, now, out)
     }
 
     /// Reads reader `i` to the end of its file, whatever the tick budget.
@@ -842,18 +975,23 @@ impl Relay {
     /// With `copytruncate`, a copy of what the followed file holds now is
     /// skipped (`skip`): the reader of the followed file
     /// relays that content, and finishes it from the copy after the truncation.
+    ///
+    /// With an `anchor` (the file at the path now, read next), a listing
+    /// counts only if the anchor is still at the path after it: files the
+    /// writer rotates after the anchor are newer and wait for it.
+    #[allow(clippy::too_many_arguments)]
     fn recover_missed<W: Write>(
         &mut self,
         label: &Arc<str>,
         since: SystemTime,
         skip: Skip<'_>,
         exclude: &[FileId],
+        anchor: Option<FileId>,
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
         let label_path = Path::new(&**label);
-        // A directory listing can miss a file renamed while it is read: list
-        // twice and take both; then again after reading, for files rotated meanwhile.
+        // Again after reading, for files rotated meanwhile.
         for _ in 0..100 {
             let of_path;
             let current = match skip {
@@ -866,40 +1004,40 @@ impl Relay {
                     Some(&of_path)
                 }
             };
-            let mut found = self.missed_candidates(label_path, since, current, exclude);
-            for extra in self.missed_candidates(label_path, since, current, exclude) {
-                if !found.iter().any(|c| c.id == extra.id) {
-                    found.push(extra);
-                }
-            }
+            let found = self.list_missed(label_path, since, current, exclude);
             if found.is_empty() {
                 break;
             }
-            // Oldest first; for equal times `app.log.2` before `app.log.1`.
-            found.sort_by(|a, b| {
-                a.mtime
-                    .cmp(&b.mtime)
-                    .then_with(|| match (a.number, b.number) {
-                        (Some(x), Some(y)) => y.cmp(&x),
-                        _ => a.path.cmp(&b.path),
-                    })
-            });
-            // Open them all before reading any: names shift with each rotation.
-            // A name that already belongs to another file is skipped here; the
-            // next listing finds that file under its new name.
-            let opened: Vec<(PathBuf, File)> = found
-                .into_iter()
-                .filter_map(|c| {
-                    let file = File::open(&c.path).ok()?;
-                    let same = file.metadata().is_ok_and(|m| FileId::of(&m) == c.id);
-                    same.then_some((c.path, file))
-                })
-                .collect();
-            for (path, file) in opened {
+            if anchor.is_some_and(|a| !at_path(label_path, a)) {
+                // Some may be older than the anchor: the next rotation of
+                // this label looks back to `since` (nothing is lost).
+                let t = self.deferred.entry(Arc::clone(label)).or_insert(since);
+                *t = (*t).min(since);
+                break;
+            }
+            for (path, file) in open_candidates(found) {
                 self.relay_rotated_file(label, path, file, now, out)?;
             }
         }
         Ok(())
+    }
+
+    /// Files [`Relay::missed_candidates`] finds in two listings: a listing
+    /// can miss a file renamed while it is read.
+    fn list_missed(
+        &self,
+        label_path: &Path,
+        since: SystemTime,
+        current: Option<&Fingerprint>,
+        exclude: &[FileId],
+    ) -> Vec<Candidate> {
+        let mut found = self.missed_candidates(label_path, since, current, exclude);
+        for extra in self.missed_candidates(label_path, since, current, exclude) {
+            if !found.iter().any(|c| c.id == extra.id) {
+                found.push(extra);
+            }
+        }
+        found
     }
 
     /// Relays a whole file that was rotated away before we followed it.
@@ -911,13 +1049,39 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
-        let Ok(reader) = Reader::new(label, path, file, 0, &self.metrics) else {
+        // A copy of a truncated file's content that we relayed (a copy that
+        // was not there yet when the truncation was handled) goes on from
+        // where that content was relayed to.
+        let start = self
+            .read_contents
+            .iter()
+            .rev()
+            .find(|c| c.is_in(&file).unwrap_or(false))
+            .map_or(0, ReadContent::end);
+        let Ok(reader) = Reader::new(label, path, file, start, &self.metrics) else {
             return Ok(());
         };
-        tracing::info!(
-            "{label}: {} was rotated away before the relay could follow it; relaying it now",
-            reader.path.display()
-        );
+        // Listed or held before something else read it (then it is known).
+        let read = self.readers.iter().any(|r| r.id == reader.id)
+            || self
+                .known
+                .get(&reader.id)
+                .is_some_and(|k| k.fp.matches(&reader.file).unwrap_or(false));
+        if read {
+            return Ok(());
+        }
+        if start > 0 {
+            tracing::info!(
+                "{label}: {} is a copy of content relayed up to byte {start}; relaying what follows",
+                reader.path.display()
+            );
+        } else {
+            tracing::info!(
+                "{label}: {} was rotated away before the relay could follow it; relaying it now",
+                reader.path.display()
+            );
+        }
+        tracing::debug!("{label}: relaying inode {} whole", reader.id.ino);
         self.metrics.rotation(label, RotationKind::Rename);
         self.readers.push(reader);
         let j = self.readers.len() - 1;
@@ -1005,6 +1169,7 @@ impl Relay {
                 number: rotation_number(&fname[base.len()..]),
                 path,
                 id,
+                file: None,
             });
         }
         found
@@ -1076,7 +1241,11 @@ impl Relay {
                 return Ok(progress);
             }
         };
-        if size < self.readers[i].offset {
+        let r = &self.readers[i];
+        // Shorter than what we read: truncated. Changed, and no longer
+        // starting as it did: truncated and written again, maybe as far as
+        // before (then there is nothing new to read that would show it).
+        if size < r.offset || (mtime != r.mtime && !r.fp.matches(&r.file).unwrap_or(true)) {
             self.truncated(i, now, out)?;
         }
         self.readers[i].size = size;
@@ -1106,6 +1275,7 @@ impl Relay {
             let r = &mut self.readers[i];
             r.error_noted = false;
             r.fp.extend(r.offset, &self.buf[..n]);
+            r.tail.push(&self.buf[..n]);
             let mut sink = out.for_file(&r.label, &r.name);
             r.framer
                 .push(&self.rules, &self.buf[..n], now, &mut sink)
@@ -1157,7 +1327,7 @@ impl Relay {
         r.recheck_since = None;
         r.fp = fp.clone();
         let (label, id) = (Arc::clone(&r.label), r.id);
-        self.recover_missed(&label, since, Skip::CopiesOf(&fp), &[id], now, out)
+        self.recover_missed(&label, since, Skip::CopiesOf(&fp), &[id], None, now, out)
     }
 
     fn read_error(&mut self, i: usize, e: &io::Error) {
@@ -1190,6 +1360,7 @@ impl Relay {
             )
         };
         self.metrics.rotation(&label, RotationKind::Truncate);
+        let mut read_to = old_offset;
         let copy = if old_fp.is_empty() {
             None
         } else {
@@ -1210,6 +1381,7 @@ impl Relay {
                         copy_path.display()
                     );
                     let end = self.read_copy(i, &copy_file, old_offset, now, out)?;
+                    read_to = end;
                     if let Some(cid) = copy_id {
                         let fp = Fingerprint::read(&copy_file, end).unwrap_or_default();
                         self.remember(
@@ -1238,8 +1410,15 @@ impl Relay {
             }
         }
         self.finish_reader(i, now, out)?;
+        let tail = std::mem::take(&mut self.readers[i].tail);
+        if let Some(content) = ReadContent::new(old_fp, tail, read_to) {
+            if self.read_contents.len() >= READ_CONTENTS {
+                self.read_contents.pop_front();
+            }
+            self.read_contents.push_back(content);
+        }
         // Copies made by later rotations we did not see come next.
-        self.recover_missed(&label, old_mtime, Skip::CopiesOfPath, &[id], now, out)?;
+        self.recover_missed(&label, old_mtime, Skip::CopiesOfPath, &[id], None, now, out)?;
         let r = &mut self.readers[i];
         r.framer.restart_at(0);
         r.counted = 0;
@@ -1272,6 +1451,7 @@ impl Relay {
                 break;
             }
             let r = &mut self.readers[i];
+            r.tail.push(&self.buf[..n]);
             let mut sink = out.for_file(&r.label, &r.name);
             r.framer
                 .push(&self.rules, &self.buf[..n], now, &mut sink)
@@ -1460,7 +1640,7 @@ impl Relay {
             } else {
                 Skip::Nothing
             };
-            self.recover_missed(&label, since, skip, &[], now, out)?;
+            self.recover_missed(&label, since, skip, &[], None, now, out)?;
         }
         self.metrics.files_open.set(self.readers.len() as i64);
         Ok(())
@@ -1547,21 +1727,72 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     }
 }
 
+/// Sorts `found` oldest first (for equal times `app.log.2` before
+/// `app.log.1`) and opens them all before reading any: names shift with each
+/// rotation. A name that already belongs to another file is skipped; the
+/// next listing finds that file under its new name.
+fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)> {
+    found.sort_by(|a, b| {
+        a.mtime
+            .cmp(&b.mtime)
+            .then_with(|| match (a.number, b.number) {
+                (Some(x), Some(y)) => y.cmp(&x),
+                _ => a.path.cmp(&b.path),
+            })
+    });
+    found
+        .into_iter()
+        .filter_map(|c| {
+            if let Some(file) = c.file {
+                return Some((c.path, file));
+            }
+            let file = File::open(&c.path).ok()?;
+            let same = file.metadata().is_ok_and(|m| FileId::of(&m) == c.id);
+            same.then_some((c.path, file))
+        })
+        .collect()
+}
+
+/// True when the file at `path` is `id`.
+fn at_path(path: &Path, id: FileId) -> bool {
+    fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id)
+}
+
 /// The file in `dir` with inode `id` that still starts with `fp` and has at least `len` bytes.
 fn find_by_inode(dir: &Path, id: FileId, fp: &Fingerprint, len: u64) -> Option<(File, PathBuf)> {
-    fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .take(DIR_SEARCH_LIMIT)
-        .map(|e| e.path())
-        .find_map(|p| {
-            let m = fs::metadata(&p).ok()?;
-            if !m.is_file() || FileId::of(&m) != id || m.len() < len {
-                return None;
-            }
-            let f = File::open(&p).ok()?;
-            fp.matches(&f).ok()?.then_some((f, p))
-        })
+    dir_entries(dir).into_iter().find_map(|p| {
+        let m = fs::metadata(&p).ok()?;
+        if !m.is_file() || FileId::of(&m) != id || m.len() < len {
+            return None;
+        }
+        let f = File::open(&p).ok()?;
+        fp.matches(&f).ok()?.then_some((f, p))
+    })
+}
+
+/// The paths in `dir` (up to [`DIR_SEARCH_LIMIT`]), from two listings: a
+/// listing can miss a file renamed while it is read (a rotation shifting
+/// `app.log.1` to `app.log.2`).
+fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    let list = || -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .take(DIR_SEARCH_LIMIT)
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut paths = list();
+    let mut seen: HashSet<PathBuf> = paths.iter().cloned().collect();
+    for p in list() {
+        if seen.insert(p.clone()) {
+            paths.push(p);
+        }
+    }
+    paths
 }
 
 /// `Some(n)` for a rotation suffix `.n` (`app.log.3`).
@@ -1624,10 +1855,8 @@ fn find_copy(
     if fp.is_empty() {
         return None;
     }
-    let entries = fs::read_dir(dir).ok()?;
     let mut best: Option<(SystemTime, File, PathBuf)> = None;
-    for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
-        let path = entry.path();
+    for path in dir_entries(dir) {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };

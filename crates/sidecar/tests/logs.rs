@@ -25,8 +25,9 @@ fn relay(args: &[&str]) -> Proc {
     p
 }
 
-/// Asserts the relayed lines are exactly seq `first..=last`, in order.
-fn assert_exact_sequence(lines: &[Vec<u8>], first: u64, last: u64) {
+/// Asserts the relayed lines are exactly seq `first..=last`, in order; on
+/// failure shows `logs` (the relays' stderr) too.
+fn assert_exact_sequence(lines: &[Vec<u8>], first: u64, last: u64, logs: &str) {
     let seqs: Vec<u64> = lines
         .iter()
         .map(|l| {
@@ -46,10 +47,24 @@ fn assert_exact_sequence(lines: &[Vec<u8>], first: u64, last: u64) {
             .take(5)
             .collect();
         let around = first_diff.map(|i| &seqs[i.saturating_sub(2)..(i + 3).min(seqs.len())]);
+        // The output as runs of consecutive lines: shows which file came when.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &s in &seqs {
+            match runs.last_mut() {
+                Some((_, end)) if *end + 1 == s => *end = s,
+                _ => runs.push((s, s)),
+            }
+        }
+        let runs: Vec<String> = runs
+            .iter()
+            .take(50)
+            .map(|(a, b)| format!("{a}..={b}"))
+            .collect();
         panic!(
-            "relayed {} lines, expected {}: {lost} lost (first: {missing:?}), {dups} duplicated, first difference at index {first_diff:?}: {around:?}",
+            "relayed {} lines, expected {}: {lost} lost (first: {missing:?}), {dups} duplicated, first difference at index {first_diff:?}: {around:?}\nthe output in runs: {}\nwhat the relay logged:\n{logs}",
             seqs.len(),
-            expected.len()
+            expected.len(),
+            runs.join(" ")
         );
     }
 }
@@ -85,7 +100,7 @@ fn rotation_at_full_speed(rotation: Rotation) {
     );
     p.wait_lines(LINES as usize, LONG);
     terminate_ok(&mut p);
-    assert_exact_sequence(&p.stdout_lines(), 1, LINES);
+    assert_exact_sequence(&p.stdout_lines(), 1, LINES, &p.stderr_text());
     let kind = match rotation {
         Rotation::Rename => "renamed",
         Rotation::Delete => "deleted",
@@ -161,7 +176,12 @@ fn restart_with_rotation_while_down(rotation: Rotation) {
         b.stderr_text()
     );
     lines.extend(b.stdout_lines());
-    assert_exact_sequence(&lines, 1, 65_000);
+    let logs = format!(
+        "relay A:\n{}\nrelay B:\n{}",
+        a.stderr_text(),
+        b.stderr_text()
+    );
+    assert_exact_sequence(&lines, 1, 65_000, &logs);
 }
 
 #[test]
@@ -219,7 +239,7 @@ fn sigterm_drains_lines_written_before_and_during_shutdown() {
     write_logs(&opts, &AtomicBool::new(false)).unwrap();
     let status = p.wait(Duration::from_secs(30));
     assert!(status.success(), "{status}: {}", p.stderr_text());
-    assert_exact_sequence(&p.stdout_lines(), 1, 100_100);
+    assert_exact_sequence(&p.stdout_lines(), 1, 100_100, &p.stderr_text());
 }
 
 #[test]
@@ -536,13 +556,16 @@ fn closed_stdout_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     append(&log, &b"line\n".repeat(1000));
-    let mut child = Command::new(common::BIN)
+    // Nobody reads the relay's output: the pipe's read end is closed before
+    // the relay starts, so its first write fails, however soon it comes.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(common::BIN)
         .args(["logs", "--admin-addr", "off", log.to_str().unwrap()])
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take()); // nobody reads the relay's output
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -618,7 +641,7 @@ fn files_rotated_through_a_vacated_path_are_relayed() {
     p.wait_lines(30, LONG);
     let mut p = p;
     terminate_ok(&mut p);
-    assert_exact_sequence(&p.stdout_lines(), 1, 30);
+    assert_exact_sequence(&p.stdout_lines(), 1, 30, &p.stderr_text());
 }
 
 #[test]

@@ -43,7 +43,11 @@ impl Proc {
 
     pub fn start_with(cmd: &mut Command) -> Self {
         let mut child = cmd
-            .env("SIDECAR_LOG", "info")
+            // SIDECAR_TEST_LOG=debug shows more of what the binary does.
+            .env(
+                "SIDECAR_LOG",
+                std::env::var("SIDECAR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
