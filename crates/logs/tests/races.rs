@@ -8,10 +8,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use sidecar_logs::{Config, Metrics, Relay};
+use sidecar_logs::{Config, Control, Metrics, Relay, RelayError, Summary};
 
 /// The relay's stdout. The first write waits for `go` (so the test can
 /// rotate while the relay is between reads); a write that carries `trigger`
@@ -76,6 +77,29 @@ fn rotate(log: &Path, content: &[u8]) {
     f.write_all(content).unwrap();
 }
 
+/// logrotate's `copytruncate`: `log` is copied to `copy` and truncated;
+/// then the writer writes `content` to it.
+fn copy_truncate(log: &Path, copy: &Path, content: &[u8]) {
+    fs::copy(log, copy).unwrap();
+    let mut f = OpenOptions::new().append(true).open(log).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(content).unwrap();
+}
+
+/// Runs a relay of `log` on its own thread, writing to `stdout`.
+fn start_relay(log: &Path, stdout: Stdout) -> (JoinHandle<Result<Summary, RelayError>>, Control) {
+    let cfg = Config {
+        paths: vec![log.to_str().unwrap().to_string()],
+        ..Config::default()
+    };
+    let metrics = Metrics::register(&mut Registry::default());
+    let (relay, control) = Relay::new(cfg, metrics).unwrap();
+    (
+        std::thread::spawn(move || relay.run(stdout, || {})),
+        control,
+    )
+}
+
 /// The first word of each line, in runs: `["gen1", "gen2", ...]`.
 fn runs(out: &[u8]) -> Vec<String> {
     let mut runs: Vec<String> = Vec::new();
@@ -112,13 +136,7 @@ fn files_rotated_while_an_old_file_drains_come_after_the_file_that_replaced_it()
             rotate(&writer_log, &generation("gen4", 100));
         })),
     };
-    let cfg = Config {
-        paths: vec![log.to_str().unwrap().to_string()],
-        ..Config::default()
-    };
-    let metrics = Metrics::register(&mut Registry::default());
-    let (relay, control) = Relay::new(cfg, metrics).unwrap();
-    let handle = std::thread::spawn(move || relay.run(stdout, || {}));
+    let (handle, control) = start_relay(&log, stdout);
 
     // The relay holds gen1 open and is writing its first block: rotate now,
     // and finish gen1 through the handle the writer still has.
@@ -184,31 +202,13 @@ fn a_copy_that_turns_up_after_its_truncation_was_handled_is_not_relayed_again() 
         trigger: b"never",
         on_trigger: None,
     };
-    let cfg = Config {
-        paths: vec![log.to_str().unwrap().to_string()],
-        ..Config::default()
-    };
-    let metrics = Metrics::register(&mut Registry::default());
-    let (relay, control) = Relay::new(cfg, metrics).unwrap();
-    let handle = std::thread::spawn(move || relay.run(stdout, || {}));
+    let (handle, control) = start_relay(&log, stdout);
     wait_for(&seen, "gen1 relayed", |out| count_lines(out) == 100);
 
     // copytruncate whose copy is written somewhere the relay does not look;
     // the new content is as long as the old one.
     let late_copy = aside.join("app.log.1");
-    fs::copy(&log, &late_copy).unwrap();
-    OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
-    OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(&generation("gen2", 100))
-        .unwrap();
+    copy_truncate(&log, &late_copy, &generation("gen2", 100));
     wait_for(&seen, "gen2 relayed", |out| count_lines(out) == 200);
 
     // The copy turns up beside the file (freshly written), and the next
@@ -220,19 +220,11 @@ fn a_copy_that_turns_up_after_its_truncation_was_handled_is_not_relayed_again() 
         .unwrap()
         .set_modified(std::time::SystemTime::now())
         .unwrap();
-    fs::copy(&log, dir.path().join("app.log.1")).unwrap();
-    OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
-    OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(&generation("gen3", 150))
-        .unwrap();
+    copy_truncate(
+        &log,
+        &dir.path().join("app.log.1"),
+        &generation("gen3", 150),
+    );
     wait_for(&seen, "gen3 relayed", |out| {
         runs(out).last().map(String::as_str) == Some("gen3") && count_lines(out) >= 350
     });
