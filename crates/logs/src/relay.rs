@@ -676,7 +676,7 @@ impl Relay {
                 let label: Arc<str> = Arc::from(key.as_str());
                 self.relay_rotated_file(&label, path.to_path_buf(), f, now, out)?;
             }
-            return self.follow_at(path, file, &meta, now, out);
+            return self.start_reader(path, file, &meta, now, out);
         };
         // Another file now has the path: the old one was rotated. Files
         // rotated between the two are listed before anything is read, and
@@ -697,31 +697,7 @@ impl Relay {
         }
         // Files rotated while we read those, as long as `id` is at the path.
         self.recover_missed(&label, since, Skip::Nothing, &[id], Some(id), now, out)?;
-        self.follow_at(path, file, &meta, now, out)
-    }
-
-    /// Follows `file`, now at `path`: a reader already reading it (a file
-    /// renamed into a match, or a second link) keeps its place; otherwise a
-    /// new reader starts.
-    fn follow_at<W: Write>(
-        &mut self,
-        path: &Path,
-        file: File,
-        meta: &fs::Metadata,
-        now: Instant,
-        out: &mut Output<W>,
-    ) -> Result<(), RelayError> {
-        let id = FileId::of(meta);
-        if let Some(r) = self.readers.iter_mut().find(|r| r.id == id) {
-            // A file we already read showed up at this path (renamed into a match,
-            // or a second link): keep reading it where we are, never start over.
-            if !r.attached {
-                r.attached = true;
-                r.path = path.to_path_buf();
-            }
-            return Ok(());
-        }
-        self.start_reader(path, file, meta, now, out)
+        self.start_reader(path, file, &meta, now, out)
     }
 
     /// Takes the files pinned for `path` (seen there between two checks)
@@ -806,7 +782,9 @@ impl Relay {
         }
     }
 
-    /// Starts following a newly found file at a followed path.
+    /// Starts following a file found at a followed path; a reader already
+    /// reading it (a file renamed into a match, or a second link) keeps its
+    /// place instead, never starting over.
     fn start_reader<W: Write>(
         &mut self,
         path: &Path,
@@ -815,9 +793,16 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
+        let id = FileId::of(meta);
+        if let Some(r) = self.readers.iter_mut().find(|r| r.id == id) {
+            if !r.attached {
+                r.attached = true;
+                r.path = path.to_path_buf();
+            }
+            return Ok(());
+        }
         let key = path.to_string_lossy().into_owned();
         self.notices.remove(&key);
-        let id = FileId::of(meta);
         let size = meta.len();
         let (offset, how) = match self.take_known(id, &file, size) {
             Some(offset) => (offset, "resuming"),
