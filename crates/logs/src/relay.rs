@@ -31,6 +31,9 @@ const KNOWN_FILES: usize = 1024;
 const DIR_SEARCH_LIMIT: usize = 10_000;
 /// Most files held open ahead of their turn.
 const MAX_PINNED: usize = 64;
+/// Looks at a rotation that the writer outruns every time before the files
+/// rotated away are relayed in the order found.
+const MAX_ROTATION_TRIES: u32 = 3;
 /// Contents of truncated files remembered (see [`Relay::read_contents`]).
 const READ_CONTENTS: usize = 16;
 /// Rotated files with these endings are compressed: not relayed.
@@ -153,6 +156,9 @@ struct Reader {
     /// Committed offset already counted in the bytes metric.
     counted: u64,
     error_noted: bool,
+    /// Times the file at the path moved on while the files rotated before it
+    /// were listed (see [`Relay::rotated_before`]).
+    rotation_tries: u32,
     /// Set when the reader starts a file at offset 0 after the first scan
     /// (with the time since which missed files count): before relaying the
     /// content, copies that later `copytruncate`s made meanwhile are
@@ -186,6 +192,7 @@ impl Reader {
             metrics: metrics.for_file(label),
             counted: offset,
             error_noted: false,
+            rotation_tries: 0,
             recheck_since: None,
             file,
         })
@@ -686,8 +693,12 @@ impl Relay {
         // Copies older than the old file's content, if it has not looked yet.
         self.recheck_first_bytes(i, now, out)?;
         let since = self.look_back(i);
-        let Some(between) = self.rotated_before(&label, since, id, held) else {
-            // The writer rotated again while we listed: look again next tick.
+        // When the writer rotated again while we listed, look again next
+        // tick; a writer that outruns every listing gets its files in the
+        // order found (by age and number) after a few tries.
+        let force = self.readers[i].rotation_tries >= MAX_ROTATION_TRIES;
+        let Some(between) = self.rotated_before(&label, since, id, held, force) else {
+            self.readers[i].rotation_tries += 1;
             return Ok(());
         };
         self.deferred.remove(&label);
@@ -727,18 +738,19 @@ impl Relay {
     /// (the file at the path now) and not read yet, oldest first and opened:
     /// the files listed beside the path, with the `held` files (pinned there
     /// earlier; those no longer beside it keep their order). `None`, with
-    /// `held` pinned again, when `anchor` left the path while we listed: some
-    /// files listed may then be newer than it.
+    /// `held` pinned again, when `anchor` left the path while we listed (some
+    /// files listed may then be newer than it), unless `force`.
     fn rotated_before(
         &mut self,
         label: &Arc<str>,
         since: SystemTime,
         anchor: FileId,
         held: Vec<(File, FileId)>,
+        force: bool,
     ) -> Option<Vec<(PathBuf, File)>> {
         let label_path = Path::new(&**label);
         let mut found = self.list_missed(label_path, since, None, &[anchor]);
-        if !at_path(label_path, anchor) {
+        if !force && !at_path(label_path, anchor) {
             for (f, id) in held {
                 self.pinned.push((label_path.to_path_buf(), f, id));
             }
