@@ -1078,7 +1078,10 @@ impl Relay {
                 reader.path.display()
             );
         }
-        tracing::debug!("{label}: relaying inode {} whole", reader.id.ino);
+        tracing::debug!(
+            "{label}: relaying inode {} from byte {start}",
+            reader.id.ino
+        );
         self.metrics.rotation(label, RotationKind::Rename);
         self.readers.push(reader);
         let j = self.readers.len() - 1;
