@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::registry::Registry;
 use sidecar_logs::{Config, Control, Metrics, Relay, RelayError, Summary};
@@ -78,12 +78,17 @@ fn rotate(log: &Path, content: &[u8]) {
 }
 
 /// logrotate's `copytruncate`: `log` is copied to `copy` and truncated;
-/// then the writer writes `content` to it.
+/// then the writer writes `content` to it. The file's modification time is
+/// set a second ahead: file systems keep it in clock ticks, and a rewrite
+/// within the tick of the last write cannot be told from no change at all
+/// (a later write shows it).
 fn copy_truncate(log: &Path, copy: &Path, content: &[u8]) {
     fs::copy(log, copy).unwrap();
     let mut f = OpenOptions::new().append(true).open(log).unwrap();
     f.set_len(0).unwrap();
     f.write_all(content).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
 }
 
 /// Runs a relay of `log` on its own thread, writing to `stdout`.
@@ -211,14 +216,15 @@ fn a_copy_that_turns_up_after_its_truncation_was_handled_is_not_relayed_again() 
     copy_truncate(&log, &late_copy, &generation("gen2", 100));
     wait_for(&seen, "gen2 relayed", |out| count_lines(out) == 200);
 
-    // The copy turns up beside the file (freshly written), and the next
-    // copytruncate makes the relay look for missed copies.
+    // The copy turns up beside the file, written after the last change the
+    // relay saw (gen2's, a second ahead), and the next copytruncate makes
+    // the relay look for missed copies.
     fs::rename(&late_copy, dir.path().join("app.log.2")).unwrap();
     OpenOptions::new()
         .write(true)
         .open(dir.path().join("app.log.2"))
         .unwrap()
-        .set_modified(std::time::SystemTime::now())
+        .set_modified(SystemTime::now() + Duration::from_secs(2))
         .unwrap();
     copy_truncate(
         &log,
