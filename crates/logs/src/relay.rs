@@ -31,8 +31,9 @@ const KNOWN_FILES: usize = 1024;
 const DIR_SEARCH_LIMIT: usize = 10_000;
 /// Most files held open ahead of their turn.
 const MAX_PINNED: usize = 64;
-/// Looks at a rotation that the writer outruns every time before the files
-/// rotated away are relayed in the order found.
+/// Times a rotation is looked at again when the writer rotates once more
+/// during each listing, before the files found are relayed in the order of
+/// their age and number anyway.
 const MAX_ROTATION_TRIES: u32 = 3;
 /// Contents of truncated files remembered (see [`Relay::read_contents`]).
 const READ_CONTENTS: usize = 16;
