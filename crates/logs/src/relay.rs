@@ -712,6 +712,16 @@ impl Relay {
         self.start_reader(path, file, &meta, now, out)
     }
 
+    /// True when `file` (inode `id`) is being read, or was read and still
+    /// starts as it did.
+    fn was_read(&self, id: FileId, file: &File) -> bool {
+        self.readers.iter().any(|r| r.id == id)
+            || self
+                .known
+                .get(&id)
+                .is_some_and(|k| k.fp.matches(file).unwrap_or(false))
+    }
+
     /// Takes the files pinned for `path` (seen there between two checks)
     /// that are neither `current` nor read already.
     fn take_held(&mut self, path: &Path, current: FileId) -> Vec<(File, FileId)> {
@@ -720,12 +730,7 @@ impl Relay {
         while i < self.pinned.len() {
             if self.pinned[i].0 == path {
                 let (_, f, pid) = self.pinned.remove(i);
-                let read = self.readers.iter().any(|r| r.id == pid)
-                    || self
-                        .known
-                        .get(&pid)
-                        .is_some_and(|k| k.fp.matches(&f).unwrap_or(false));
-                if pid != current && !read {
+                if pid != current && !self.was_read(pid, &f) {
                     held.push((f, pid));
                 }
             } else {
@@ -1060,12 +1065,7 @@ impl Relay {
             return Ok(());
         };
         // Listed or held before something else read it (then it is known).
-        let read = self.readers.iter().any(|r| r.id == reader.id)
-            || self
-                .known
-                .get(&reader.id)
-                .is_some_and(|k| k.fp.matches(&reader.file).unwrap_or(false));
-        if read {
+        if self.was_read(reader.id, &reader.file) {
             return Ok(());
         }
         if start > 0 {
