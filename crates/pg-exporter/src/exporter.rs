@@ -184,19 +184,29 @@ impl Exporter {
             .unwrap_or_else(|| "no data source (only /probe)".into())
     }
 
-    /// The `pg_*` exposition of a scrape. Scrapes that arrive while one is
+    /// The `pg_*` exposition of a scrape, followed by what `append` writes
+    /// (the caller's own metrics). Scrapes that arrive while one is
     /// collecting wait for the next collection that starts after they
     /// arrived, and share it: a slow database never piles up connections.
-    pub async fn scrape(&self) -> Arc<String> {
+    pub async fn scrape(&self, append: impl FnOnce(&mut String)) -> Arc<String> {
         let arrived = Instant::now();
         let mut last = self.last.lock().await;
-        if let Some(done) = last.as_ref() {
+        let mut size = 64 * 1024;
+        if let Some(done) = last.take() {
             if done.started >= arrived {
-                return Arc::clone(&done.text);
+                let text = Arc::clone(&done.text);
+                *last = Some(done);
+                return text;
             }
+            // The last text is let go before the next one is written (only
+            // responses still being sent hold it), and its size sizes the next.
+            size = done.text.len() + done.text.len() / 16 + 4096;
         }
         let started = Instant::now();
-        let text = Arc::new(self.collect_once().await);
+        let mut text = String::with_capacity(size);
+        self.collect_once(&mut text).await;
+        append(&mut text);
+        let text = Arc::new(text);
         *last = Some(Collected {
             started,
             text: Arc::clone(&text),
@@ -204,7 +214,7 @@ impl Exporter {
         text
     }
 
-    async fn collect_once(&self) -> String {
+    async fn collect_once(&self, text: &mut String) {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
@@ -318,9 +328,7 @@ impl Exporter {
         stats.last_error = !ok;
         self.exporter_families(&stats, &mut out);
         drop(stats);
-        let mut text = String::with_capacity(64 * 1024);
-        out.render(&mut text);
-        text
+        out.render(text);
     }
 
     /// Merges collector runs into `out` with their duration and success

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
@@ -12,6 +13,15 @@ use sidecar_telemetry::http::{self, Body, BoxFuture, Handler};
 use crate::exporter::{Exporter, ProbeError};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A scrape's text as a response body.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 /// Routes requests to the exporter.
 pub struct Endpoints {
@@ -36,10 +46,11 @@ impl Handler for Endpoints {
                 return http::text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
             }
             if path == telemetry_path {
-                let pg = exporter.scrape().await;
-                let mut body = String::with_capacity(pg.len() + 2048);
-                body.push_str(&pg);
-                body.push_str(&encode_metrics(&registry));
+                let text = exporter
+                    .scrape(|text| text.push_str(&encode_metrics(&registry)))
+                    .await;
+                // Scrapes that share a collection share its text, uncopied.
+                let body = Bytes::from_owner(SharedText(text));
                 return http::response(StatusCode::OK, CONTENT_TYPE, body);
             }
             match path.as_str() {
