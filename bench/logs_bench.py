@@ -63,17 +63,19 @@ def throughput_once(cmd, size, sink):
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         consumer = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
         p.stdout.close()
-    deadline = t0 + 300
-    while proc_io(p.pid)["wchar"] < size:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{cmd[0]} did not finish in 300 s")
-        time.sleep(0.002)
-    elapsed = time.monotonic() - t0
-    cpu = proc_cpu_seconds(p.pid)
-    hwm = proc_hwm_kib(p.pid)
-    stop(p)
-    if consumer:
-        consumer.wait()
+    try:
+        deadline = t0 + 300
+        while proc_io(p.pid)["wchar"] < size:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[0]} did not finish in 300 s")
+            time.sleep(0.002)
+        elapsed = time.monotonic() - t0
+        cpu = proc_cpu_seconds(p.pid)
+        hwm = proc_hwm_kib(p.pid)
+    finally:
+        stop(p)
+        if consumer:
+            consumer.wait()
     return elapsed, cpu, hwm
 
 
@@ -113,22 +115,24 @@ def rotation_once(cmd, sidecar, workdir, rotation, rate, lines):
         pass
     with open(out_path, "wb") as out:
         p = subprocess.Popen(cmd(log), stdout=out, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)  # let the follower open the file (tail has no readiness signal)
-        subprocess.run(
-            [sidecar, "demo-app", "--file", log, "--lines", str(lines), "--rate", str(rate),
-             "--rotate-bytes", "2MiB", "--rotation", rotation, "--backups", "1000"],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        # Done when the output stops growing for 2 s (at most 60 s).
-        last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 60
-        while time.monotonic() < deadline:
-            size = os.path.getsize(out_path)
-            if size != last:
-                last, quiet_since = size, time.monotonic()
-            elif time.monotonic() - quiet_since > 2:
-                break
-            time.sleep(0.05)
-        stop(p)
+        try:
+            time.sleep(0.5)  # let the follower open the file (tail has no readiness signal)
+            subprocess.run(
+                [sidecar, "demo-app", "--file", log, "--lines", str(lines), "--rate", str(rate),
+                 "--rotate-bytes", "2MiB", "--rotation", rotation, "--backups", "1000"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            # Done when the output stops growing for 2 s (at most 60 s).
+            last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 60
+            while time.monotonic() < deadline:
+                size = os.path.getsize(out_path)
+                if size != last:
+                    last, quiet_since = size, time.monotonic()
+                elif time.monotonic() - quiet_since > 2:
+                    break
+                time.sleep(0.05)
+        finally:
+            stop(p)
     return tally(out_path, lines)
 
 
@@ -184,4 +188,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # Stopped from outside, the run still stops what it started (its
+    # `finally`), instead of leaving servers and load running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

@@ -232,4 +232,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # Stopped from outside, the run still stops what it started (its
+    # `finally`), instead of leaving servers and load running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

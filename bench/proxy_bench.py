@@ -7,7 +7,9 @@ Called by bench/proxy.sh. In one run, on loopback:
 - wrk against the upstream directly, through `sidecar proxy` (1 worker,
   tracing on, every request sampled) and through nginx (1 worker, proxy_pass
   with upstream keepalive), alternating rounds;
-- requests/s, p50/p99 latency, and RSS idle and under load.
+- requests/s, p50/p99 latency, and RSS idle and under load; and the
+  sidecar's ratios to nginx per round (the two proxies run back to back,
+  in turns first), which the machine's drift over a run does not move.
 """
 
 import os
@@ -142,9 +144,14 @@ def main():
             "nginx": f"http://127.0.0.1:{ngx_port}/",
         }
         results = {name: [] for name in targets}
-        for _ in range(rounds):
-            for name, url in targets.items():
-                results[name].append(wrk(url, seconds, conns))
+        for round_ in range(rounds):
+            # The two proxies swap places every round, so neither always
+            # runs right after the other.
+            names = list(targets)
+            if round_ % 2:
+                names[1], names[2] = names[2], names[1]
+            for name in names:
+                results[name].append(wrk(targets[name], seconds, conns))
         loaded = {"sidecar proxy": rss_kib(side.pid, "VmHWM"), "nginx": rss_kib(ngx_worker, "VmHWM")}
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics").read().decode()
         exported = sum(float(l.split()[-1]) for l in metrics.splitlines()
@@ -166,7 +173,16 @@ def main():
             load_s = f"{loaded[name] / 1024:.1f} MiB" if name in loaded else "-"
             ratio = f"{rps / ngx_rps:.2f}x" if name != "direct (no proxy)" else "-"
             print(f"| {name} | {rps:,.0f} | {ratio} | {p50:.2f} ms | {p99:.2f} ms | {errors} | {idle_s} | {load_s} |")
-        print(f"\nspans exported by the sidecar: {exported:,.0f}, dropped: {dropped:,.0f}")
+        # Each round's sidecar run against that round's nginx run, next to
+        # it in time: the machine's drift over a run cancels out of these.
+        pairs = [(s[0] / n[0], s[2] / n[2]) for s, n in zip(results["sidecar proxy"], results["nginx"])]
+        rps_ratios = sorted(p[0] for p in pairs)
+        p99_ratios = sorted(p[1] for p in pairs)
+        print(f"\nper round, sidecar / nginx: requests/s median {statistics.median(rps_ratios):.2f}x "
+              f"(range {rps_ratios[0]:.2f}-{rps_ratios[-1]:.2f}, {sum(r >= 1 for r in rps_ratios)} of "
+              f"{len(pairs)} rounds at least nginx's); p99 median {statistics.median(p99_ratios):.2f}x "
+              f"(range {p99_ratios[0]:.2f}-{p99_ratios[-1]:.2f})")
+        print(f"spans exported by the sidecar: {exported:,.0f}, dropped: {dropped:,.0f}")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -178,4 +194,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # Stopped from outside, the run still stops what it started (its
+    # `finally`), instead of leaving servers and load running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
