@@ -1,8 +1,10 @@
 //! Span export off the request path: a bounded queue, batches of up to 512
 //! spans or one second, POSTed to Zipkin (JSON) and/or OTLP (protobuf).
 //! When a collector is slow or down, spans are dropped and counted; requests
-//! never wait for it. A request only pushes its span onto the queue; the
-//! exporter wakes when a batch is full or a second has passed, not per span.
+//! never wait for it. A request writes its span's Zipkin JSON onto the queue
+//! (while the span is still in the CPU's cache; the span itself is queued
+//! only for OTLP); the exporter wakes when a batch is full or a second has
+//! passed, not per span, and only frames and sends what is queued.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{CollectorLabels, Metrics};
-use crate::span::{Span, otlp_request, zipkin_json_into};
+use crate::span::{Span, otlp_request, zipkin_span_into};
 
 const BATCH: usize = 512;
 const QUEUE: usize = 8192;
@@ -26,20 +28,76 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Finished spans waiting for export (at most `QUEUE`).
 struct Queue {
-    spans: Mutex<Vec<Span>>,
+    pending: Mutex<Pending>,
     /// Wakes the exporter when a batch is full.
     batch_full: Notify,
+    zipkin: bool,
+    otlp: bool,
+}
+
+/// The queued spans, in the forms the collectors take.
+#[derive(Default)]
+struct Pending {
+    count: usize,
+    /// Their Zipkin JSON objects; within a batch of `BATCH`, comma-separated.
+    zipkin: Vec<u8>,
+    /// Where each full batch ends in `zipkin`.
+    cuts: Vec<usize>,
+    /// The spans themselves, for OTLP.
+    spans: Vec<Span>,
+}
+
+impl Pending {
+    /// Queues a span: its Zipkin JSON object, and itself for OTLP.
+    fn push(&mut self, zipkin: Option<&[u8]>, span: Option<Span>) {
+        if let Some(object) = zipkin {
+            if self.count % BATCH != 0 {
+                self.zipkin.push(b',');
+            }
+            self.zipkin.extend_from_slice(object);
+            if (self.count + 1) % BATCH == 0 {
+                self.cuts.push(self.zipkin.len());
+            }
+        }
+        if let Some(span) = span {
+            self.spans.push(span);
+        }
+        self.count += 1;
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+        self.zipkin.clear();
+        self.cuts.clear();
+        self.spans.clear();
+    }
+
+    /// The batches of up to `BATCH` spans: each one's Zipkin objects and spans.
+    fn batches(&self) -> impl Iterator<Item = (&[u8], &[Span], usize)> {
+        (0..self.count.div_ceil(BATCH)).map(move |b| {
+            let from = if b == 0 { 0 } else { self.cuts[b - 1] };
+            let to = self.cuts.get(b).copied().unwrap_or(self.zipkin.len());
+            let n = BATCH.min(self.count - b * BATCH);
+            let spans = self.spans.get(b * BATCH..b * BATCH + n).unwrap_or(&[]);
+            (&self.zipkin[from..to], spans, n)
+        })
+    }
 }
 
 impl Queue {
     /// The queued spans; `spare` (empty) takes their place, so the queue
-    /// keeps an allocation of its own instead of growing a new one.
-    fn take(&self, spare: Vec<Span>) -> Vec<Span> {
+    /// keeps allocations of its own instead of growing new ones.
+    fn take(&self, spare: Pending) -> Pending {
         std::mem::replace(
-            &mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
             spare,
         )
     }
+}
+
+thread_local! {
+    /// Where a request's thread writes a span's JSON before queueing it.
+    static SPAN_JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Request bodies being built: kept from batch to batch, so export does not
@@ -74,16 +132,26 @@ impl SpanSink {
         let Some(queue) = &self.queue else {
             return;
         };
-        let mut spans = queue.spans.lock().unwrap_or_else(|e| e.into_inner());
-        if spans.len() >= QUEUE {
-            drop(spans);
-            self.metrics.spans_dropped.inc();
-            return;
-        }
-        spans.push(span);
-        if spans.len() == BATCH {
-            queue.batch_full.notify_one();
-        }
+        SPAN_JSON.with_borrow_mut(|json| {
+            json.clear();
+            if queue.zipkin && !zipkin_span_into(&span, json) {
+                self.metrics.spans_dropped.inc();
+                return;
+            }
+            let mut pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.count >= QUEUE {
+                drop(pending);
+                self.metrics.spans_dropped.inc();
+                return;
+            }
+            pending.push(
+                queue.zipkin.then_some(json.as_slice()),
+                queue.otlp.then_some(span),
+            );
+            if pending.count == BATCH {
+                queue.batch_full.notify_one();
+            }
+        });
     }
 }
 
@@ -99,11 +167,13 @@ pub fn start(
         return (SpanSink::disabled(metrics), tokio::spawn(async {}), stop_tx);
     }
     let queue = Arc::new(Queue {
-        spans: Mutex::new(Vec::with_capacity(BATCH)),
+        pending: Mutex::new(Pending::default()),
         batch_full: Notify::new(),
+        zipkin: zipkin.is_some(),
+        otlp: otlp.is_some(),
     });
-    // The exporter has a thread of its own: serializing a batch (about a
-    // millisecond for 512 spans) never holds up requests.
+    // The exporter has a thread of its own: framing and sending batches
+    // (and OTLP encoding) never hold up requests.
     let exporter_metrics = metrics.clone();
     let exporter_queue = Arc::clone(&queue);
     let task = tokio::task::spawn_blocking(move || {
@@ -157,7 +227,7 @@ impl Exporter {
     async fn run(self, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut spare = Vec::with_capacity(BATCH);
+        let mut spare = Pending::default();
         let mut buffers = Buffers::default();
         loop {
             let stopping = tokio::select! {
@@ -166,16 +236,18 @@ impl Exporter {
                 // Shutting down (or the proxy is gone): send what is queued, then stop.
                 _ = stop.changed() => true,
             };
-            let mut spans = queue.take(std::mem::take(&mut spare));
-            for batch in spans.chunks(BATCH) {
-                self.flush(batch, &mut buffers).await;
+            let mut pending = queue.take(std::mem::take(&mut spare));
+            for (zipkin, spans, count) in pending.batches() {
+                self.flush(zipkin, spans, count, &mut buffers).await;
             }
-            spans.clear();
-            // A backlog's larger vector is not kept: memory stays bounded.
-            spare = if spans.capacity() <= 2 * BATCH {
-                spans
+            pending.clear();
+            // A backlog's larger buffers are not kept: memory stays bounded.
+            spare = if pending.zipkin.capacity() <= 2 * BATCH * 1024
+                && pending.spans.capacity() <= 2 * BATCH
+            {
+                pending
             } else {
-                Vec::with_capacity(BATCH)
+                Pending::default()
             };
             if stopping {
                 return;
@@ -183,16 +255,21 @@ impl Exporter {
         }
     }
 
-    async fn flush(&self, spans: &[Span], buffers: &mut Buffers) {
-        if spans.is_empty() {
+    /// Sends one batch of `count` spans: `objects` (their Zipkin JSON,
+    /// comma-separated) and `spans` (for OTLP).
+    async fn flush(&self, objects: &[u8], spans: &[Span], count: usize, buffers: &mut Buffers) {
+        if count == 0 {
             return;
         }
         let Buffers { zipkin, otlp } = buffers;
         let to_zipkin = async {
             if let Some(url) = &self.zipkin {
                 zipkin.clear();
-                zipkin_json_into(spans, zipkin);
-                self.post("zipkin", url, "application/json", zipkin, spans.len())
+                zipkin.reserve(objects.len() + 2);
+                zipkin.push(b'[');
+                zipkin.extend_from_slice(objects);
+                zipkin.push(b']');
+                self.post("zipkin", url, "application/json", zipkin, count)
                     .await;
             }
         };
@@ -271,5 +348,79 @@ impl Exporter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{Kind, Text};
+    use sidecar_telemetry::trace::TraceId;
+
+    fn span(id: u64) -> Span {
+        Span {
+            trace_id: TraceId { hi: 0, lo: 1 },
+            id,
+            parent_id: None,
+            name: Text::Static("op"),
+            kind: Kind::Client,
+            start_us: 1,
+            duration_us: 1,
+            service: Arc::from("s"),
+            local_ip: None,
+            local_port: None,
+            tags: vec![("http.url", Text::Owned(format!("http://h/{id}")))],
+            error: false,
+        }
+    }
+
+    /// Each batch framed as the exporter sends it: the span ids in it.
+    fn zipkin_batches(pending: &Pending) -> Vec<Vec<String>> {
+        pending
+            .batches()
+            .map(|(objects, spans, count)| {
+                let body = [b"[", objects, b"]"].concat();
+                let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                assert_eq!(list.len(), count);
+                assert!(spans.is_empty() || spans.len() == count);
+                list.iter()
+                    .map(|s| s["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_json_splits_into_batches_of_valid_lists_in_order() {
+        for total in [0, 1, BATCH - 1, BATCH, BATCH + 1, 2 * BATCH, 2 * BATCH + 76] {
+            let mut pending = Pending::default();
+            for id in 1..=total as u64 {
+                let mut json = Vec::new();
+                assert!(zipkin_span_into(&span(id), &mut json));
+                pending.push(Some(&json), Some(span(id)));
+            }
+            let batches = zipkin_batches(&pending);
+            assert_eq!(batches.len(), total.div_ceil(BATCH), "{total} spans");
+            assert!(batches.iter().all(|b| b.len() <= BATCH));
+            let ids: Vec<String> = batches.concat();
+            let expected: Vec<String> = (1..=total as u64).map(|id| format!("{id:016x}")).collect();
+            assert_eq!(ids, expected, "{total} spans");
+            for (b, (_, spans, count)) in pending.batches().enumerate() {
+                assert_eq!(spans.len(), count);
+                assert_eq!(spans[0].id, (b * BATCH + 1) as u64);
+            }
+            pending.clear();
+            assert_eq!(pending.batches().count(), 0);
+        }
+    }
+
+    #[test]
+    fn without_otlp_no_span_is_kept() {
+        let mut pending = Pending::default();
+        let mut json = Vec::new();
+        assert!(zipkin_span_into(&span(7), &mut json));
+        pending.push(Some(&json), None);
+        assert!(pending.spans.is_empty());
+        assert_eq!(zipkin_batches(&pending), vec![vec![format!("{:016x}", 7)]]);
     }
 }

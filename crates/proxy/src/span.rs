@@ -189,17 +189,33 @@ pub fn zipkin_json(spans: &[Span]) -> Vec<u8> {
 /// Appends the Zipkin v2 `ListOfSpans` of `spans` to `out`, span by span
 /// (no intermediate list), so a buffer kept by the caller serves every batch.
 pub fn zipkin_json_into(spans: &[Span], out: &mut Vec<u8>) {
-    struct List<'a>(&'a [Span]);
-    impl Serialize for List<'_> {
-        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-            ser.collect_seq(self.0.iter().map(zipkin_span))
+    out.push(b'[');
+    let mut first = true;
+    for span in spans {
+        let start = out.len();
+        if !first {
+            out.push(b',');
+        }
+        if zipkin_span_into(span, out) {
+            first = false;
+        } else {
+            out.truncate(start);
         }
     }
+    out.push(b']');
+}
+
+/// Appends one span's Zipkin v2 JSON object to `out` (an element of a
+/// `ListOfSpans`); false, with `out` as it was, if it could not be written
+/// (writing to a Vec fails only on a serializer error, which these types do
+/// not make).
+pub fn zipkin_span_into(span: &Span, out: &mut Vec<u8>) -> bool {
     let start = out.len();
-    if serde_json::to_writer(&mut *out, &List(spans)).is_err() {
+    let written = serde_json::to_writer(&mut *out, &zipkin_span(span)).is_ok();
+    if !written {
         out.truncate(start);
-        out.extend_from_slice(b"[]");
     }
+    written
 }
 
 fn zipkin_span(s: &Span) -> ZipkinSpan<'_> {
