@@ -17,7 +17,7 @@
 //! an unusual request right.
 
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -221,7 +221,7 @@ impl Conn {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(buf) {
                 Ok(httparse::Status::Complete(len)) => {
-                    return self.plan(&req, len, out).map(Some).ok_or(());
+                    return self.plan(&req, &buf[..len], out).map(Some).ok_or(());
                 }
                 Ok(httparse::Status::Partial) if buf.len() < self.max_head => {}
                 _ => return Err(()),
@@ -237,12 +237,12 @@ impl Conn {
         }
     }
 
-    /// Decides whether the parsed head `req` (`head_len` bytes) is for the fast path;
-    /// if so, starts its span and writes the upstream head into `out`.
+    /// Decides whether the parsed head `req` (the bytes `head`) is for the
+    /// fast path; if so, starts its span and writes the upstream head into `out`.
     fn plan(
         &self,
         req: &httparse::Request<'_, '_>,
-        head_len: usize,
+        head: &[u8],
         out: &mut Vec<u8>,
     ) -> Option<Plan> {
         let (method, path) = (req.method?, req.path?);
@@ -333,10 +333,22 @@ impl Conn {
         // The upstream head: Host kept, hop-by-hop headers dropped, our
         // trace context and X-Forwarded-* added.
         out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut lines = Lines::new(head);
+        // `METHOD path HTTP/1.1` goes on as it came (with the header lines
+        // after it, in one run), any other form is written anew.
+        let offset = |s: &str| (s.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        let line = method.len() + 1 + path.len();
+        if offset(method) == 0
+            && offset(path) == method.len() + 1
+            && head.get(line..line + 11) == Some(b" HTTP/1.1\r\n")
+        {
+            lines.run = 0..line + 11;
+        } else {
+            out.extend_from_slice(method.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(b" HTTP/1.1\r\n");
+        }
         let mut forwarded_for = Vec::new();
         for h in req.headers.iter() {
             let name = h.name;
@@ -353,12 +365,11 @@ impl Conn {
                     .iter()
                     .any(|n| name.eq_ignore_ascii_case(n));
             if !dropped {
-                put_header(out, name, h.value);
+                lines.keep(out, h);
             }
         }
-        trace::outgoing_headers(&outgoing, |name, value| {
-            put_header(out, name, value.as_bytes());
-        });
+        lines.flush(out);
+        trace::write_outgoing_headers(&outgoing, out);
         if let Some(id) = &generated {
             put_header(out, "x-request-id", id.as_bytes());
         }
@@ -374,7 +385,7 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         Some(Plan {
-            len: head_len + body_len as usize,
+            len: head.len() + body_len as usize,
             body_len: body_len as usize,
             route: route_index,
             close,
@@ -496,7 +507,7 @@ async fn read_response_head(
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(rbuf) {
                 Ok(httparse::Status::Complete(len)) => {
-                    Some(rewrite_response(&resp, len, head_method, out)?)
+                    Some(rewrite_response(&resp, &rbuf[..len], head_method, out)?)
                 }
                 Ok(httparse::Status::Partial) if rbuf.len() < max_head => None,
                 Ok(httparse::Status::Partial) => {
@@ -523,11 +534,11 @@ async fn read_response_head(
     }
 }
 
-/// Appends the client's form of a parsed response head to `out` (without
-/// the final empty line) and decides how its body is framed.
+/// Appends the client's form of a parsed response head (the bytes `head`) to
+/// `out` (without the final empty line) and decides how its body is framed.
 fn rewrite_response(
     resp: &httparse::Response<'_, '_>,
-    len: usize,
+    head: &[u8],
     head_method: bool,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, HeadError> {
@@ -590,11 +601,24 @@ fn rewrite_response(
         reusable = false;
     }
 
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status:03} {}\r\n",
-        resp.reason.unwrap_or("")
-    );
+    let reason = resp.reason.unwrap_or("");
+    let mut lines = Lines::new(head);
+    match status_line(resp, head) {
+        // An HTTP/1.1 status line goes on as it came (and, in the same run,
+        // the header lines after it).
+        Some(line) => lines.run = line,
+        None => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(&[
+                b'0' + (status / 100 % 10) as u8,
+                b'0' + (status / 10 % 10) as u8,
+                b'0' + (status % 10) as u8,
+                b' ',
+            ]);
+            out.extend_from_slice(reason.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     let connection_named = |name: &str| {
         resp.headers
             .iter()
@@ -610,18 +634,34 @@ fn rewrite_response(
         {
             continue;
         }
-        put_header(out, name, h.value);
+        lines.keep(out, h);
     }
+    lines.flush(out);
     // The body goes on byte for byte, so its transfer coding goes with it.
     if let (Some(te), false) = (transfer_encoding, matches!(framing, Framing::Empty)) {
         put_header(out, "transfer-encoding", te);
     }
     Ok(ResponseHead {
         status,
-        len,
+        len: head.len(),
         framing,
         reusable,
     })
+}
+
+/// Where the status line of `resp` is in `head`, if it can go on unchanged:
+/// `HTTP/1.1`, the three digits, a reason phrase and CRLF.
+fn status_line(resp: &httparse::Response<'_, '_>, head: &[u8]) -> Option<std::ops::Range<usize>> {
+    let reason = resp.reason.filter(|r| !r.is_empty())?;
+    let start = (reason.as_ptr() as usize).checked_sub(head.as_ptr() as usize)?;
+    let end = start.checked_add(reason.len())?;
+    let plain = resp.version == Some(1)
+        && start == 13
+        && head.get(..9) == Some(b"HTTP/1.1 ")
+        && head.get(9..12)?.iter().all(u8::is_ascii_digit)
+        && head.get(12) == Some(&b' ')
+        && head.get(end..end + 2) == Some(b"\r\n");
+    plain.then_some(0..end + 2)
 }
 
 /// Reads more of the client's bytes into `buf`: false when the client closed
@@ -791,6 +831,67 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the header lines a rewritten head keeps, in runs: kept headers
+/// that follow each other in the parsed head are one slice of it, copied at
+/// once (most heads keep all their headers, so this is one copy instead of
+/// four per header). A line is copied as received only when it is exactly
+/// `name:`, optional spaces or tabs, the value and CRLF; any other (a bare
+/// LF ending) is written anew by [`put_header`].
+struct Lines<'h> {
+    head: &'h [u8],
+    /// The run of kept lines not yet copied.
+    run: std::ops::Range<usize>,
+}
+
+impl<'h> Lines<'h> {
+    fn new(head: &'h [u8]) -> Self {
+        Self { head, run: 0..0 }
+    }
+
+    /// Where the line of `h` is in the head, if it is in the plain form.
+    fn line(&self, h: &httparse::Header<'_>) -> Option<std::ops::Range<usize>> {
+        let base = self.head.as_ptr() as usize;
+        let start = (h.name.as_ptr() as usize).checked_sub(base)?;
+        let colon = start.checked_add(h.name.len())?;
+        let value = (h.value.as_ptr() as usize).checked_sub(base)?;
+        let end = value.checked_add(h.value.len())?;
+        let plain = self.head.get(colon) == Some(&b':')
+            && value > colon
+            && self
+                .head
+                .get(colon + 1..value)?
+                .iter()
+                .all(|b| *b == b' ' || *b == b'\t')
+            && self.head.get(end..end + 2) == Some(b"\r\n");
+        plain.then_some(start..end + 2)
+    }
+
+    /// Adds the line of `h` to what `out` gets.
+    fn keep(&mut self, out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+        match self.line(h) {
+            Some(line) if line.start == self.run.end && !self.run.is_empty() => {
+                self.run.end = line.end;
+            }
+            Some(line) => {
+                self.flush(out);
+                self.run = line;
+            }
+            None => {
+                self.flush(out);
+                put_header(out, h.name, h.value);
+            }
+        }
+    }
+
+    /// Copies the pending run to `out`; call before writing anything else.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(run) = self.head.get(self.run.clone()) {
+            out.extend_from_slice(run);
+        }
+        self.run = 0..0;
+    }
 }
 
 /// The parsed header list, as a source of trace headers.
@@ -1005,6 +1106,105 @@ mod tests {
             last = cut;
         }
         (None, c.data)
+    }
+
+    /// The lines of `head` (a response) that `rewrite_response` keeps, as it writes them.
+    fn rewritten(head: &[u8]) -> Vec<u8> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(head).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => panic!("partial head"),
+        };
+        let mut out = Vec::new();
+        rewrite_response(&resp, &head[..len], false, &mut out)
+            .ok()
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn kept_header_lines_go_on_as_they_came_and_odd_ones_are_rewritten() {
+        // Plain lines (any optional whitespace after the colon, an empty
+        // value) are copied; hop-by-hop ones dropped; a bare LF ending and
+        // trailing whitespace give a line written anew.
+        let head = b"HTTP/1.1 200 OK\r\nServer: x\r\nA:b\r\nC:\t d\r\nE:\r\n\
+            Connection: keep-alive, x-hop\r\nX-Hop: 1\r\nF: g\nH: i  \r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(rewritten(head)).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: x\r\nA:b\r\nC:\t d\r\nE:\r\n\
+             F: g\r\nH: i\r\nContent-Length: 0\r\n"
+        );
+        // Not HTTP/1.1, or no reason phrase: the status line is written anew.
+        assert_eq!(
+            rewritten(b"HTTP/1.0 404 Not Found\r\nA: b\r\n\r\n"),
+            b"HTTP/1.1 404 Not Found\r\nA: b\r\n"
+        );
+        assert_eq!(rewritten(b"HTTP/1.1 204 \r\n\r\n"), b"HTTP/1.1 204 \r\n");
+        assert_eq!(rewritten(b"HTTP/1.1 200 OK\n\n"), b"HTTP/1.1 200 OK\r\n");
+    }
+
+    proptest! {
+        /// Whatever the header lines look like, the rewritten head has each
+        /// kept header once, in order, with its value, every line ending in
+        /// CRLF (never a bare LF passed on).
+        #[test]
+        fn rewritten_heads_keep_every_header_and_end_lines_in_crlf(
+            lines in proptest::collection::vec(
+                ("[A-Za-z][A-Za-z0-9-]{0,8}", "[ -~]{0,12}", 0usize..3, 0usize..2),
+                0..10,
+            ),
+            reason in "[A-Za-z ]{0,6}",
+        ) {
+            let mut head = format!("HTTP/1.1 200 {reason}\r\n").into_bytes();
+            for (name, value, sep, crlf) in &lines {
+                head.extend_from_slice(name.as_bytes());
+                head.extend_from_slice([": ", ":", ":\t"][*sep].as_bytes());
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(if *crlf == 1 { b"\r\n" } else { b"\n" });
+            }
+            head.extend_from_slice(b"\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(_)) = resp.parse(&head) else {
+                return Ok(()); // not a head httparse takes
+            };
+            let expected: Vec<(String, Vec<u8>)> = resp
+                .headers
+                .iter()
+                .filter(|h| {
+                    !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+                        && !h.name.eq_ignore_ascii_case("content-length")
+                })
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                .collect();
+            let expected_reason = resp.reason.map(str::to_owned);
+            drop(resp);
+            let mut out = Vec::new();
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(len)) = resp.parse(&head) else { unreachable!() };
+            if rewrite_response(&resp, &head[..len], false, &mut out).is_err() {
+                return Ok(()); // e.g. a Content-Length that is not a number
+            }
+            let bare_lf = out
+                .iter()
+                .enumerate()
+                .any(|(i, b)| *b == b'\n' && (i == 0 || out[i - 1] != b'\r'));
+            prop_assert!(!bare_lf, "a bare LF in {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(b"\r\n");
+            let mut back = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut again = httparse::Response::new(&mut back);
+            prop_assert!(matches!(again.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
+            let got: Vec<(String, Vec<u8>)> = again
+                .headers
+                .iter()
+                .filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                .collect();
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(again.reason.map(str::to_owned), expected_reason);
+        }
     }
 
     #[test]

@@ -816,6 +816,7 @@ fn http1_framing_and_headers_pass_through_exactly() {
              GET /chunked HTTP/1.1\r\nHost: {listen}\r\n\r\n\
              GET /hints HTTP/1.1\r\nHost: {listen}\r\n\r\n\
              POST /echo HTTP/1.1\r\nHost: {listen}\r\nContent-Length: 4\r\n\r\nbody\
+             GET /odd HTTP/1.1\r\nHost: {listen}\r\nX-A:1\nX-B:\t2 \r\nX-C:\r\n\r\n\
              GET /eof HTTP/1.1\r\nHost: {listen}\r\n\r\n"
         )
         .as_bytes(),
@@ -830,12 +831,13 @@ fn http1_framing_and_headers_pass_through_exactly() {
          HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
          HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\
          HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n\
+         HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n\
          HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
     );
     // One upstream connection served them all.
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     let heads = up.heads.lock().unwrap().clone();
-    assert_eq!(heads.len(), 6, "{heads:?}");
+    assert_eq!(heads.len(), 7, "{heads:?}");
     let first = heads[0].to_ascii_lowercase();
     for expected in [
         "get /cl http/1.1\r\n",
@@ -851,6 +853,20 @@ fn http1_framing_and_headers_pass_through_exactly() {
         assert!(!first.contains(hop), "{hop} was forwarded: {first}");
     }
     assert!(heads[4].ends_with("\r\n\r\n") && heads[4].contains("Content-Length: 4"));
+    // Header lines go on as they came when plain, and are written anew
+    // when not (a bare LF, trailing whitespace): never a bare LF upstream.
+    assert!(
+        heads[5].starts_with(&format!(
+            "GET /odd HTTP/1.1\r\nHost: {listen}\r\nX-A: 1\r\nX-B: 2\r\nX-C:\r\n"
+        )),
+        "{:?}",
+        heads[5]
+    );
+    assert!(
+        !heads[5].replace("\r\n", "").contains('\n'),
+        "{:?}",
+        heads[5]
+    );
     let metrics = http_get(admin, "/metrics").2;
     assert!(
         metrics.contains(

@@ -259,14 +259,7 @@ pub fn hex16(v: u64, out: &mut [u8]) {
 /// Builds the values on the stack: the proxy's fast path calls this for
 /// every request.
 pub fn outgoing_headers(ctx: &Outgoing, mut put: impl FnMut(&'static str, &str)) {
-    // "00-" trace(32) "-" span(16) "-" flags(2)
-    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex16(ctx.trace_id.hi, &mut tp[3..]);
-    hex16(ctx.trace_id.lo, &mut tp[19..]);
-    hex16(ctx.span_id, &mut tp[36..]);
-    if ctx.sampled {
-        tp[54] = b'1';
-    }
+    let tp = traceparent(ctx);
     put("traceparent", std::str::from_utf8(&tp).unwrap_or_default());
     let trace = if ctx.trace_id.hi == 0 {
         &tp[19..35]
@@ -292,6 +285,53 @@ pub fn outgoing_headers(ctx: &Outgoing, mut put: impl FnMut(&'static str, &str))
     put("x-b3-sampled", if ctx.sampled { "1" } else { "0" });
     if let Some(ts) = &ctx.tracestate {
         put("tracestate", ts);
+    }
+}
+
+/// `traceparent`'s value for `ctx`: "00-" trace(32) "-" span(16) "-" flags(2).
+fn traceparent(ctx: &Outgoing) -> [u8; 55] {
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex16(ctx.trace_id.hi, &mut tp[3..]);
+    hex16(ctx.trace_id.lo, &mut tp[19..]);
+    hex16(ctx.span_id, &mut tp[36..]);
+    if ctx.sampled {
+        tp[54] = b'1';
+    }
+    tp
+}
+
+/// The header lines of [`outgoing_headers`] for an HTTP/1 head, appended to
+/// `out` (each ending in CRLF). The proxy's fast path writes these for every
+/// request: all pieces but `tracestate` have a fixed size, so they are
+/// copied with a few moves each.
+pub fn write_outgoing_headers(ctx: &Outgoing, out: &mut Vec<u8>) {
+    let tp = traceparent(ctx);
+    out.reserve(256);
+    out.extend_from_slice(b"traceparent: ");
+    out.extend_from_slice(&tp);
+    out.extend_from_slice(b"\r\nx-b3-traceid: ");
+    if ctx.trace_id.hi == 0 {
+        out.extend_from_slice(&tp[19..35]);
+    } else {
+        out.extend_from_slice(&tp[3..35]);
+    }
+    out.extend_from_slice(b"\r\nx-b3-spanid: ");
+    out.extend_from_slice(&tp[36..52]);
+    if let Some(parent) = ctx.parent_id {
+        let mut p = [0u8; 16];
+        hex16(parent, &mut p);
+        out.extend_from_slice(b"\r\nx-b3-parentspanid: ");
+        out.extend_from_slice(&p);
+    }
+    if ctx.sampled {
+        out.extend_from_slice(b"\r\nx-b3-sampled: 1\r\n");
+    } else {
+        out.extend_from_slice(b"\r\nx-b3-sampled: 0\r\n");
+    }
+    if let Some(ts) = &ctx.tracestate {
+        out.extend_from_slice(b"tracestate: ");
+        out.extend_from_slice(ts.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -473,6 +513,22 @@ mod tests {
     }
 
     proptest! {
+        /// The fast path's header lines say what the general path's headers say.
+        #[test]
+        fn header_lines_match_the_headers(
+            hi: u64, lo: u64, span in 1u64.., parent: Option<u64>, sampled: bool,
+            tracestate in proptest::option::of("[a-z0-9=,]{1,20}"),
+        ) {
+            let ctx = Outgoing { trace_id: TraceId { hi, lo }, span_id: span, parent_id: parent, sampled, tracestate };
+            let mut expected = Vec::new();
+            outgoing_headers(&ctx, |name, value| {
+                expected.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            });
+            let mut lines = b"x: y\r\n".to_vec();
+            write_outgoing_headers(&ctx, &mut lines);
+            prop_assert_eq!(String::from_utf8(lines).unwrap(), format!("x: y\r\n{}", String::from_utf8(expected).unwrap()));
+        }
+
         #[test]
         fn parsers_never_panic(s in "\\PC{0,80}|[0-9a-f\u{e9}\u{2603}-]{0,70}") {
             let _ = parse_traceparent(&s);
