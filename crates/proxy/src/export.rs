@@ -1,9 +1,9 @@
 //! Span export off the request path: a bounded queue, batches of up to 512
 //! spans or one second, POSTed to Zipkin (JSON) and/or OTLP (protobuf).
 //! When a collector is slow or down, spans are dropped and counted; requests
-//! never wait for it. A request writes its span's Zipkin JSON onto the queue
-//! (while the span is still in the CPU's cache; the span itself is queued
-//! only for OTLP); the exporter wakes when a batch is full or a second has
+//! never wait for it. A request writes its span's Zipkin JSON straight into
+//! the queued batch (while the span is still in the CPU's cache; the span
+//! itself is queued only for OTLP); the exporter wakes when a batch is full or a second has
 //! passed, not per span, and only frames and sends what is queued.
 
 use std::sync::{Arc, Mutex};
@@ -48,18 +48,19 @@ struct Pending {
 }
 
 impl Pending {
-    /// Queues a span: its Zipkin JSON object, and itself for OTLP.
-    fn push(&mut self, zipkin: Option<&[u8]>, span: Option<Span>) {
-        if let Some(object) = zipkin {
+    /// Queues a span: its Zipkin JSON object (written here, straight into
+    /// the batch), and itself for OTLP.
+    fn push(&mut self, span: Span, zipkin: bool, otlp: bool) {
+        if zipkin {
             if self.count % BATCH != 0 {
                 self.zipkin.push(b',');
             }
-            self.zipkin.extend_from_slice(object);
+            zipkin_span_into(&span, &mut self.zipkin);
             if (self.count + 1) % BATCH == 0 {
                 self.cuts.push(self.zipkin.len());
             }
         }
-        if let Some(span) = span {
+        if otlp {
             self.spans.push(span);
         }
         self.count += 1;
@@ -95,11 +96,6 @@ impl Queue {
     }
 }
 
-thread_local! {
-    /// Where a request's thread writes a span's JSON before queueing it.
-    static SPAN_JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Request bodies being built: kept from batch to batch, so export does not
 /// allocate (and, with musl, map and unmap) a fresh buffer every batch.
 #[derive(Default)]
@@ -132,25 +128,18 @@ impl SpanSink {
         let Some(queue) = &self.queue else {
             return;
         };
-        SPAN_JSON.with_borrow_mut(|json| {
-            json.clear();
-            if queue.zipkin {
-                zipkin_span_into(&span, json);
-            }
-            let mut pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.count >= QUEUE {
-                drop(pending);
-                self.metrics.spans_dropped.inc();
-                return;
-            }
-            pending.push(
-                queue.zipkin.then_some(json.as_slice()),
-                queue.otlp.then_some(span),
-            );
-            if pending.count == BATCH {
-                queue.batch_full.notify_one();
-            }
-        });
+        let mut pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.count >= QUEUE {
+            drop(pending);
+            self.metrics.spans_dropped.inc();
+            return;
+        }
+        pending.push(span, queue.zipkin, queue.otlp);
+        let full = pending.count == BATCH;
+        drop(pending);
+        if full {
+            queue.batch_full.notify_one();
+        }
     }
 }
 
@@ -353,7 +342,7 @@ impl Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{Kind, Text};
+    use crate::span::{HttpTags, Kind, Text};
     use sidecar_telemetry::trace::TraceId;
 
     fn span(id: u64) -> Span {
@@ -368,7 +357,10 @@ mod tests {
             service: Arc::from("s"),
             local_ip: None,
             local_port: None,
-            tags: vec![("http.url", Text::Owned(format!("http://h/{id}")))],
+            tags: HttpTags {
+                url: format!("http://h/{id}"),
+                ..HttpTags::default()
+            },
             error: false,
         }
     }
@@ -394,9 +386,7 @@ mod tests {
         for total in [0, 1, BATCH - 1, BATCH, BATCH + 1, 2 * BATCH, 2 * BATCH + 76] {
             let mut pending = Pending::default();
             for id in 1..=total as u64 {
-                let mut json = Vec::new();
-                zipkin_span_into(&span(id), &mut json);
-                pending.push(Some(&json), Some(span(id)));
+                pending.push(span(id), true, true);
             }
             let batches = zipkin_batches(&pending);
             assert_eq!(batches.len(), total.div_ceil(BATCH), "{total} spans");
@@ -416,9 +406,7 @@ mod tests {
     #[test]
     fn without_otlp_no_span_is_kept() {
         let mut pending = Pending::default();
-        let mut json = Vec::new();
-        zipkin_span_into(&span(7), &mut json);
-        pending.push(Some(&json), None);
+        pending.push(span(7), true, false);
         assert!(pending.spans.is_empty());
         assert_eq!(zipkin_batches(&pending), vec![vec![format!("{:016x}", 7)]]);
     }

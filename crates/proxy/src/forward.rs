@@ -25,7 +25,7 @@ use crate::config::{Direction, Timeouts};
 use crate::export::SpanSink;
 use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index, method_name};
 use crate::pool::Pool;
-use crate::span::{Kind, Span, Text};
+use crate::span::{HttpTags, Kind, Span, Text};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -243,14 +243,9 @@ impl Pending {
         if let Some(mut span) = self.span.take() {
             span.duration_us = (elapsed.as_micros() as u64).max(1);
             span.error = self.status == 0 || self.status >= 500;
-            span.tags.extend([
-                ("http.status_code", Text::Number(self.status.into())),
-                (
-                    "request_size",
-                    Text::Number(self.request_bytes.load(Ordering::Relaxed)),
-                ),
-                ("response_size", Text::Number(self.response_bytes)),
-            ]);
+            span.tags.status_code = self.status;
+            span.tags.request_size = self.request_bytes.load(Ordering::Relaxed);
+            span.tags.response_size = self.response_bytes;
             self.shared.spans.send(span);
         }
     }
@@ -407,30 +402,21 @@ pub(crate) fn begin(
             }
             url.truncate(end);
         }
-        let mut tags = Vec::with_capacity(10);
-        tags.extend([
-            ("component", Text::Static("proxy")),
-            (
-                "http.method",
-                match method_name(method) {
-                    Some(m) => Text::Static(m),
-                    None => Text::Owned(info.method.to_string()),
-                },
-            ),
-            ("http.url", Text::Owned(url)),
-            ("http.protocol", Text::Static(info.protocol)),
-            ("peer.address", Text::Shared(info.peer_ip)),
-            (
-                "upstream_cluster",
-                match route {
-                    Some(r) => Text::Shared(Arc::clone(&r.upstream)),
-                    None => Text::Static("-"),
-                },
-            ),
-        ]);
-        if let Some(id) = info.request_id {
-            tags.push(("guid:x-request-id", Text::Owned(id.to_string())));
-        }
+        let tags = HttpTags {
+            method: match method_name(method) {
+                Some(m) => Text::Static(m),
+                None => Text::Owned(info.method.to_string()),
+            },
+            url,
+            protocol: info.protocol,
+            peer_address: Some(info.peer_ip),
+            upstream_cluster: match route {
+                Some(r) => Text::Shared(Arc::clone(&r.upstream)),
+                None => Text::Static("-"),
+            },
+            request_id: info.request_id.map(str::to_string),
+            ..HttpTags::default()
+        };
         Span {
             trace_id: outgoing.trace_id,
             id: outgoing.span_id,

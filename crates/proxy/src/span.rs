@@ -37,6 +37,12 @@ impl std::fmt::Display for Text {
     }
 }
 
+impl Default for Text {
+    fn default() -> Self {
+        Text::Static("")
+    }
+}
+
 impl From<&'static str> for Text {
     fn from(s: &'static str) -> Self {
         Text::Static(s)
@@ -64,8 +70,63 @@ pub struct Span {
     pub service: Arc<str>,
     pub local_ip: Option<IpAddr>,
     pub local_port: Option<u16>,
-    pub tags: Vec<(&'static str, Text)>,
+    pub tags: HttpTags,
     pub error: bool,
+}
+
+/// The tags of one proxied request, with Envoy's names (`component` is
+/// always `proxy`). Fields rather than a list of pairs: the tag names are
+/// then constants in the JSON writer, which runs once per request.
+#[derive(Debug, Clone, Default)]
+pub struct HttpTags {
+    /// `http.method`
+    pub method: Text,
+    /// `http.url`: scheme, Host and path, at most 256 bytes.
+    pub url: String,
+    /// `http.protocol`: `HTTP/1.1`, `HTTP/2`...
+    pub protocol: &'static str,
+    /// `peer.address`: the client's IP.
+    pub peer_address: Option<Arc<str>>,
+    /// `upstream_cluster`: the route's upstream (`-` when no route matched).
+    pub upstream_cluster: Text,
+    /// `guid:x-request-id`
+    pub request_id: Option<String>,
+    /// `http.status_code` (0: no response).
+    pub status_code: u16,
+    /// `request_size`: request body bytes.
+    pub request_size: u64,
+    /// `response_size`: response body bytes.
+    pub response_size: u64,
+}
+
+impl Span {
+    /// The span's tags as (name, value) pairs, `error` included when set, in
+    /// the order the Zipkin JSON has them.
+    pub fn tag_list(&self) -> Vec<(&'static str, String)> {
+        let t = &self.tags;
+        let mut tags = vec![
+            ("component", "proxy".to_string()),
+            ("http.method", t.method.to_string()),
+            ("http.url", t.url.clone()),
+            ("http.protocol", t.protocol.to_string()),
+        ];
+        if let Some(peer) = &t.peer_address {
+            tags.push(("peer.address", peer.to_string()));
+        }
+        tags.push(("upstream_cluster", t.upstream_cluster.to_string()));
+        if let Some(id) = &t.request_id {
+            tags.push(("guid:x-request-id", id.clone()));
+        }
+        tags.extend([
+            ("http.status_code", t.status_code.to_string()),
+            ("request_size", t.request_size.to_string()),
+            ("response_size", t.response_size.to_string()),
+        ]);
+        if self.error {
+            tags.push(("error", "true".to_string()));
+        }
+        tags
+    }
 }
 
 /// Appends one span's Zipkin v2 JSON object to `out` (an element of a
@@ -99,10 +160,9 @@ pub fn zipkin_span_into(s: &Span, out: &mut Vec<u8>) {
         Kind::Client => b",\"kind\":\"CLIENT\",\"timestamp\":",
         Kind::Server => b",\"kind\":\"SERVER\",\"timestamp\":",
     });
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(s.start_us).as_bytes());
+    decimal(out, s.start_us);
     out.extend_from_slice(b",\"duration\":");
-    out.extend_from_slice(digits.format(s.duration_us.max(1)).as_bytes());
+    decimal(out, s.duration_us.max(1));
     out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":");
     json_str(out, &s.service);
     match s.local_ip {
@@ -112,7 +172,7 @@ pub fn zipkin_span_into(s: &Span, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                decimal(out, octet.into());
             }
             out.push(b'"');
         }
@@ -124,24 +184,51 @@ pub fn zipkin_span_into(s: &Span, out: &mut Vec<u8>) {
     }
     if let Some(port) = s.local_port.filter(|p| *p != 0) {
         out.extend_from_slice(b",\"port\":");
-        out.extend_from_slice(digits.format(port).as_bytes());
+        decimal(out, port.into());
     }
-    out.extend_from_slice(b"},\"tags\":{");
-    for (i, (key, value)) in s.tags.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_str(out, key);
-        out.push(b':');
-        json_text(out, value);
+    let t = &s.tags;
+    out.extend_from_slice(b"},\"tags\":{\"component\":\"proxy\",\"http.method\":");
+    json_text(out, &t.method);
+    out.extend_from_slice(b",\"http.url\":");
+    json_str(out, &t.url);
+    out.extend_from_slice(b",\"http.protocol\":");
+    json_str(out, t.protocol);
+    if let Some(peer) = &t.peer_address {
+        out.extend_from_slice(b",\"peer.address\":");
+        json_str(out, peer);
     }
+    out.extend_from_slice(b",\"upstream_cluster\":");
+    json_text(out, &t.upstream_cluster);
+    if let Some(id) = &t.request_id {
+        out.extend_from_slice(b",\"guid:x-request-id\":");
+        json_str(out, id);
+    }
+    out.extend_from_slice(b",\"http.status_code\":\"");
+    decimal(out, t.status_code.into());
+    out.extend_from_slice(b"\",\"request_size\":\"");
+    decimal(out, t.request_size);
+    out.extend_from_slice(b"\",\"response_size\":\"");
+    decimal(out, t.response_size);
     if s.error {
-        if !s.tags.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"error\":\"true\"");
+        out.extend_from_slice(b"\",\"error\":\"true\"}}");
+    } else {
+        out.extend_from_slice(b"\"}}");
     }
-    out.extend_from_slice(b"}}");
+}
+
+/// Appends `n` in decimal. The digits are made in a fixed-size buffer that
+/// is appended whole and then cut to length: a copy of constant size, which
+/// the compiler does in a few moves instead of a call to `memcpy`.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut digits = [0u8; 20];
+    for d in digits[..len].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let at = out.len();
+    out.extend_from_slice(&digits);
+    out.truncate(at + len);
 }
 
 /// A tag value or name as a JSON string (numbers too: Zipkin tags are strings).
@@ -152,7 +239,7 @@ fn json_text(out: &mut Vec<u8>, text: &Text) {
         Text::Owned(v) => json_str(out, v),
         Text::Number(n) => {
             out.push(b'"');
-            out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            decimal(out, *n);
             out.push(b'"');
         }
     }
@@ -211,8 +298,12 @@ pub fn otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
     for s in spans {
         let start_ns = s.start_us.saturating_mul(1000);
         let end_ns = start_ns.saturating_add(s.duration_us.max(1).saturating_mul(1000));
-        let mut attributes: Vec<KeyValue> =
-            s.tags.iter().map(|(k, v)| kv(k, v.to_string())).collect();
+        let mut attributes: Vec<KeyValue> = s
+            .tag_list()
+            .into_iter()
+            .filter(|(k, _)| *k != "error")
+            .map(|(k, v)| kv(k, v))
+            .collect();
         if let Some(ip) = s.local_ip.filter(|ip| !ip.is_unspecified()) {
             attributes.push(kv("net.host.ip", ip.to_string()));
         }
@@ -289,7 +380,17 @@ mod tests {
             service: Arc::from("service1"),
             local_ip: Some("10.0.0.7".parse().unwrap()),
             local_port: Some(8000),
-            tags: vec![("http.method", "GET".into()), ("component", "proxy".into())],
+            tags: HttpTags {
+                method: "GET".into(),
+                url: "http://shop/check?item=1".into(),
+                protocol: "HTTP/1.1",
+                peer_address: Some(Arc::from("10.0.0.9")),
+                upstream_cluster: "127.0.0.1:8080".into(),
+                request_id: Some("d1f0c0a4-7c1e-4a47-9d2b-0f3e4b5a6c7d".into()),
+                status_code: 503,
+                request_size: 0,
+                response_size: 19,
+            },
             error: true,
         }
     }
@@ -320,20 +421,32 @@ mod tests {
         assert_eq!(s["localEndpoint"]["serviceName"], "service1");
         assert_eq!(s["localEndpoint"]["ipv4"], "10.0.0.7");
         assert_eq!(s["localEndpoint"]["port"], 8000);
-        assert_eq!(s["tags"]["error"], "true");
-        assert_eq!(s["tags"]["http.method"], "GET");
+        let tags = serde_json::json!({
+            "component": "proxy",
+            "http.method": "GET",
+            "http.url": "http://shop/check?item=1",
+            "http.protocol": "HTTP/1.1",
+            "peer.address": "10.0.0.9",
+            "upstream_cluster": "127.0.0.1:8080",
+            "guid:x-request-id": "d1f0c0a4-7c1e-4a47-9d2b-0f3e4b5a6c7d",
+            "http.status_code": "503",
+            "request_size": "0",
+            "response_size": "19",
+            "error": "true",
+        });
+        assert_eq!(s["tags"], tags);
     }
 
     #[test]
     fn strings_are_escaped_as_json_requires() {
         let mut s = sample();
         s.name = Text::Owned("a\"b\\c\n\r\t\u{1}\u{1f}\u{7f}é😀/".into());
-        s.tags = vec![("k\"ey", Text::Owned("\u{0}".into()))];
+        s.tags.request_id = Some("\u{0}\"".into());
         let json = String::from_utf8(zipkin_json(&[s])).unwrap();
         // DEL (0x7f) and non-ASCII need no escaping in JSON.
         let name = "\"name\":\"a\\\"b\\\\c\\n\\r\\t\\u0001\\u001f\u{7f}é😀/\"";
         assert!(json.contains(name), "{json}");
-        assert!(json.contains(r#""k\"ey":"\u0000""#), "{json}");
+        assert!(json.contains(r#""guid:x-request-id":"\u0000\"""#), "{json}");
     }
 
     fn text(choice: u8, s: String, n: u64) -> Text {
@@ -353,9 +466,13 @@ mod tests {
             hi: u64, lo: u64, id: u64, parent: Option<u64>, server: bool,
             name in ".*", choice: u8, service in ".*", ip: Option<(bool, u128)>, port: Option<u16>,
             start: u64, duration: u64, n: u64, error: bool,
-            tags in proptest::collection::vec((".*", 0u8..4, proptest::num::u64::ANY), 0..4),
+            tags in (
+                (".*", 0u8..4, ".*", proptest::option::of(".*")),
+                (".*", 0u8..4, proptest::option::of(".*")),
+                (proptest::num::u16::ANY, proptest::num::u64::ANY, proptest::num::u64::ANY),
+            ),
         ) {
-            let keys = ["component", "http.url", "guid:x-request-id", "k\"\\"];
+            let ((method, method_choice, url, peer), (cluster, cluster_choice, request_id), sizes) = tags;
             let span = Span {
                 trace_id: TraceId { hi, lo },
                 id,
@@ -373,11 +490,17 @@ mod tests {
                     }
                 }),
                 local_port: port,
-                tags: tags
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (v, c, n))| (keys[i], text(c, v, n)))
-                    .collect(),
+                tags: HttpTags {
+                    method: text(method_choice, method, n),
+                    url,
+                    protocol: "HTTP/1.1",
+                    peer_address: peer.map(Arc::from),
+                    upstream_cluster: text(cluster_choice, cluster, n),
+                    request_id,
+                    status_code: sizes.0,
+                    request_size: sizes.1,
+                    response_size: sizes.2,
+                },
                 error,
             };
             let list: serde_json::Value = serde_json::from_slice(&zipkin_json(&[span.clone(), span.clone()])).unwrap();
@@ -403,12 +526,10 @@ mod tests {
             }
             proptest::prop_assert_eq!(endpoint["port"].as_u64(), port.filter(|p| *p != 0).map(u64::from));
             let mut expected = serde_json::Map::new();
-            for (k, t) in &span.tags {
-                expected.insert(k.to_string(), t.to_string().into());
+            for (k, v) in span.tag_list() {
+                expected.insert(k.to_string(), v.into());
             }
-            if error {
-                expected.insert("error".into(), "true".into());
-            }
+            proptest::prop_assert_eq!(expected.get("error").is_some(), error);
             proptest::prop_assert_eq!(&v["tags"], &serde_json::Value::Object(expected));
         }
     }
