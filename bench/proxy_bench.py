@@ -9,7 +9,12 @@ Called by bench/proxy.sh. In one run, on loopback:
   with upstream keepalive), alternating rounds;
 - requests/s, p50/p99 latency, and RSS idle and under load; and the
   sidecar's ratios to nginx per round (the two proxies run back to back,
-  in turns first), which the machine's drift over a run does not move.
+  in turns first), which the machine's drift over a run does not move;
+- the CPU time each proxy process spends per request (all its threads, from
+  /proc/PID/task/*/schedstat), and the whole machine's (from /proc/stat):
+  with wrk, the upstream and the proxy sharing this machine's CPUs,
+  requests/s also depends on how the scheduler places them, while CPU per
+  request is the proxy's own cost.
 """
 
 import os
@@ -49,10 +54,32 @@ def rss_kib(pid, field="VmRSS"):
     return 0
 
 
-def wrk(url, seconds, connections):
+def cpu_ns(pid):
+    """CPU time of all threads of `pid` so far, in ns (0 once it is gone)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def machine_busy_s():
+    """Seconds all CPUs were busy so far (not idle or iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, seconds, connections, pid=None):
+    before, busy = (cpu_ns(pid) if pid else 0), machine_busy_s()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
                          capture_output=True, text=True, check=True).stdout
+    proxy_ns, busy = (cpu_ns(pid) - before if pid else 0), machine_busy_s() - busy
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = int(re.search(r"(\d+) requests in", out).group(1))
 
     def lat(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -60,7 +87,9 @@ def wrk(url, seconds, connections):
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, lat(50), lat(99), int(errors.group(1)) if errors else 0
+    # CPU microseconds per request: the proxy's, and the whole machine's.
+    per_request = (proxy_ns / 1000 / done, busy * 1e6 / done) if done else (0.0, 0.0)
+    return rps, lat(50), lat(99), int(errors.group(1)) if errors else 0, *per_request
 
 
 NGINX_CONF = """
@@ -143,6 +172,7 @@ def main():
             "sidecar proxy": f"http://127.0.0.1:{side_port}/",
             "nginx": f"http://127.0.0.1:{ngx_port}/",
         }
+        pids = {"sidecar proxy": side.pid, "nginx": ngx_worker}
         results = {name: [] for name in targets}
         for round_ in range(rounds):
             # The two proxies swap places every round, so neither always
@@ -151,7 +181,7 @@ def main():
             if round_ % 2:
                 names[1], names[2] = names[2], names[1]
             for name in names:
-                results[name].append(wrk(targets[name], seconds, conns))
+                results[name].append(wrk(targets[name], seconds, conns, pids.get(name)))
         loaded = {"sidecar proxy": rss_kib(side.pid, "VmHWM"), "nginx": rss_kib(ngx_worker, "VmHWM")}
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics").read().decode()
         exported = sum(float(l.split()[-1]) for l in metrics.splitlines()
@@ -161,8 +191,9 @@ def main():
 
         print(f"wrk -t1 -c{conns} -d{seconds}s, {rounds} rounds each (median), alternating; "
               f"proxies with 1 worker; sidecar samples every request\n")
-        print("| path | requests/s | vs nginx | p50 | p99 | non-2xx | RSS idle | peak RSS under load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| path | requests/s | vs nginx | p50 | p99 | non-2xx | RSS idle | peak RSS under load "
+              "| proxy CPU per request | machine CPU per request |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         ngx_rps = statistics.median(r[0] for r in results["nginx"])
         for name, rs in results.items():
             rps = statistics.median(r[0] for r in rs)
@@ -172,16 +203,22 @@ def main():
             idle_s = f"{idle[name] / 1024:.1f} MiB" if name in idle else "-"
             load_s = f"{loaded[name] / 1024:.1f} MiB" if name in loaded else "-"
             ratio = f"{rps / ngx_rps:.2f}x" if name != "direct (no proxy)" else "-"
-            print(f"| {name} | {rps:,.0f} | {ratio} | {p50:.2f} ms | {p99:.2f} ms | {errors} | {idle_s} | {load_s} |")
+            proxy_cpu = f"{statistics.median(r[4] for r in rs):.1f} us" if name in pids else "-"
+            machine_cpu = f"{statistics.median(r[5] for r in rs):.1f} us"
+            print(f"| {name} | {rps:,.0f} | {ratio} | {p50:.2f} ms | {p99:.2f} ms | {errors} | {idle_s} | {load_s} "
+                  f"| {proxy_cpu} | {machine_cpu} |")
         # Each round's sidecar run against that round's nginx run, next to
         # it in time: the machine's drift over a run cancels out of these.
-        pairs = [(s[0] / n[0], s[2] / n[2]) for s, n in zip(results["sidecar proxy"], results["nginx"])]
+        pairs = [(s[0] / n[0], s[2] / n[2], s[4] / n[4]) for s, n in zip(results["sidecar proxy"], results["nginx"])]
         rps_ratios = sorted(p[0] for p in pairs)
         p99_ratios = sorted(p[1] for p in pairs)
+        cpu_ratios = sorted(p[2] for p in pairs)
         print(f"\nper round, sidecar / nginx: requests/s median {statistics.median(rps_ratios):.2f}x "
               f"(range {rps_ratios[0]:.2f}-{rps_ratios[-1]:.2f}, {sum(r >= 1 for r in rps_ratios)} of "
               f"{len(pairs)} rounds at least nginx's); p99 median {statistics.median(p99_ratios):.2f}x "
-              f"(range {p99_ratios[0]:.2f}-{p99_ratios[-1]:.2f})")
+              f"(range {p99_ratios[0]:.2f}-{p99_ratios[-1]:.2f}); proxy CPU per request median "
+              f"{statistics.median(cpu_ratios):.2f}x (range {cpu_ratios[0]:.2f}-{cpu_ratios[-1]:.2f}, "
+              f"{sum(r <= 1 for r in cpu_ratios)} of {len(pairs)} rounds at most nginx's)")
         print(f"spans exported by the sidecar: {exported:,.0f}, dropped: {dropped:,.0f}")
     finally:
         for p in procs:
