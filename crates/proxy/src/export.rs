@@ -3,8 +3,9 @@
 //! When a collector is slow or down, spans are dropped and counted; requests
 //! never wait for it. A request writes its span's Zipkin JSON straight into
 //! the queued batch (while the span is still in the CPU's cache; the span
-//! itself is queued only for OTLP); the exporter wakes when a batch is full or a second has
-//! passed, not per span, and only frames and sends what is queued.
+//! itself is queued only for OTLP); the exporter wakes when a batch is full
+//! or a second has passed, not per span, and only frames and sends what is
+//! queued.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

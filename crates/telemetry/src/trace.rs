@@ -256,8 +256,8 @@ pub fn hex16(v: u64, out: &mut [u8]) {
 
 /// Calls `put(name, value)` for each header that carries `ctx` to the next
 /// hop: W3C `traceparent` (and `tracestate` as received) and B3 multi.
-/// Builds the values on the stack: the proxy's fast path calls this for
-/// every request.
+/// The general path's form ([`inject`]); the fast path writes the same
+/// headers as lines with [`write_outgoing_headers`].
 pub fn outgoing_headers(ctx: &Outgoing, mut put: impl FnMut(&'static str, &str)) {
     let tp = traceparent(ctx);
     put("traceparent", std::str::from_utf8(&tp).unwrap_or_default());
