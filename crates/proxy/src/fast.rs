@@ -334,20 +334,15 @@ impl Conn {
         // trace context and X-Forwarded-* added.
         out.clear();
         let mut lines = Lines::new(head);
-        // `METHOD path HTTP/1.1` goes on as it came (with the header lines
-        // after it, in one run), any other form is written anew.
-        let offset = |s: &str| (s.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
-        let line = method.len() + 1 + path.len();
-        if offset(method) == 0
-            && offset(path) == method.len() + 1
-            && head.get(line..line + 11) == Some(b" HTTP/1.1\r\n")
-        {
-            lines.run = 0..line + 11;
-        } else {
-            out.extend_from_slice(method.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(path.as_bytes());
-            out.extend_from_slice(b" HTTP/1.1\r\n");
+        match request_line(method, path, head) {
+            // It goes on as it came (with the header lines after it, in one run).
+            Some(line) => lines.run = line,
+            None => {
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(path.as_bytes());
+                out.extend_from_slice(b" HTTP/1.1\r\n");
+            }
         }
         let mut forwarded_for = Vec::new();
         for h in req.headers.iter() {
@@ -601,7 +596,6 @@ fn rewrite_response(
         reusable = false;
     }
 
-    let reason = resp.reason.unwrap_or("");
     let mut lines = Lines::new(head);
     match status_line(resp, head) {
         // An HTTP/1.1 status line goes on as it came (and, in the same run,
@@ -615,7 +609,7 @@ fn rewrite_response(
                 b'0' + (status % 10) as u8,
                 b' ',
             ]);
-            out.extend_from_slice(reason.as_bytes());
+            out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -647,6 +641,17 @@ fn rewrite_response(
         framing,
         reusable,
     })
+}
+
+/// Where the request line of `method` and `path` is in `head`, if it can go
+/// on unchanged: `METHOD path HTTP/1.1` and CRLF, from the head's first byte.
+fn request_line(method: &str, path: &str, head: &[u8]) -> Option<std::ops::Range<usize>> {
+    let offset = |s: &str| (s.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+    let end = method.len() + 1 + path.len();
+    let plain = offset(method) == 0
+        && offset(path) == method.len() + 1
+        && head.get(end..end + 11) == Some(b" HTTP/1.1\r\n");
+    plain.then_some(0..end + 11)
 }
 
 /// Where the status line of `resp` is in `head`, if it can go on unchanged:
