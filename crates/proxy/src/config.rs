@@ -146,6 +146,15 @@ pub struct Config {
     /// Largest request header block accepted (then 431).
     #[serde(default = "max_header_default")]
     pub max_header_bytes: usize,
+    /// Serve common HTTP/1.1 requests on the fast path (false: every request
+    /// takes the general path on hyper; the same rules apply, at more CPU
+    /// per request). A safety valve, should the fast path ever misbehave.
+    #[serde(default = "yes")]
+    pub fast_path: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn admin_default() -> String {
@@ -171,6 +180,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             drain_timeout: d_drain(),
             max_header_bytes: max_header_default(),
+            fast_path: true,
         }
     }
 }
@@ -331,6 +341,9 @@ admin: 0.0.0.0:9901
         );
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert!(c.fast_path);
+        let off = Config::from_yaml(&format!("{DEMO}fast_path: false\n"), "d").unwrap();
+        assert!(!off.fast_path);
     }
 
     #[test]

@@ -1,275 +1,77 @@
-//! One request through the proxy: route, trace headers, hop-by-hop headers,
-//! streaming bodies both ways, upgrades, errors, and the span at the end.
+//! The general path, on hyper: any request the fast path leaves (h2c,
+//! upgrades, chunked or large bodies, `Expect`, HTTP/1.0, odd heads), and
+//! every request when the fast path is off. The same rules as the fast path
+//! ([`rules`]) accept the request and decide its fields; bodies stream both
+//! ways; the span and metrics end with the response body ([`Tracked`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use sidecar_telemetry::trace::{self, Outgoing, TraceId};
+use sidecar_telemetry::trace::{self, Outgoing};
 
-use crate::config::{Direction, Timeouts};
-use crate::export::SpanSink;
-use crate::metrics::{Metrics, RejectLabels, RouteLabels, RouteStats, method_index, method_name};
+use crate::body::{BoxError, ProxyBody, full};
+use crate::guard::Verdict;
 use crate::pool::Pool;
-use crate::span::{HttpTags, Kind, Span, Text};
+use crate::request::{
+    Failure, Grpc, ListenerRt, Pending, RequestInfo, RouteRt, Shared, begin, now_us,
+    parse_grpc_status, reject_response,
+};
+use crate::rules::{self, Ours, Reject, Sink, TraceSource};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
-
-/// A route, ready to use.
-#[derive(Debug)]
-pub struct RouteRt {
-    pub prefix: String,
-    pub upstream: Arc<str>,
-    pub authority: Authority,
-    /// Lower-case span name, when configured.
-    pub operation: Option<Arc<str>>,
-    pub http2: bool,
-    /// Keep-alive HTTP/1.1 connections to the upstream.
-    pub pool: Arc<Pool>,
-    pub stats: RouteStats,
-}
-
-/// A listener, ready to use.
-#[derive(Debug)]
-pub struct ListenerRt {
-    pub name: String,
-    pub direction: Direction,
-    pub generate_request_id: bool,
-    pub routes: Vec<RouteRt>,
-    pub port: u16,
-    /// Requests that matched no route.
-    pub unrouted: RouteStats,
-}
-
-/// What every request needs.
-pub struct Shared {
-    pub service: Arc<str>,
-    pub sample_rate: f64,
-    pub timeouts: Timeouts,
-    pub h2: HttpClient,
-    pub metrics: Metrics,
-    pub spans: SpanSink,
-}
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1), not to the message.
-pub(crate) const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
-
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// A short plain-text error with `x-sidecar-error`.
-pub fn error_response(
-    status: StatusCode,
-    code: &'static str,
-    message: &str,
-) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(format!("{message}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.headers_mut()
-        .insert("x-sidecar-error", HeaderValue::from_static(code));
-    resp
-}
-
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// Why the proxy answers a request itself, with the status, `x-sidecar-error`
-/// code and body it answers with.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Failure {
-    NoRoute,
-    BadRequest,
-    UpstreamConnect,
-    UpstreamTimeout,
-    BadUpstreamResponse,
-}
-
-impl Failure {
-    fn parts(self) -> (StatusCode, &'static str, &'static str) {
-        match self {
-            Failure::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path"),
-            Failure::BadRequest => (
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request path is not valid",
-            ),
-            Failure::UpstreamConnect => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_connect_error",
-                "cannot connect to the upstream",
-            ),
-            Failure::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            ),
-            Failure::BadUpstreamResponse => (
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream_response",
-                "the upstream sent no valid response",
-            ),
-        }
-    }
-
-    fn response(self) -> Response<ProxyBody> {
-        let (status, code, message) = self.parts();
-        error_response(status, code, message)
-    }
-
-    /// The same answer as raw HTTP/1.1 bytes (the fast path's form).
-    pub(crate) fn raw(self, close: bool) -> Vec<u8> {
-        let (status, code, message) = self.parts();
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-sidecar-error: {code}\r\ncontent-length: {}\r\n{}\r\n{message}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            message.len() + 1,
-            if close { "connection: close\r\n" } else { "" },
-        )
-        .into_bytes()
-    }
-}
-
-/// Everything needed to finish a request's span and metrics, whenever its
-/// response body ends (or the client goes away).
-pub(crate) struct Pending {
-    shared: Arc<Shared>,
-    listener: Arc<ListenerRt>,
-    /// Index of the route in the listener (None: no route matched).
-    route: Option<usize>,
-    method: usize,
-    started: Instant,
-    span: Option<Span>,
-    pub(crate) request_bytes: Arc<AtomicU64>,
-    pub(crate) response_bytes: u64,
-    pub(crate) status: u16,
-}
-
-impl Pending {
-    /// Answers the request with `failure` and finishes its span and metrics.
-    fn fail(self, failure: Failure) -> Response<ProxyBody> {
-        self.settle(failure);
-        failure.response()
-    }
-
-    /// Finishes the span and metrics of a request answered with `failure`.
-    pub(crate) fn settle(mut self, failure: Failure) {
-        if let (Failure::UpstreamConnect, Some(i)) = (failure, self.route) {
-            self.shared
-                .metrics
-                .upstream_connect_errors
-                .get_or_create(&RouteLabels {
-                    listener: self.listener.name.clone(),
-                    route: self.listener.routes[i].prefix.clone(),
-                })
-                .inc();
-        }
-        self.status = failure.parts().0.as_u16();
-        self.finish();
-    }
-
-    pub(crate) fn finish(mut self) {
-        let elapsed = self.started.elapsed();
-        let stats = match self.route {
-            Some(i) => &self.listener.routes[i].stats,
-            None => &self.listener.unrouted,
-        };
-        stats.record(self.method, self.status, elapsed.as_secs_f64());
-        if let Some(mut span) = self.span.take() {
-            span.duration_us = (elapsed.as_micros() as u64).max(1);
-            span.error = self.status == 0 || self.status >= 500;
-            span.tags.status_code = self.status;
-            span.tags.request_size = self.request_bytes.load(Ordering::Relaxed);
-            span.tags.response_size = self.response_bytes;
-            self.shared.spans.send(span);
-        }
-    }
-}
-
-/// A body that counts its bytes (requests) or finishes the span at its end
-/// (responses), and then gives its upstream connection back to the pool.
-struct Tracked<B> {
+/// A body that counts its bytes (requests), or (responses) reads a gRPC
+/// call's status from its trailers and finishes the request's span and
+/// metrics at its end, then gives its upstream connection back to the pool.
+pub(crate) struct Tracked<B> {
     inner: B,
     counter: Option<Arc<AtomicU64>>,
     pending: Option<Pending>,
     conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
+    /// The body is at its end (its reader may drop it without polling on).
+    ended: bool,
 }
 
-impl<B> Tracked<B> {
-    fn new(inner: B) -> Self {
+impl<B: Body> Tracked<B> {
+    /// A request body whose bytes are added to `counter`.
+    fn counting(inner: B, counter: Arc<AtomicU64>) -> Self {
         Self {
+            ended: inner.is_end_stream(),
             inner,
-            counter: None,
+            counter: Some(counter),
             pending: None,
             conn: None,
         }
     }
 
+    /// A response body that finishes `pending` at its end and then returns
+    /// `conn` to its pool.
+    fn ending(
+        inner: B,
+        pending: Pending,
+        conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
+    ) -> Self {
+        Self {
+            ended: inner.is_end_stream(),
+            inner,
+            counter: None,
+            pending: Some(pending),
+            conn,
+        }
+    }
+}
+
+impl<B> Tracked<B> {
     /// The response was read to its end: the connection can serve another.
     fn release(&mut self) {
         if let Some((pool, sender)) = self.conn.take() {
@@ -301,10 +103,14 @@ where
                     if let Some(p) = &mut this.pending {
                         p.response_bytes += n;
                     }
+                } else if let (Some(trailers), Some(p)) = (frame.trailers_ref(), &mut this.pending)
+                {
+                    note_grpc_status(p, trailers);
                 }
                 // The last frame of a sized body: the reader may stop here
                 // without polling for the end.
                 if this.inner.is_end_stream() {
+                    this.ended = true;
                     this.release();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -338,175 +144,101 @@ where
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
         // Dropped before its end: the connection is mid-response and goes
-        // with it (`self.conn` is dropped, not returned).
-        // The client went away before the end of the body: still account for the request.
-        if let Some(p) = self.pending.take() {
+        // with it (`self.conn` is dropped, not returned), and the client
+        // went away first (the request is recorded as cancelled when its
+        // `Pending` drops here). A body at its end (HEAD, 204, the last
+        // frame of a sized body) may be dropped unpolled: it is complete.
+        if let (Some(p), true) = (self.pending.take(), self.ended) {
             p.finish();
         }
     }
 }
 
-/// What a request's span is made of, whichever path parsed it.
-pub(crate) struct RequestInfo<'a> {
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path_and_query: &'a str,
-    pub protocol: &'static str,
-    pub request_id: Option<&'a str>,
-    /// The client's address as text (the fast path makes it once per connection).
-    pub peer_ip: Arc<str>,
-    pub local: SocketAddr,
+/// Records `grpc-status` from a response head (trailers-only) or trailers.
+fn note_grpc_status(pending: &mut Pending, fields: &HeaderMap) {
+    if let (Some(g), Some(v)) = (pending.grpc.as_mut(), fields.get("grpc-status")) {
+        g.status = parse_grpc_status(v.as_bytes());
+    }
 }
 
-/// Starts a request: decides sampling, makes our span (a child of the
-/// caller's, or the root of a new trace) and the context to send on.
-pub(crate) fn begin(
-    shared: &Arc<Shared>,
-    listener: &Arc<ListenerRt>,
-    route_index: Option<usize>,
-    incoming: Option<trace::Incoming>,
-    info: RequestInfo<'_>,
-    started: Instant,
-    start_us: u64,
-) -> (Outgoing, Pending) {
-    let route = route_index.map(|i| &listener.routes[i]);
-    let sampled = incoming
-        .as_ref()
-        .and_then(|c| c.sampled)
-        .unwrap_or_else(|| fastrand::f64() < shared.sample_rate);
-    let (trace_id, parent_id, tracestate) = match incoming {
-        Some(c) => (c.trace_id, Some(c.span_id), c.tracestate),
-        None => (TraceId::random(), None, None),
-    };
-    let outgoing = Outgoing {
-        trace_id,
-        span_id: trace::nonzero_random(),
-        parent_id,
-        sampled,
-        tracestate,
-    };
-    let method = method_index(info.method);
-    let span = (sampled && shared.spans.enabled()).then(|| {
-        let name = match route.and_then(|r| r.operation.as_ref()) {
-            Some(op) => Text::Shared(Arc::clone(op)),
-            None => Text::Owned(info.host.to_ascii_lowercase()),
-        };
-        let mut url = String::with_capacity(7 + info.host.len() + info.path_and_query.len());
-        url.push_str("http://");
-        url.push_str(info.host);
-        url.push_str(info.path_and_query);
-        if url.len() > 256 {
-            let mut end = 256;
-            while !url.is_char_boundary(end) {
-                end -= 1;
+/// A rewritten head as hyper's `HeaderMap`.
+#[derive(Default)]
+struct MapSink(HeaderMap);
+
+impl Sink for MapSink {
+    fn keep(&mut self, name: &str, value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            self.0.append(n, v);
+        }
+    }
+
+    fn add_with(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        let mut v = Vec::new();
+        value(&mut v);
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            self.0.append(HeaderName::from_static(name), v);
+        }
+    }
+
+    fn trace(&mut self, ctx: &Outgoing) {
+        trace::outgoing_headers(ctx, |name, value| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                self.0.append(HeaderName::from_static(name), v);
             }
-            url.truncate(end);
-        }
-        let tags = HttpTags {
-            method: match method_name(method) {
-                Some(m) => Text::Static(m),
-                None => Text::Owned(info.method.to_string()),
-            },
-            url,
-            protocol: info.protocol,
-            peer_address: Some(info.peer_ip),
-            upstream_cluster: match route {
-                Some(r) => Text::Shared(Arc::clone(&r.upstream)),
-                None => Text::Static("-"),
-            },
-            request_id: info.request_id.map(str::to_string),
-            ..HttpTags::default()
-        };
-        Span {
-            trace_id: outgoing.trace_id,
-            id: outgoing.span_id,
-            parent_id: outgoing.parent_id,
-            name,
-            kind: match listener.direction {
-                Direction::Inbound => Kind::Server,
-                Direction::Outbound => Kind::Client,
-            },
-            start_us,
-            duration_us: 0,
-            service: Arc::clone(&shared.service),
-            local_ip: Some(info.local.ip()).filter(|ip: &IpAddr| !ip.is_unspecified()),
-            local_port: Some(listener.port),
-            tags,
-            error: false,
-        }
-    });
-    let pending = Pending {
-        shared: Arc::clone(shared),
-        listener: Arc::clone(listener),
-        route: route_index,
-        method,
-        started,
-        span,
-        request_bytes: Arc::new(AtomicU64::new(0)),
-        response_bytes: 0,
-        status: 0,
-    };
-    (outgoing, pending)
+        });
+    }
 }
 
 /// Handles one request received on `listener` from the client at `peer_ip`
-/// (accepted on `local`).
-pub async fn handle(
+/// (accepted on `local`). `verdict` is the guard's on an HTTP/1 request
+/// (None: it had none, or the request is HTTP/2).
+pub(crate) async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerRt>,
     peer_ip: Arc<str>,
     local: SocketAddr,
-    ambiguous: bool,
-    mut req: Request<Incoming>,
+    verdict: Option<Verdict>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let start_us = now_us();
-    // Request smuggling: a body length given two ways (see `guard`) is
-    // refused, and the connection closed, whatever the upstream would make of it.
-    if ambiguous {
-        shared
-            .metrics
-            .rejected
-            .get_or_create(&RejectLabels {
-                listener: listener.name.clone(),
-                reason: "malformed".into(),
-            })
-            .inc();
-        let mut resp = error_response(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            "a request may not carry both Content-Length and Transfer-Encoding",
-        );
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+    let version = match req.version() {
+        Version::HTTP_2 => rules::Version::Http2,
+        Version::HTTP_11 => rules::Version::Http11,
+        _ => rules::Version::Http10,
+    };
+    // HTTP/1: the guard's verdict on the raw head; without one, refused.
+    if version != rules::Version::Http2 {
+        match verdict {
+            Some(Ok(())) => {}
+            Some(Err(reject)) => return refuse(&shared, &listener, reject),
+            None => return refuse(&shared, &listener, Reject::Unverified),
+        }
     }
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let facts = match rules::analyze_request(version, authority, req.headers()) {
+        Ok(f) => f,
+        Err(reject) => return refuse(&shared, &listener, reject),
+    };
     let path_and_query = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let route_index = listener
-        .routes
-        .iter()
-        .position(|r| req.uri().path().starts_with(&r.prefix));
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/")
+        .to_string();
+    let route_index = listener.route(req.uri().path());
     let route = route_index.map(|i| &listener.routes[i]);
 
     // Trace context: honour what came in, start a trace otherwise.
-    let incoming = trace::extract(req.headers()).map(|(c, _)| c);
-    if listener.generate_request_id && !req.headers().contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&trace::new_request_id()) {
-            req.headers_mut().insert("x-request-id", v);
-        }
-    }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let (outgoing, pending) = begin(
+    let incoming = trace::extract(&TraceSource(req.headers())).map(|(c, _)| c);
+    let generated =
+        (listener.generate_request_id && facts.request_id.is_none()).then(trace::new_request_id);
+    let host = facts.host.unwrap_or_default().to_string();
+    let (outgoing, mut pending) = begin(
         &shared,
         &listener,
         route_index,
@@ -515,121 +247,147 @@ pub async fn handle(
             method: req.method().as_str(),
             host: &host,
             path_and_query: &path_and_query,
-            protocol: match req.version() {
-                Version::HTTP_2 => "HTTP/2",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
+            protocol: match version {
+                rules::Version::Http2 => "HTTP/2",
+                rules::Version::Http10 => "HTTP/1.0",
+                rules::Version::Http11 => "HTTP/1.1",
             },
-            request_id: req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
+            request_id: facts.request_id.or(generated.as_deref()),
             peer_ip: Arc::clone(&peer_ip),
             local,
         },
         started,
         start_us,
     );
-    trace::inject(req.headers_mut(), &outgoing);
-    let request_bytes = Arc::clone(&pending.request_bytes);
-
+    pending.grpc = Grpc::detect(
+        req.headers()
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+        req.headers().get("grpc-timeout").map(HeaderValue::as_bytes),
+    );
     let Some(route) = route else {
         return pending.fail(Failure::NoRoute);
     };
-    let mut pending = pending;
+    // Upgrades take a dedicated HTTP/1.1 connection, whatever the route speaks.
+    let http2 = route.http2 && !facts.upgrade;
+    let ours = Ours {
+        trace: &outgoing,
+        generated_id: generated.as_deref(),
+        peer_ip: &peer_ip,
+        http2_upstream: http2,
+        default_host: route.authority.as_str(),
+    };
+    let mut sink = MapSink::default();
+    rules::write_request(req.headers(), &facts, &ours, &mut sink);
+    let upstream_host = rules::upstream_host(&facts, &ours).to_string();
+    let upgrade = facts.upgrade;
 
-    if is_upgrade(req.headers()) {
-        return upgrade(shared, route, req, pending).await;
-    }
-
-    // Hop-by-hop headers stay on this hop; Host is kept; X-Forwarded-* added.
-    strip_hop_by_hop(req.headers_mut());
-    append_forwarded_for(req.headers_mut(), &peer_ip);
-    if !req.headers().contains_key("x-forwarded-proto") {
-        req.headers_mut()
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(route.authority.clone())
-        .path_and_query(path_and_query.as_str())
-        .build();
+    // HTTP/1.1 upstreams get the origin form; HTTP/2 ones `:authority`
+    // equal to what Host would be (RFC 9113 §8.3.1).
+    let uri = if http2 {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(upstream_host.as_str())
+            .path_and_query(path_and_query.as_str())
+            .build()
+            .or_else(|_| {
+                Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(route.authority.clone())
+                    .path_and_query(path_and_query.as_str())
+                    .build()
+            })
+    } else {
+        path_and_query.parse::<Uri>().map_err(http::Error::from)
+    };
     let Ok(uri) = uri else {
         return pending.fail(Failure::BadRequest);
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
-    parts.version = if route.http2 {
+    parts.headers = sink.0;
+    parts.version = if http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let body = Tracked {
-        inner: body,
-        counter: Some(request_bytes),
-        pending: None,
-        conn: None,
+    let request_bytes = Arc::clone(&pending.request_bytes);
+    let body = Tracked::counting(body, request_bytes);
+    let upstream_req = Request::from_parts(parts, body.boxed());
+    if upgrade {
+        return self::upgrade(shared, route, upstream_req, pending).await;
     }
-    .boxed();
-    let upstream_req = Request::from_parts(parts, body);
-    let sent = if route.http2 {
-        tokio::time::timeout(shared.timeouts.request, async {
-            shared.h2.request(upstream_req).await.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(e.to_string())
-                } else {
-                    UpstreamError::Response(e.to_string())
-                }
-            })
-        })
-        .await
-        .map(|r| r.map(|resp| (resp, None)))
-    } else {
-        tokio::time::timeout(
-            shared.timeouts.request,
-            send_pooled(&route.pool, upstream_req),
-        )
-        .await
-    };
-
-    match sent {
-        Err(_) => pending.fail(Failure::UpstreamTimeout),
+    let sent = tokio::time::timeout(shared.timeouts.request, async {
+        if http2 {
+            let mut sender = route
+                .pool
+                .h2()
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let resp = sender
+                .send_request(upstream_req)
+                .await
+                .map_err(|e| UpstreamError::Response(e.to_string()))?;
+            Ok((resp, None))
+        } else {
+            send_pooled(&route.pool, upstream_req).await
+        }
+    })
+    .await;
+    let (resp, sender) = match sent {
+        Err(_) => return pending.fail(Failure::UpstreamTimeout),
         Ok(Err(UpstreamError::Connect(e))) => {
             tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
-            pending.fail(Failure::UpstreamConnect)
+            return pending.fail(Failure::UpstreamConnect);
         }
         Ok(Err(UpstreamError::Response(e))) => {
             tracing::debug!("bad response from upstream {}: {e}", route.upstream);
-            pending.fail(Failure::BadUpstreamResponse)
+            return pending.fail(Failure::BadUpstreamResponse);
         }
-        Ok(Ok((resp, sender))) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            pending.status = parts.status.as_u16();
-            // A body known to be complete (HEAD, 204, empty) may be dropped
-            // unread: its connection can serve another request already.
-            let sender = match sender {
-                Some(s) if body.is_end_stream() => {
-                    route.pool.checkin(s);
-                    None
-                }
-                other => other,
-            };
-            let body = Tracked {
-                inner: body,
-                counter: None,
-                pending: Some(pending),
-                conn: sender.map(|s| (Arc::clone(&route.pool), s)),
-            }
-            .boxed();
-            Response::from_parts(parts, body)
+        Ok(Ok(sent)) => sent,
+    };
+    respond(route, resp, sender, pending)
+}
+
+/// Answers a request the rules refuse (and counts it).
+fn refuse(shared: &Shared, listener: &ListenerRt, reject: Reject) -> Response<ProxyBody> {
+    listener.count_rejected(&shared.metrics, reject.reason());
+    reject_response(reject)
+}
+
+/// The client's response from the upstream's: checked and rewritten by the
+/// rules, its body tracked to its end.
+fn respond(
+    route: &RouteRt,
+    resp: Response<Incoming>,
+    sender: Option<SendRequest<ProxyBody>>,
+    mut pending: Pending,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    let facts = match rules::analyze_response(&parts.headers) {
+        Ok(f) => f,
+        Err(e) => {
+            // The connection goes with the response (`sender` dropped).
+            tracing::debug!("bad response from upstream {}: {e}", route.upstream);
+            return pending.fail(Failure::BadUpstreamResponse);
         }
-    }
+    };
+    let mut sink = MapSink::default();
+    rules::write_response(&parts.headers, &facts, &mut sink);
+    note_grpc_status(&mut pending, &parts.headers);
+    parts.headers = sink.0;
+    pending.status = parts.status.as_u16();
+    // A body known to be complete (HEAD, 204, empty) may be dropped
+    // unread: its connection can serve another request already.
+    let sender = match sender {
+        Some(s) if body.is_end_stream() => {
+            route.pool.checkin(s);
+            None
+        }
+        other => other,
+    };
+    let body = Tracked::ending(body, pending, sender.map(|s| (Arc::clone(&route.pool), s)));
+    Response::from_parts(parts, body.boxed())
 }
 
 /// Why a request got no response from its upstream.
@@ -672,31 +430,14 @@ async fn send_pooled(
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
-    }
-}
-
 /// Upgrades (WebSocket): a dedicated HTTP/1.1 connection to the upstream;
 /// on `101 Switching Protocols` both sides are joined byte for byte.
 async fn upgrade(
     shared: Arc<Shared>,
     route: &RouteRt,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     mut pending: Pending,
 ) -> Response<ProxyBody> {
-    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
-    strip_hop_by_hop(req.headers_mut());
-    if let Some(v) = upgrade_value {
-        req.headers_mut().insert(header::UPGRADE, v);
-        req.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
     let client_side = hyper::upgrade::on(&mut req);
     let stream = match route.pool.open_stream().await {
         Ok(s) => s,
@@ -714,91 +455,28 @@ async fn upgrade(
             tracing::debug!("upgraded upstream connection ended: {e}");
         }
     });
-    let (mut parts, body) = req.into_parts();
-    parts.version = Version::HTTP_11;
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .and_then(|p| p.as_str().parse().ok())
-        .unwrap_or_else(|| Uri::from_static("/"));
-    let body = Tracked::new(body).boxed();
-    let mut resp = match tokio::time::timeout(
-        shared.timeouts.request,
-        sender.send_request(Request::from_parts(parts, body)),
-    )
-    .await
-    {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(_)) => {
-            return pending.fail(Failure::BadUpstreamResponse);
-        }
-        Err(_) => {
-            return pending.fail(Failure::UpstreamTimeout);
-        }
-    };
-    pending.status = resp.status().as_u16();
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_side = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_side, upstream_side) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::debug!("upgrade failed: {e}"),
+    let mut resp =
+        match tokio::time::timeout(shared.timeouts.request, sender.send_request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => return pending.fail(Failure::BadUpstreamResponse),
+            Err(_) => return pending.fail(Failure::UpstreamTimeout),
+        };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return respond(route, resp, None, pending);
+    }
+    pending.status = 101;
+    let upstream_side = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_side, upstream_side) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
-            pending.finish();
-        });
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, full(Bytes::new()));
-    }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let body = Tracked {
-        inner: body,
-        counter: None,
-        pending: Some(pending),
-        conn: None,
-    }
-    .boxed();
-    Response::from_parts(parts, body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_including_named_ones() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-keep", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["x-keep"], "yes");
-    }
-
-    #[test]
-    fn upgrade_detection_and_forwarded_for() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        h.remove("upgrade");
-        assert!(!is_upgrade(&h));
-        append_forwarded_for(&mut h, "10.0.0.1");
-        append_forwarded_for(&mut h, "10.0.0.2");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
-    }
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+        pending.finish();
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, full(Bytes::new()))
 }

@@ -1,12 +1,15 @@
-//! Request-smuggling guard for HTTP/1 connections.
+//! The rules' eyes in front of hyper, for HTTP/1 connections.
 //!
-//! hyper reads a request that carries both `Content-Length` and
-//! `Transfer-Encoding` as chunked and silently drops `Content-Length`, so
-//! the service cannot see the conflict. This wrapper watches the bytes a
-//! client sends, follows HTTP/1 message framing (heads, Content-Length and
-//! chunked bodies, exactly as hyper does), and records for each request head
-//! whether it declared its length both ways; the service pops those verdicts
-//! in order and refuses such requests with 400.
+//! hyper reads a request's framing fields its own way (with both
+//! `Content-Length` and `Transfer-Encoding` it silently drops the length;
+//! equal repeated lengths become one), so the general path cannot see what
+//! the client actually sent. This wrapper watches the bytes the client
+//! sends, finds each request head exactly as hyper does (httparse, same
+//! configuration), checks it with the same rules as the fast path
+//! ([`rules::analyze_request`] on the raw fields) and follows its body
+//! (Content-Length, or the shared chunked framer). The general path pops
+//! one [`Verdict`] per HTTP/1 request, in order; a request for which there
+//! is none (the guard stopped following) is refused, never waved through.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,25 +19,39 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::h1::ChunkedEnd;
+use crate::rules::{self, Body, Reject, Version};
+
+/// The rules' verdict on one request head.
+pub(crate) type Verdict = Result<(), Reject>;
+
+/// Most verdicts waiting for hyper (pipelined heads not yet served).
+const MAX_WAITING: usize = 1024;
+/// Most header fields in a head (hyper's own limit is 100; more fails there).
+const MAX_FIELDS: usize = 128;
+
 /// Verdicts of the request heads seen so far, oldest first.
 #[derive(Debug, Default, Clone)]
-pub struct Verdicts(Arc<Mutex<VecDeque<bool>>>);
+pub(crate) struct Verdicts(Arc<Mutex<VecDeque<Verdict>>>);
 
 impl Verdicts {
-    /// True when the next request (in order) declared its body length twice.
-    pub fn next_is_ambiguous(&self) -> bool {
-        self.0
-            .lock()
-            .map(|mut q| q.pop_front().unwrap_or(false))
-            .unwrap_or(false)
+    /// The verdict on the next HTTP/1 request, in order; None when the guard
+    /// has none (then the request must be refused).
+    pub(crate) fn next(&self) -> Option<Verdict> {
+        self.0.lock().ok()?.pop_front()
     }
 
-    fn push(&self, ambiguous: bool) {
-        if let Ok(mut q) = self.0.lock() {
-            if q.len() < 1024 {
-                q.push_back(ambiguous);
-            }
+    /// False when the queue is full (the guard then stops: later requests
+    /// find no verdict and are refused).
+    fn push(&self, verdict: Verdict) -> bool {
+        let Ok(mut q) = self.0.lock() else {
+            return false;
+        };
+        if q.len() >= MAX_WAITING {
+            return false;
         }
+        q.push_back(verdict);
+        true
     }
 }
 
@@ -43,19 +60,15 @@ enum State {
     /// Collecting a request head.
     Head(Vec<u8>),
     /// Skipping `n` body bytes.
-    Body(u64),
-    /// Reading a chunk-size line.
-    ChunkSize(Vec<u8>),
-    /// Skipping chunk data (plus its CRLF).
-    ChunkData(u64),
-    /// Reading trailer lines after the last chunk.
-    Trailers(Vec<u8>),
-    /// Not HTTP/1 framing any more (HTTP/2, an upgrade, something unparsable): stop looking.
+    Length(u64),
+    Chunked(ChunkedEnd),
+    /// Not HTTP/1 framing any more (HTTP/2, an upgrade, a refused or
+    /// unparsable request after which hyper closes): stop looking.
     Off,
 }
 
 /// Wraps a client connection.
-pub struct Guarded<T> {
+pub(crate) struct Guarded<T> {
     inner: T,
     state: State,
     verdicts: Verdicts,
@@ -64,7 +77,7 @@ pub struct Guarded<T> {
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T, max_head: usize) -> (Self, Verdicts) {
+    pub(crate) fn new(inner: T, max_head: usize) -> (Self, Verdicts) {
         let verdicts = Verdicts::default();
         (
             Self {
@@ -89,31 +102,32 @@ impl<T> Guarded<T> {
             match &mut self.state {
                 State::Off => return,
                 State::Head(buf) => {
-                    if buf.is_empty() {
-                        // Tolerate blank lines between requests, as parsers do.
-                        let skip = data
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        data = &data[skip..];
-                        if data.is_empty() {
-                            return;
-                        }
-                    }
                     let before = buf.len();
                     buf.extend_from_slice(data);
-                    let Some(end) = find_head_end(buf) else {
+                    // A head can only end at a line feed: parse only then.
+                    if !data.contains(&b'\n') {
                         if buf.len() > self.max_head {
                             self.state = State::Off; // hyper answers 431
                         }
                         return;
-                    };
-                    let consumed = end - before;
+                    }
                     let head = std::mem::take(buf);
-                    data = &data[consumed..];
-                    self.state = self.after_head(&head[..end]);
+                    match self.head(&head) {
+                        Some((len, next)) => {
+                            data = &data[len - before..];
+                            self.state = next;
+                        }
+                        None => {
+                            self.state = if head.len() > self.max_head {
+                                State::Off
+                            } else {
+                                State::Head(head)
+                            };
+                            return;
+                        }
+                    }
                 }
-                State::Body(n) => {
+                State::Length(n) => {
                     let take = (*n).min(data.len() as u64);
                     *n -= take;
                     data = &data[take as usize..];
@@ -121,106 +135,52 @@ impl<T> Guarded<T> {
                         self.state = State::Head(Vec::new());
                     }
                 }
-                State::ChunkSize(line) => match data.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        line.extend_from_slice(&data[..=i]);
-                        data = &data[i + 1..];
-                        let text = String::from_utf8_lossy(line);
-                        let size = text.split(';').next().unwrap_or("").trim();
-                        self.state = match u64::from_str_radix(size, 16) {
-                            Ok(0) => State::Trailers(Vec::new()),
-                            Ok(n) => State::ChunkData(n + 2),
-                            Err(_) => State::Off,
-                        };
+                State::Chunked(chunked) => match chunked.feed(data) {
+                    Ok(Some(n)) => {
+                        data = &data[n..];
+                        self.state = State::Head(Vec::new());
                     }
-                    None => {
-                        line.extend_from_slice(data);
-                        if line.len() > 1024 {
-                            self.state = State::Off;
-                        }
-                        return;
-                    }
-                },
-                State::ChunkData(n) => {
-                    let take = (*n).min(data.len() as u64);
-                    *n -= take;
-                    data = &data[take as usize..];
-                    if *n == 0 {
-                        self.state = State::ChunkSize(Vec::new());
-                    }
-                }
-                State::Trailers(line) => match data.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        line.extend_from_slice(&data[..i]);
-                        let blank = line.is_empty() || line.as_slice() == b"\r";
-                        line.clear();
-                        data = &data[i + 1..];
-                        if blank {
-                            self.state = State::Head(Vec::new());
-                        }
-                    }
-                    None => {
-                        line.extend_from_slice(data);
-                        if line.len() > self.max_head {
-                            self.state = State::Off;
-                        }
-                        return;
-                    }
+                    Ok(None) => return,
+                    Err(()) => self.state = State::Off, // hyper fails the body
                 },
             }
         }
     }
 
-    /// Records the verdict of a complete head and says how its body is framed.
-    fn after_head(&self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return State::Off,
+    /// Parses a head at the start of `buf` as hyper does: None while it is
+    /// incomplete; else its length and what follows it (after recording
+    /// its verdict).
+    fn head(&self, buf: &[u8]) -> Option<(usize, State)> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return None,
+            // hyper fails the same head and closes the connection.
+            Err(_) => return Some((buf.len(), State::Off)),
+        };
+        let version = match req.version {
+            Some(1) => Version::Http11,
+            _ => Version::Http10,
+        };
+        let target = req.path.unwrap_or("");
+        let verdict = rules::analyze_request(version, rules::target_authority(target), req.headers);
+        if !self.verdicts.push(verdict.map(|_| ())) {
+            return Some((len, State::Off));
         }
-        let mut content_length: Option<u64> = None;
-        let mut te = false;
-        let mut te_chunked = false;
-        let mut upgrade = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                content_length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
-                if content_length.is_none() {
-                    content_length = Some(0);
-                }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
-                te_chunked = String::from_utf8_lossy(h.value)
-                    .rsplit(',')
-                    .next()
-                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        let ambiguous = te && content_length.is_some();
-        self.verdicts.push(ambiguous);
-        if upgrade || req.method == Some("CONNECT") {
-            return State::Off;
-        }
-        match (te, te_chunked, content_length) {
-            (true, true, _) => State::ChunkSize(Vec::new()),
-            (true, false, _) => State::Off, // hyper refuses it
-            (false, _, Some(n)) if n > 0 => State::Body(n),
-            _ => State::Head(Vec::new()),
-        }
+        let next = match verdict {
+            // Refused: the connection closes after the answer.
+            Err(_) => State::Off,
+            // What follows is another protocol.
+            Ok(f) if f.upgrade || req.method == Some("CONNECT") => State::Off,
+            Ok(f) => match f.body {
+                Body::Empty | Body::Length(0) => State::Head(Vec::new()),
+                Body::Length(n) => State::Length(n),
+                Body::Chunked => State::Chunked(ChunkedEnd::default()),
+            },
+        };
+        Some((len, next))
     }
-}
-
-/// Index just past the `\r\n\r\n` (or `\n\n`) ending a head.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
@@ -290,7 +250,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn verdicts(stream: &[u8], cuts: &[usize]) -> Vec<bool> {
+    fn verdicts(stream: &[u8], cuts: &[usize]) -> Vec<Verdict> {
         let (mut g, v) = Guarded::new((), 64 * 1024);
         let mut last = 0;
         let mut cuts: Vec<usize> = cuts.iter().map(|c| (*c).min(stream.len())).collect();
@@ -300,14 +260,7 @@ mod tests {
             g.scan(&stream[last..c]);
             last = c;
         }
-        let mut out = Vec::new();
-        while let Ok(mut q) = v.0.lock() {
-            match q.pop_front() {
-                Some(b) => out.push(b),
-                None => break,
-            }
-        }
-        out
+        std::iter::from_fn(|| v.next()).collect()
     }
 
     const PIPELINE: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 18\r\n\r\nContent-Length: 5\r\n\
@@ -316,21 +269,54 @@ POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r
 GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
 
     #[test]
-    fn follows_framing_and_flags_only_ambiguous_heads() {
-        assert_eq!(verdicts(PIPELINE, &[]), vec![false, false, true, false]);
+    fn follows_framing_and_stops_after_a_refused_head() {
+        // The refused head closes the connection: the guard does not read on.
+        assert_eq!(
+            verdicts(PIPELINE, &[]),
+            vec![Ok(()), Ok(()), Err(Reject::LengthTwice)]
+        );
+    }
+
+    #[test]
+    fn finds_head_ends_as_the_parser_does_after_a_bare_lf_head() {
+        // A head ending in a bare LF, then a CL+TE request: the old guard
+        // searched for CRLFCRLF first and read both heads as one.
+        let stream = b"GET /a HTTP/1.1\nHost: x\n\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(
+            verdicts(stream, &[]),
+            vec![Ok(()), Err(Reject::LengthTwice)]
+        );
     }
 
     #[test]
     fn stops_at_http2_and_upgrades() {
         assert!(verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &[]).is_empty());
-        let v = verdicts(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", &[]);
-        assert_eq!(v, vec![false]);
+        let v = verdicts(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", &[]);
+        assert_eq!(v, vec![Ok(())]);
+        // An h2c upgrade is declined: HTTP/1.1 goes on.
+        let v = verdicts(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade, http2-settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGET /x HTTP/1.1\r\n\r\n", &[]);
+        assert_eq!(v, vec![Ok(()), Err(Reject::MissingHost)]);
+    }
+
+    #[test]
+    fn a_full_queue_stops_the_guard_so_later_requests_find_no_verdict() {
+        let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let stream: Vec<u8> = one.repeat(MAX_WAITING + 5);
+        let (mut g, v) = Guarded::new((), 64 * 1024);
+        g.scan(&stream);
+        assert!(matches!(g.state, State::Off));
+        let mut n = 0;
+        while v.next().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, MAX_WAITING);
     }
 
     proptest! {
         #[test]
         fn the_same_verdicts_however_the_bytes_arrive(cuts in proptest::collection::vec(0usize..400, 0..12)) {
-            prop_assert_eq!(verdicts(PIPELINE, &cuts), vec![false, false, true, false]);
+            prop_assert_eq!(verdicts(PIPELINE, &cuts), vec![Ok(()), Ok(()), Err(Reject::LengthTwice)]);
         }
     }
 }

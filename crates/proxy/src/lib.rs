@@ -2,28 +2,36 @@
 //! seed's Jaeger demo.
 //!
 //! Data flow: each configured listener accepts connections, which start on
-//! the HTTP/1.1 fast path (`fast.rs`): the common request is parsed once,
-//! its head rewritten once (route by first matching prefix; the incoming
-//! trace context (W3C, B3, `x-request-id`) read and ours, a new span whose
-//! parent is the caller's, written in W3C and B3 form; hop-by-hop headers
-//! out, X-Forwarded-* in) and sent with its body on a pooled plain upstream
-//! connection; the response is copied back as it comes. Any other request
-//! (h2c, upgrades, chunked or large bodies, ...) hands the connection, with
-//! the bytes read so far, to the general path on hyper ([`forward::handle`]),
-//! which does the same over pooled HTTP/1.1 or h2c upstream connections.
-//! When a response body ends, the request's metrics are recorded and its
-//! span goes to a bounded queue that [`export`] batches, on a thread of its
-//! own, to Zipkin (JSON) and/or OTLP (protobuf) collectors.
+//! the HTTP/1.1 fast path (`fast`): the common request is parsed once,
+//! checked and rewritten once by the shared HTTP rules (`rules`: route by
+//! first matching prefix; the incoming trace context (W3C, B3,
+//! `x-request-id`) read and ours, a new span whose parent is the caller's,
+//! written in W3C and B3 form; hop-by-hop fields out, X-Forwarded-* in) and
+//! sent with its body on a pooled plain upstream connection; the response
+//! is checked by the same rules and copied back as it comes. Any other
+//! request (h2c, upgrades, chunked or large bodies, refused heads, ...)
+//! hands the connection, with the bytes read so far, to the general path on
+//! hyper (`forward`), behind a guard (`guard`) that applies the same rules
+//! to the raw heads hyper parses; it forwards over pooled HTTP/1.1 or one
+//! h2c connection per upstream (`pool`). With `fast_path: false` every
+//! connection takes the general path. When a response ends (or the client
+//! goes away), the request's metrics are recorded and its span goes to a
+//! bounded queue that [`export`] batches, on a thread of its own, to Zipkin
+//! (JSON) and/or OTLP (protobuf) collectors.
 
 #![forbid(unsafe_code)]
 
+mod body;
 pub mod config;
 pub mod export;
 mod fast;
-pub mod forward;
-pub mod guard;
+mod forward;
+mod guard;
+mod h1;
 pub mod metrics;
-pub mod pool;
+mod pool;
+mod request;
+mod rules;
 pub mod span;
 
 use std::future::Future;
@@ -31,8 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -42,8 +48,8 @@ use tokio::sync::watch;
 pub use config::Config;
 pub use metrics::Metrics;
 
-use crate::forward::{ListenerRt, RouteRt, Shared};
 use crate::metrics::{ListenerLabels, RejectLabels};
+use crate::request::{ListenerRt, RouteRt, Shared};
 
 /// What the proxy did, for the exit message.
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,21 +76,6 @@ pub async fn bind(cfg: &Config) -> std::io::Result<Vec<TcpListener>> {
     Ok(bound)
 }
 
-/// The h2c client (HTTP/1.1 upstreams use [`pool::Pool`]).
-fn client(cfg: &Config) -> forward::HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeouts.connect));
-    connector.set_nodelay(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(cfg.timeouts.idle)
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(256)
-        .http2_only(true)
-        .timer(TokioTimer::new());
-    builder.build(connector)
-}
-
 /// Serves the listeners until `shutdown` resolves; then stops accepting,
 /// lets in-flight requests finish (up to the drain timeout) and flushes spans.
 /// `listeners` are in the order of `cfg.listeners`.
@@ -103,7 +94,6 @@ pub async fn run(
         service: Arc::from(cfg.service.as_str()),
         sample_rate: cfg.tracing.sample_rate,
         timeouts: cfg.timeouts.clone(),
-        h2: client(&cfg),
         metrics: metrics.clone(),
         spans,
     });
@@ -242,23 +232,32 @@ async fn accept_loop(
             stop: stop.clone(),
         };
         let max_head = cfg.max_header_bytes;
+        let fast_path = cfg.fast_path;
         tokio::spawn(async move {
             let mut stream = stream;
-            let fast::Outcome::Handoff(read) = fast.serve(&mut stream).await else {
-                active.dec();
-                return;
+            let read = if fast_path {
+                let fast::Outcome::Handoff(read) = fast.serve(&mut stream).await else {
+                    active.dec();
+                    return;
+                };
+                read
+            } else {
+                bytes::BytesMut::new()
             };
             drop(fast);
             let (io, verdicts) =
                 guard::Guarded::new(fast::Rewind::new(read.freeze(), stream), max_head);
-            let service = service_fn(move |req| {
-                let ambiguous = verdicts.next_is_ambiguous();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                // One verdict per HTTP/1 request, in order (HTTP/2 has none).
+                let verdict = (req.version() != hyper::Version::HTTP_2)
+                    .then(|| verdicts.next())
+                    .flatten();
                 let fut = forward::handle(
                     Arc::clone(&shared),
                     Arc::clone(&rt2),
                     Arc::clone(&peer_ip),
                     local,
-                    ambiguous,
+                    verdict,
                     req,
                 );
                 async move { Ok::<_, std::convert::Infallible>(fut.await) }

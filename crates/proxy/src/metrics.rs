@@ -16,6 +16,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub listener: String,
+    pub route: String,
+    pub grpc_code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub listener: String,
     pub route: String,
@@ -46,6 +53,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_connect_errors: Family<RouteLabels, Counter>,
     pub active_connections: Family<ListenerLabels, Gauge>,
@@ -59,6 +67,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
+            grpc_requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             upstream_connect_errors: Family::default(),
             active_connections: Family::default(),
@@ -70,8 +79,16 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("sidecar_proxy");
         r.register(
             "requests",
-            "Requests served, by listener, route, method and status class (2xx..5xx)",
+            "Requests served, by listener, route, method and status class (1xx..5xx; \
+             `cancelled`: the client went away before a response)",
             m.requests.clone(),
+        );
+        r.register(
+            "grpc_requests",
+            "gRPC calls (content-type application/grpc), by listener, route and gRPC status \
+             (OK, Canceled, DeadlineExceeded, ...: from grpc-status, or deduced for calls the \
+             client cancelled)",
+            m.grpc_requests.clone(),
         );
         r.register(
             "request_duration_seconds",
@@ -90,7 +107,8 @@ impl Metrics {
         );
         r.register(
             "rejected_requests",
-            "Malformed requests rejected before routing (reason: malformed, header_too_large)",
+            "Requests refused before routing (reason: malformed, header_too_large, bad_host, \
+             bad_connection_header)",
             m.rejected.clone(),
         );
         r.register(
@@ -115,7 +133,29 @@ impl Metrics {
 const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
 ];
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "cancelled"];
+
+/// gRPC status codes by number (grpc/doc/statuscodes.md), named as
+/// go-grpc-prometheus names them.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
 
 /// A method's index in the bounded label set (`OTHER` for the rest).
 pub fn method_index(method: &str) -> usize {
@@ -127,8 +167,11 @@ pub fn method_name(index: usize) -> Option<&'static str> {
     METHODS[..9].get(index).copied()
 }
 
+/// The status class of a response; status 0 (no response: the client went
+/// away first) is `cancelled`.
 fn class_index(status: u16) -> usize {
     match status {
+        0 => 5,
         100..=199 => 0,
         200..=299 => 1,
         300..=399 => 2,
@@ -143,7 +186,10 @@ pub struct RouteStats {
     listener: String,
     route: String,
     requests: Family<RequestLabels, Counter>,
-    by_method_and_class: [[std::sync::OnceLock<Counter>; 5]; 10],
+    by_method_and_class: [[std::sync::OnceLock<Counter>; 6]; 10],
+    /// By gRPC code (index 17: a code outside 0..=16, `Other`).
+    grpc: [std::sync::OnceLock<Counter>; 18],
+    grpc_requests: Family<GrpcLabels, Counter>,
     duration: Histogram,
 }
 
@@ -154,6 +200,8 @@ impl RouteStats {
             route: route.to_string(),
             requests: metrics.requests.clone(),
             by_method_and_class: Default::default(),
+            grpc: Default::default(),
+            grpc_requests: metrics.grpc_requests.clone(),
             duration: metrics
                 .duration
                 .get_or_create(&RouteLabels {
@@ -179,5 +227,21 @@ impl RouteStats {
             })
             .inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts a gRPC call's outcome.
+    pub fn record_grpc(&self, code: u8) {
+        let i = usize::from(code).min(GRPC_CODES.len());
+        self.grpc[i]
+            .get_or_init(|| {
+                self.grpc_requests
+                    .get_or_create(&GrpcLabels {
+                        listener: self.listener.clone(),
+                        route: self.route.clone(),
+                        grpc_code: GRPC_CODES.get(i).copied().unwrap_or("Other").to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
     }
 }

@@ -1,6 +1,7 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, reused across requests:
-//! plain TCP streams for the fast path (`fast`), hyper connections for the
-//! general path (`forward`).
+//! Connections to one upstream, reused across requests: keep-alive HTTP/1.1
+//! connections (plain TCP streams for the fast path (`fast`), hyper
+//! connections for the general path (`forward`)), or for an h2c upstream one
+//! HTTP/2 connection that carries every request at once.
 //!
 //! A connection is taken out of the pool for one request and put back when
 //! that request's response has been read exactly to its end (see
@@ -16,10 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::forward::ProxyBody;
+use crate::body::ProxyBody;
 
 /// Most idle connections kept per upstream.
 const MAX_IDLE: usize = 256;
@@ -31,14 +33,14 @@ pub enum ConnectError {
     Io { upstream: String, source: io::Error },
     #[error("no connection to {upstream} within {timeout:?}")]
     Timeout { upstream: String, timeout: Duration },
-    #[error("HTTP/1.1 handshake with {upstream} failed: {source}")]
+    #[error("HTTP handshake with {upstream} failed: {source}")]
     Handshake {
         upstream: String,
         source: hyper::Error,
     },
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     upstream: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -46,6 +48,10 @@ pub struct Pool {
     idle: Idle<SendRequest<ProxyBody>>,
     /// Plain connections for the HTTP/1.1 fast path (`fast`).
     streams: Idle<TcpStream>,
+    /// The HTTP/2 connection (h2c routes), made on first use and again
+    /// once it closes; the lock also makes concurrent first requests share
+    /// one handshake.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 /// Idle connections: oldest at the front; taken from and returned to the back.
@@ -99,7 +105,34 @@ impl Pool {
             idle_timeout,
             idle: Idle::new(),
             streams: Idle::new(),
+            h2: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// A handle on the HTTP/2 connection to the upstream (h2c), opened if
+    /// there is none or the last one closed. Requests on it run at once, up
+    /// to the upstream's stream limit.
+    pub async fn h2(&self) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
+        let mut conn = self.h2.lock().await;
+        if let Some(sender) = conn.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let stream = self.open_stream().await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                upstream: self.upstream.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("h2c upstream connection ended: {e}");
+            }
+        });
+        *conn = Some(sender.clone());
+        Ok(sender)
     }
 
     /// A connection ready for one request: an idle one if any still works,

@@ -101,6 +101,11 @@ pub struct HttpTags {
     pub request_size: u64,
     /// `response_size`: response body bytes.
     pub response_size: u64,
+    /// `grpc.status_code`: a gRPC call's status (from `grpc-status`, or
+    /// deduced for a call the client cancelled: 1, or 4 past its deadline).
+    pub grpc_status: Option<u8>,
+    /// `response_flags`, as Envoy's: `DC` when the client went away first.
+    pub response_flags: Option<&'static str>,
 }
 
 impl Span {
@@ -126,6 +131,12 @@ impl Span {
             ("request_size", t.request_size.to_string()),
             ("response_size", t.response_size.to_string()),
         ]);
+        if let Some(code) = t.grpc_status {
+            tags.push(("grpc.status_code", code.to_string()));
+        }
+        if let Some(flags) = t.response_flags {
+            tags.push(("response_flags", flags.to_string()));
+        }
         if self.error {
             tags.push(("error", "true".to_string()));
         }
@@ -213,6 +224,15 @@ pub fn zipkin_span_into(s: &Span, out: &mut Vec<u8>) {
     decimal(out, t.request_size);
     out.extend_from_slice(b"\",\"response_size\":\"");
     decimal(out, t.response_size);
+    if let Some(code) = t.grpc_status {
+        out.extend_from_slice(b"\",\"grpc.status_code\":\"");
+        decimal(out, code.into());
+    }
+    if let Some(flags) = t.response_flags {
+        // A fixed code of ASCII letters: nothing to escape.
+        out.extend_from_slice(b"\",\"response_flags\":\"");
+        out.extend_from_slice(flags.as_bytes());
+    }
     if s.error {
         out.extend_from_slice(b"\",\"error\":\"true\"}}");
     } else {
@@ -380,6 +400,8 @@ mod tests {
                 status_code: 503,
                 request_size: 0,
                 response_size: 19,
+                grpc_status: None,
+                response_flags: None,
             },
             error: true,
         }
@@ -459,9 +481,10 @@ mod tests {
                 (".*", 0u8..3, ".*", proptest::option::of(".*")),
                 (".*", 0u8..3, proptest::option::of(".*")),
                 (proptest::num::u16::ANY, proptest::num::u64::ANY, proptest::num::u64::ANY),
+                (proptest::option::of(proptest::num::u8::ANY), proptest::bool::ANY),
             ),
         ) {
-            let ((method, method_choice, url, peer), (cluster, cluster_choice, request_id), sizes) = tags;
+            let ((method, method_choice, url, peer), (cluster, cluster_choice, request_id), sizes, (grpc_status, dc)) = tags;
             let span = Span {
                 trace_id: TraceId { hi, lo },
                 id,
@@ -489,6 +512,8 @@ mod tests {
                     status_code: sizes.0,
                     request_size: sizes.1,
                     response_size: sizes.2,
+                    grpc_status,
+                    response_flags: dc.then_some("DC"),
                 },
                 error,
             };

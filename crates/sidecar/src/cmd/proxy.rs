@@ -37,7 +37,8 @@ Config file (YAML; unknown keys are errors that name the line):
        routes: [{prefix: /svc/2, upstream: service2:8000, http2: true, operation: checkStock}]}
   admin: 0.0.0.0:9901
   timeouts: {connect: 2s, request: 15s, header_read: 10s, idle: 60s}
-  drain_timeout: 10s";
+  drain_timeout: 10s
+  fast_path: true        # false (or --no-fast-path): every request on the general path";
 
 /// Proxy HTTP traffic to or from a service and report a span per request.
 ///
@@ -104,6 +105,11 @@ pub struct ProxyArgs {
     /// Threads serving requests (default: the CPUs this process may use); the span exporter has one more.
     #[arg(long, env = "SIDECAR_PROXY_WORKERS")]
     workers: Option<usize>,
+
+    /// Serve every request on the general (hyper) path: a safety valve should the
+    /// HTTP/1.1 fast path ever misbehave. Same rules, more CPU per request.
+    #[arg(long, env = "SIDECAR_PROXY_NO_FAST_PATH", value_parser = FalseyValueParser::new())]
+    no_fast_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -135,6 +141,9 @@ impl ProxyArgs {
         }
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;
+        }
+        if self.no_fast_path {
+            cfg.fast_path = false;
         }
         match (self.listen, &self.upstream) {
             (Some(listen), Some(upstream)) => {
