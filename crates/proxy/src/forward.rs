@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -36,6 +36,8 @@ use crate::rules::{self, Ours, Reject, Sink, TraceSource};
 pub(crate) struct Tracked<B> {
     inner: B,
     counter: Option<Arc<AtomicU64>>,
+    /// Set when a request body fails (the client's connection ended early).
+    failed: Option<Arc<AtomicBool>>,
     pending: Option<Pending>,
     conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
     /// The body is at its end (its reader may drop it without polling on).
@@ -43,12 +45,14 @@ pub(crate) struct Tracked<B> {
 }
 
 impl<B: Body> Tracked<B> {
-    /// A request body whose bytes are added to `counter`.
-    fn counting(inner: B, counter: Arc<AtomicU64>) -> Self {
+    /// A request body whose bytes are added to `counter`; `failed` is set
+    /// if it fails.
+    fn counting(inner: B, counter: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
         Self {
             ended: inner.is_end_stream(),
             inner,
             counter: Some(counter),
+            failed: Some(failed),
             pending: None,
             conn: None,
         }
@@ -65,6 +69,7 @@ impl<B: Body> Tracked<B> {
             ended: inner.is_end_stream(),
             inner,
             counter: None,
+            failed: None,
             pending: Some(pending),
             conn,
         }
@@ -116,6 +121,9 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                if let Some(f) = &this.failed {
+                    f.store(true, Ordering::Relaxed);
+                }
                 if let Some(p) = this.pending.take() {
                     p.finish();
                 }
@@ -281,6 +289,7 @@ pub(crate) async fn handle(
     rules::write_request(req.headers(), &facts, &ours, &mut sink);
     let upstream_host = rules::upstream_host(&facts, &ours).to_string();
     let upgrade = facts.upgrade;
+    let head_request = req.method() == http::Method::HEAD;
 
     // HTTP/1.1 upstreams get the origin form; HTTP/2 ones `:authority`
     // equal to what Host would be (RFC 9113 §8.3.1).
@@ -312,7 +321,8 @@ pub(crate) async fn handle(
         Version::HTTP_11
     };
     let request_bytes = Arc::clone(&pending.request_bytes);
-    let body = Tracked::counting(body, request_bytes);
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let body = Tracked::counting(body, request_bytes, Arc::clone(&body_failed));
     let upstream_req = Request::from_parts(parts, body.boxed());
     if upgrade {
         return self::upgrade(shared, route, upstream_req, pending).await;
@@ -340,13 +350,17 @@ pub(crate) async fn handle(
             tracing::debug!("cannot connect to upstream {}: {e}", route.upstream);
             return pending.fail(Failure::UpstreamConnect);
         }
+        // The client's body ended early: its fault, not the upstream's.
+        Ok(Err(UpstreamError::Response(_))) if body_failed.load(Ordering::Relaxed) => {
+            return pending.fail(Failure::IncompleteRequest);
+        }
         Ok(Err(UpstreamError::Response(e))) => {
             tracing::debug!("bad response from upstream {}: {e}", route.upstream);
             return pending.fail(Failure::BadUpstreamResponse);
         }
         Ok(Ok(sent)) => sent,
     };
-    respond(route, resp, sender, pending)
+    respond(route, head_request, resp, sender, pending)
 }
 
 /// Answers a request the rules refuse (and counts it).
@@ -359,6 +373,7 @@ fn refuse(shared: &Shared, listener: &ListenerRt, reject: Reject) -> Response<Pr
 /// rules, its body tracked to its end.
 fn respond(
     route: &RouteRt,
+    head_request: bool,
     resp: Response<Incoming>,
     sender: Option<SendRequest<ProxyBody>>,
     mut pending: Pending,
@@ -375,6 +390,12 @@ fn respond(
     let mut sink = MapSink::default();
     rules::write_response(&parts.headers, &facts, &mut sink);
     note_grpc_status(&mut pending, &parts.headers);
+    let close_delimited = parts.version < Version::HTTP_2
+        && rules::response_body(parts.status.as_u16(), head_request, &facts)
+            == rules::ResponseBody::UntilClose;
+    if close_delimited {
+        sink.add("connection", b"close");
+    }
     parts.headers = sink.0;
     pending.status = parts.status.as_u16();
     // A body known to be complete (HEAD, 204, empty) may be dropped
@@ -462,7 +483,7 @@ async fn upgrade(
             Err(_) => return pending.fail(Failure::UpstreamTimeout),
         };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return respond(route, resp, None, pending);
+        return respond(route, false, resp, None, pending);
     }
     pending.status = 101;
     let upstream_side = hyper::upgrade::on(&mut resp);

@@ -185,6 +185,7 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.timeouts.header_read)
         .max_buf_size(cfg.max_header_bytes.max(8192))
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()

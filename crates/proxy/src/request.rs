@@ -117,6 +117,8 @@ pub(crate) fn reject_response(reject: Reject) -> Response<ProxyBody> {
 pub(crate) enum Failure {
     NoRoute,
     BadRequest,
+    /// The client's body ended (its connection closed) before the length it declared.
+    IncompleteRequest,
     UpstreamConnect,
     UpstreamTimeout,
     BadUpstreamResponse,
@@ -130,6 +132,11 @@ impl Failure {
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "the request path is not valid",
+            ),
+            Failure::IncompleteRequest => (
+                StatusCode::BAD_REQUEST,
+                "incomplete_request",
+                "the request body ended before its declared length",
             ),
             Failure::UpstreamConnect => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -274,11 +281,6 @@ impl Pending {
     /// Forgets the request without recording it: the general path serves it.
     pub(crate) fn discard(mut self) {
         self.done = true;
-    }
-
-    /// The client went away before the response ended: records the request as cancelled.
-    pub(crate) fn cancel(mut self) {
-        self.record(true);
     }
 
     fn record(&mut self, cancelled: bool) {

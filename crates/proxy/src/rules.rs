@@ -589,6 +589,36 @@ pub(crate) fn analyze_response<F: Fields + ?Sized>(
     Ok(facts)
 }
 
+/// How a response's body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseBody {
+    /// None: a response to HEAD, or 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes its connection: the client's connection
+    /// then ends after this response too, on both paths (a body framed by
+    /// closing cannot be followed by another response).
+    UntilClose,
+}
+
+/// How the body of an HTTP/1 response with `status` and `facts` is framed.
+pub(crate) fn response_body(
+    status: u16,
+    head_request: bool,
+    facts: &ResponseFacts,
+) -> ResponseBody {
+    if head_request || status < 200 || status == 204 || status == 304 {
+        ResponseBody::Empty
+    } else if facts.chunked {
+        ResponseBody::Chunked
+    } else if let Some(n) = facts.length {
+        ResponseBody::Length(n)
+    } else {
+        ResponseBody::UntilClose
+    }
+}
+
 /// Writes the fields of a response that go on to the client: hop-by-hop
 /// ones and those `Connection` names out, repeated Content-Length once.
 /// The path adds its own framing (`transfer-encoding`, `connection: close`).

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::{Conn, MAX_HEADERS, Plan, UPSTREAM_BUF};
 use crate::h1::ChunkedEnd;
 use crate::request::{self, RequestInfo};
-use crate::rules::{self, Body, Declared, Ours, Sink, TraceSource, Version};
+use crate::rules::{self, Body, Declared, Ours, ResponseBody, Sink, TraceSource, Version};
 
 /// Largest request body the fast path takes: it is read whole before the
 /// request goes upstream, so the request can be sent again on a new
@@ -153,7 +153,7 @@ impl Conn {
 }
 
 /// Reads a response head into `rbuf` and writes its rewritten form for the
-/// client into `out`: informational (1xx) heads are passed on and the next
+/// client into `out`: informational (1xx) heads are skipped and the next
 /// head read; the body's framing decided.
 pub(super) async fn read_response_head(
     upstream: &mut TcpStream,
@@ -163,6 +163,7 @@ pub(super) async fn read_response_head(
     max_head: usize,
 ) -> Result<ResponseHead, HeadError> {
     out.clear();
+    let mut skipped = false;
     loop {
         let parsed = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -181,7 +182,12 @@ pub(super) async fn read_response_head(
         if let Some(head) = parsed {
             rbuf.advance(head.len);
             if (100..200).contains(&head.status) {
-                out.extend_from_slice(b"\r\n"); // an informational head, then the real one
+                // Informational heads (103 Early Hints...) are not passed
+                // on: the general path cannot send them (hyper), and the
+                // two paths answer alike. (100 Continue never comes here:
+                // `Expect` requests take the general path.)
+                out.clear();
+                skipped = true;
                 continue;
             }
             return Ok(head);
@@ -189,7 +195,7 @@ pub(super) async fn read_response_head(
         rbuf.reserve(UPSTREAM_BUF.min(max_head));
         match upstream.read_buf(rbuf).await {
             Ok(n) if n > 0 => {}
-            Ok(_) | Err(_) if rbuf.is_empty() && out.is_empty() => return Err(HeadError::Closed),
+            Ok(_) | Err(_) if rbuf.is_empty() && !skipped => return Err(HeadError::Closed),
             Ok(_) => return Err(HeadError::Bad("the connection ended mid-head".into())),
             Err(e) => return Err(HeadError::Bad(e.to_string())),
         }
@@ -214,14 +220,11 @@ pub(super) fn rewrite_response(
     }
     let facts = rules::analyze_response(resp.headers).map_err(|e| HeadError::Bad(e.to_string()))?;
     let mut reusable = !facts.close && (resp.version == Some(1) || facts.keep_alive);
-    let framing = if head_method || status < 200 || status == 204 || status == 304 {
-        Framing::Empty
-    } else if facts.chunked {
-        Framing::Chunked(ChunkedEnd::default())
-    } else if let Some(n) = facts.length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
+    let framing = match rules::response_body(status, head_method, &facts) {
+        ResponseBody::Empty => Framing::Empty,
+        ResponseBody::Length(n) => Framing::Length(n),
+        ResponseBody::Chunked => Framing::Chunked(ChunkedEnd::default()),
+        ResponseBody::UntilClose => Framing::UntilClose,
     };
     if matches!(framing, Framing::UntilClose) {
         reusable = false;

@@ -120,7 +120,11 @@ impl Conn {
             }
             while buf.len() < plan.len {
                 if !read_more(client, &mut buf, &mut deadline).await {
-                    plan.pending.cancel(); // the client went away mid-body
+                    // The body ended before its length (or the idle
+                    // timeout passed): answered as the general path does,
+                    // if the client still reads; nothing went upstream.
+                    self.answer_failure(client, plan, Failure::IncompleteRequest, true)
+                        .await;
                     return Outcome::Closed;
                 }
             }
@@ -224,7 +228,7 @@ impl Conn {
         };
         let (mut upstream, head) = match sent {
             Ok(ok) => ok,
-            Err(failure) => return self.answer_failure(client, plan, failure).await,
+            Err(failure) => return self.answer_failure(client, plan, failure, false).await,
         };
         plan.pending.status = head.status;
         let close =
@@ -235,18 +239,32 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         let relayed = relay_body(client, &mut upstream, head.framing, out, rbuf).await;
         plan.pending.response_bytes = relayed.bytes;
-        plan.pending.finish();
         match relayed.end {
-            End::Exact if head.reusable => route.pool.checkin_stream(upstream),
-            End::Exact | End::Extra => {}
-            End::Broken => return false,
+            // Dropped unfinished: recorded as cancelled (the client went away).
+            End::ClientGone => return false,
+            End::Exact if head.reusable => {
+                plan.pending.finish();
+                route.pool.checkin_stream(upstream);
+            }
+            End::Exact | End::Extra => plan.pending.finish(),
+            End::Broken => {
+                plan.pending.finish();
+                return false;
+            }
         }
         !close
     }
 
-    /// Answers the client with `failure` (and its span and metrics).
-    async fn answer_failure(&self, client: &mut TcpStream, plan: Plan, failure: Failure) -> bool {
-        let close = plan.close || *self.stop.borrow();
+    /// Answers the client with `failure` (and its span and metrics); false
+    /// when the connection must end (`close`, or the client asked).
+    async fn answer_failure(
+        &self,
+        client: &mut TcpStream,
+        plan: Plan,
+        failure: Failure,
+        close: bool,
+    ) -> bool {
+        let close = close || plan.close || *self.stop.borrow();
         plan.pending.settle(failure);
         client.write_all(&failure.raw(close)).await.is_ok() && !close
     }

@@ -75,8 +75,10 @@ pub(super) enum End {
     Exact,
     /// Complete, but the connection cannot be reused (bytes past the end, or delimited by its close).
     Extra,
-    /// Cut short (either side failed): the client connection must end too.
+    /// Cut short by the upstream (or its framing): the client connection must end too.
     Broken,
+    /// The client's connection failed: it went away before the end.
+    ClientGone,
 }
 
 pub(super) struct Relayed {
@@ -142,7 +144,7 @@ pub(super) async fn relay_body(
         if write.is_err() {
             return Relayed {
                 bytes,
-                end: End::Broken,
+                end: End::ClientGone,
             };
         }
         if done {
