@@ -9,24 +9,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::proxy::{Proxy, demo_service};
 use common::receiver::Receiver;
 use common::{Proc, http_get, raw_request as request, wait_until};
 use serde_json::Value;
 
-const ZIPKIN_SPEC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/reference/tracing/zipkin2-api.yaml"
-);
+const ZIPKIN_SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zipkin2-api.yaml");
 
 fn python() -> String {
     std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// An address that refuses connections for as long as the socket is kept: it
@@ -38,75 +29,6 @@ fn refusing_addr() -> (socket2::Socket, SocketAddr) {
         .unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
     (socket, addr)
-}
-
-/// A demo service on a free port (optionally calling `call`).
-fn service(name: &str, call: Option<&str>) -> (Proc, SocketAddr) {
-    let addr = free_addr();
-    let mut args = vec![
-        "demo-service".to_string(),
-        "--listen".into(),
-        addr.to_string(),
-        "--name".into(),
-        name.into(),
-    ];
-    if let Some(url) = call {
-        args.extend(["--call".into(), url.into()]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = Proc::start(&refs);
-    p.wait_stderr("demo service", Duration::from_secs(10));
-    (p, addr)
-}
-
-/// A proxy from a YAML config; waits for /ready and returns its admin address.
-/// Starts `sidecar` with `args` (a proxy with `--admin 127.0.0.1:0`) and waits for /ready.
-fn start_proxy(args: &[&str]) -> (Proc, SocketAddr) {
-    let p = Proc::start(args);
-    let admin = p.admin_addr();
-    wait_until("proxy ready", Duration::from_secs(10), || {
-        http_get(admin, "/ready").0 == 200
-    });
-    (p, admin)
-}
-
-fn proxy_with_config(yaml: &str, extra: &[&str]) -> (Proc, SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut args = vec![
-        "proxy",
-        "--config",
-        path.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let (p, admin) = start_proxy(&args);
-    (p, admin, dir)
-}
-
-fn proxy(
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    service: &str,
-    extra: &[&str],
-) -> (Proc, SocketAddr) {
-    let (l, u) = (listen.to_string(), upstream.to_string());
-    let mut args = vec![
-        "proxy",
-        "--listen",
-        &l,
-        "--upstream",
-        &u,
-        "--service",
-        service,
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let (p, admin) = start_proxy(&args);
-    (p, admin)
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
@@ -135,37 +57,48 @@ fn topology(otlp: bool) -> Topology {
         format!("tracing:\n  zipkin: {zipkin}\n")
     };
     // service2 and its sidecar (inbound).
-    let (s2, s2_addr) = service("service2", None);
-    let p2_in = free_addr();
-    let (p2, _, d2) = proxy_with_config(
+    let (s2, s2_addr) = demo_service("service2", None);
+    let (p2, d2) = Proxy::with_config(
         &format!(
-            "service: service2\n{tracing}listeners:\n  - name: inbound\n    listen: {p2_in}\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s2_addr}\n"
+            "service: service2\n{tracing}listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s2_addr}\n"
         ),
         &[],
     );
-    // service1 and its sidecar: inbound, and outbound to service2's sidecar over h2c.
-    let p1_in = free_addr();
-    let p1_out = free_addr();
-    let (s1, s1_addr) = service("service1", Some(&format!("http://{p1_out}/svc/2")));
-    let (p1, _, d1) = proxy_with_config(
+    let p2_in = p2.listener("inbound");
+    // service1's sidecar is two processes here (same service, one listener
+    // each): service1 needs the outbound listener's address (--call) and the
+    // inbound listener needs service1's, and with ports picked at run time
+    // neither is known before the other is bound. So the outbound listener
+    // (to service2's sidecar over h2c) starts first, then service1, then the
+    // inbound listener.
+    let (p1_out, d1_out) = Proxy::with_config(
         &format!(
-            "service: service1\n{tracing}listeners:\n  - name: inbound\n    listen: {p1_in}\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s1_addr}\n        operation: checkAvailability\n  - name: outbound\n    listen: {p1_out}\n    direction: outbound\n    routes:\n      - prefix: /svc/2\n        upstream: {p2_in}\n        http2: true\n        operation: checkStock\n"
+            "service: service1\n{tracing}listeners:\n  - name: outbound\n    listen: 127.0.0.1:0\n    direction: outbound\n    routes:\n      - prefix: /svc/2\n        upstream: {p2_in}\n        http2: true\n        operation: checkStock\n"
         ),
         &[],
     );
+    let p1_out_addr = p1_out.listener("outbound");
+    let (s1, s1_addr) = demo_service("service1", Some(&format!("http://{p1_out_addr}/svc/2")));
+    let (p1_in, d1_in) = Proxy::with_config(
+        &format!(
+            "service: service1\n{tracing}listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n    direction: inbound\n    routes:\n      - prefix: /\n        upstream: {s1_addr}\n        operation: checkAvailability\n"
+        ),
+        &[],
+    );
+    let p1_in_addr = p1_in.listener("inbound");
     // The front proxy starts traces.
-    let front = free_addr();
-    let (f, _, d3) = proxy_with_config(
+    let (f, d3) = Proxy::with_config(
         &format!(
-            "service: front-proxy\n{tracing}listeners:\n  - name: front\n    listen: {front}\n    direction: outbound\n    generate_request_id: true\n    routes:\n      - prefix: /\n        upstream: {p1_in}\n"
+            "service: front-proxy\n{tracing}listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    direction: outbound\n    generate_request_id: true\n    routes:\n      - prefix: /\n        upstream: {p1_in_addr}\n"
         ),
         &[],
     );
+    let front = f.listener("front");
     Topology {
         front,
         receiver,
-        procs: vec![s2, p2, s1, p1, f],
-        _dirs: vec![d1, d2, d3],
+        procs: vec![s2, p2.proc, p1_out.proc, s1, p1_in.proc, f.proc],
+        _dirs: vec![d1_out, d1_in, d2, d3],
     }
 }
 
@@ -418,15 +351,15 @@ fn otlp_export_decodes_with_the_reference_protobuf_package() {
 
 #[test]
 fn collector_down_never_fails_or_slows_requests() {
-    let (_s, s_addr) = service("service1", None);
+    let (_s, s_addr) = demo_service("service1", None);
     let (_refusing, dead) = refusing_addr();
-    let listen = free_addr();
-    let (_p, admin) = proxy(
-        listen,
+    let p = Proxy::single(
         s_addr,
         "service1",
         &["--zipkin", &format!("http://{dead}/api/v2/spans")],
     );
+    let listen = p.addr();
+    let admin = p.admin;
     for _ in 0..50 {
         assert_eq!(get(listen, "/", &[]).0, 200);
     }
@@ -447,9 +380,10 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
     let receiver = Receiver::start();
     let zipkin = receiver.zipkin_url();
     // Refused.
-    let listen = free_addr();
     let (_refusing, refused) = refusing_addr();
-    let (_p, admin) = proxy(listen, refused, "svc", &["--zipkin", &zipkin]);
+    let p = Proxy::single(refused, "svc", &["--zipkin", &zipkin]);
+    let listen = p.addr();
+    let admin = p.admin;
     let (status, head, _) = get(listen, "/", &[]);
     assert_eq!(status, 503, "{head}");
     assert!(
@@ -480,19 +414,10 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
     let silent_addr = silent.local_addr().unwrap();
     let hold = std::thread::spawn(move || silent.incoming().take(1).collect::<Vec<_>>());
     let yaml = format!(
-        "service: svc\ntimeouts:\n  request: 500ms\nlisteners:\n  - name: inbound\n    listen: {}\n    routes:\n      - upstream: {silent_addr}\n",
-        free_addr()
+        "service: svc\ntimeouts:\n  request: 500ms\nlisteners:\n  - name: inbound\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: {silent_addr}\n"
     );
-    let listen2: SocketAddr = yaml
-        .lines()
-        .find(|l| l.contains("listen:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let (_p2, _, _d) = proxy_with_config(&yaml, &[]);
+    let (p2, _d) = Proxy::with_config(&yaml, &[]);
+    let listen2 = p2.listener("inbound");
     let (status, head, _) = get(listen2, "/", &[]);
     assert_eq!(status, 504, "{head}");
     assert!(
@@ -511,8 +436,8 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
             let _ = c.write_all(b"NOT HTTP AT ALL\r\n\r\n");
         }
     });
-    let listen3 = free_addr();
-    let (_p3, _) = proxy(listen3, bad_addr, "svc", &[]);
+    let p3 = Proxy::single(bad_addr, "svc", &[]);
+    let listen3 = p3.addr();
     let (status, head, _) = get(listen3, "/", &[]);
     assert_eq!(status, 502, "{head}");
     assert!(
@@ -523,9 +448,10 @@ fn upstream_down_timeout_and_bad_response_map_to_503_504_502_with_error_spans() 
 
 #[test]
 fn sigterm_under_load_finishes_in_flight_requests() {
-    let (_s, s_addr) = service("service1", None);
-    let listen = free_addr();
-    let (mut p, admin) = proxy(listen, s_addr, "service1", &[]);
+    let (_s, s_addr) = demo_service("service1", None);
+    let mut p = Proxy::single(s_addr, "service1", &[]);
+    let listen = p.addr();
+    let admin = p.admin;
     // Slow-ish downloads in flight when SIGTERM arrives.
     let workers: Vec<_> = (0..8)
         .map(|_| {
@@ -549,7 +475,7 @@ fn sigterm_under_load_finishes_in_flight_requests() {
     let mut buf = [0u8; 4096];
     let n = idle.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    p.terminate();
+    p.proc.terminate();
     let terminated = Instant::now();
     while idle.read(&mut buf).is_ok_and(|n| n > 0) {}
     assert!(
@@ -565,17 +491,17 @@ fn sigterm_under_load_finishes_in_flight_requests() {
         assert_eq!(status, 200);
         assert!(len >= 20_000_000, "a response was cut: {len} bytes");
     }
-    let status = p.wait(Duration::from_secs(20));
-    assert!(status.success(), "{status}: {}", p.stderr_text());
+    let status = p.proc.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", p.proc.stderr_text());
     // New connections are refused once it stopped accepting.
     assert!(TcpStream::connect(listen).is_err());
 }
 
 #[test]
 fn h2c_upstream_and_h2c_clients() {
-    let (_s, s_addr) = service("service2", None);
-    let listen = free_addr();
-    let (_p, _) = proxy(listen, s_addr, "svc", &["--http2-upstream"]);
+    let (_s, s_addr) = demo_service("service2", None);
+    let p = Proxy::single(s_addr, "svc", &["--http2-upstream"]);
+    let listen = p.addr();
     let (status, _, body) = get(listen, "/x", &[]);
     assert_eq!(status, 200);
     assert!(body.contains("Hello from service2 (/x)"), "{body}");
@@ -615,8 +541,8 @@ fn websocket_upgrade_passes_through() {
             });
         }
     });
-    let listen = free_addr();
-    let (_p, _) = proxy(listen, ws_addr, "svc", &[]);
+    let p = Proxy::single(ws_addr, "svc", &[]);
+    let listen = p.addr();
     let mut s = TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(format!("GET /chat HTTP/1.1\r\nHost: {listen}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
@@ -638,9 +564,9 @@ fn websocket_upgrade_passes_through() {
 
 #[test]
 fn a_1_gib_body_streams_without_growing_memory() {
-    let (_s, s_addr) = service("sink", None);
-    let listen = free_addr();
-    let (p, _) = proxy(listen, s_addr, "svc", &[]);
+    let (_s, s_addr) = demo_service("sink", None);
+    let p = Proxy::single(s_addr, "svc", &[]);
+    let listen = p.addr();
     let mut s = TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
     const TOTAL: u64 = 1 << 30;
@@ -654,7 +580,7 @@ fn a_1_gib_body_streams_without_growing_memory() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.trim_end().ends_with(&TOTAL.to_string()), "{resp}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.proc.pid())).unwrap();
     let hwm: u64 = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -666,9 +592,10 @@ fn a_1_gib_body_streams_without_growing_memory() {
 
 #[test]
 fn request_smuggling_attempts_and_oversized_headers_are_rejected() {
-    let (_s, s_addr) = service("svc", None);
-    let listen = free_addr();
-    let (_p, admin) = proxy(listen, s_addr, "svc", &[]);
+    let (_s, s_addr) = demo_service("svc", None);
+    let p = Proxy::single(s_addr, "svc", &[]);
+    let listen = p.addr();
+    let admin = p.admin;
     let (status, _, _) = request(
         listen,
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -804,8 +731,9 @@ fn http1_framing_and_headers_pass_through_exactly() {
             },
         )
     });
-    let listen = free_addr();
-    let (_p, admin) = proxy(listen, up.addr, "svc", &[]);
+    let p = Proxy::single(up.addr, "svc", &[]);
+    let listen = p.addr();
+    let admin = p.admin;
     // Pipelined on one connection; the last response ends it.
     let mut s = TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -829,7 +757,7 @@ fn http1_framing_and_headers_pass_through_exactly() {
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
          HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\
          HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
-         HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\
+         HTTP/1.1 204 No Content\r\n\r\n\
          HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n\
          HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n\
          HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
@@ -885,8 +813,8 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
         (l, _) if l.starts_with("GET /never ") || l.starts_with("POST /never ") => None,
         _ => Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
     });
-    let listen = free_addr();
-    let (_p, _) = proxy(listen, up.addr, "svc", &[]);
+    let p = Proxy::single(up.addr, "svc", &[]);
+    let listen = p.addr();
     let mut s = TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for path in ["/a", "/b"] {
@@ -930,9 +858,9 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
 
 #[test]
 fn requests_the_fast_path_leaves_go_to_the_general_path_mid_connection() {
-    let (_s, s_addr) = service("svc", None);
-    let listen = free_addr();
-    let (_p, _) = proxy(listen, s_addr, "svc", &[]);
+    let (_s, s_addr) = demo_service("svc", None);
+    let p = Proxy::single(s_addr, "svc", &[]);
+    let listen = p.addr();
     let mut s = TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // A plain GET, a chunked upload (general path from here on), a GET again.
@@ -957,12 +885,12 @@ fn requests_the_fast_path_leaves_go_to_the_general_path_mid_connection() {
 
 #[test]
 fn slow_heads_and_idle_keep_alive_connections_are_closed_on_time() {
-    let (_s, s_addr) = service("svc", None);
-    let listen = free_addr();
+    let (_s, s_addr) = demo_service("svc", None);
     let yaml = format!(
-        "service: svc\ntimeouts:\n  header_read: 300ms\n  idle: 600ms\nlisteners:\n  - name: inbound\n    listen: {listen}\n    routes:\n      - upstream: {s_addr}\n"
+        "service: svc\ntimeouts:\n  header_read: 300ms\n  idle: 600ms\nlisteners:\n  - name: inbound\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: {s_addr}\n"
     );
-    let (_p, _, _d) = proxy_with_config(&yaml, &[]);
+    let (p, _d) = Proxy::with_config(&yaml, &[]);
+    let listen = p.listener("inbound");
     let closed_within = |s: &mut TcpStream| {
         let start = Instant::now();
         let mut buf = [0u8; 4096];
@@ -999,9 +927,10 @@ fn slow_heads_and_idle_keep_alive_connections_are_closed_on_time() {
 
 #[test]
 fn admin_serves_config_metrics_and_probes() {
-    let (_s, s_addr) = service("svc", None);
-    let listen = free_addr();
-    let (_p, admin) = proxy(listen, s_addr, "svc", &["--sample-rate", "0.5"]);
+    let (_s, s_addr) = demo_service("svc", None);
+    let p = Proxy::single(s_addr, "svc", &["--sample-rate", "0.5"]);
+    let listen = p.addr();
+    let admin = p.admin;
     assert_eq!(get(listen, "/", &[]).0, 200);
     let (status, _, config) = http_get(admin, "/config");
     assert_eq!(status, 200);

@@ -2,8 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod kube;
+pub mod peers;
 pub mod pg;
 pub mod prom;
+pub mod proxy;
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
