@@ -84,6 +84,12 @@ pub struct Timeouts {
     /// Idle keep-alive connections (both sides) are closed after this.
     #[serde(with = "dur", default = "d_idle")]
     pub idle: Duration,
+    /// A request whose body bytes stop moving, either way, for this long is
+    /// abandoned: an upstream that stops sending, a client that stops
+    /// reading or sending (Envoy's stream idle timeout; long gRPC streams
+    /// that are quiet for longer need it raised).
+    #[serde(with = "dur", default = "d_stream_idle")]
+    pub stream_idle: Duration,
 }
 
 fn d_connect() -> Duration {
@@ -98,6 +104,9 @@ fn d_header() -> Duration {
 fn d_idle() -> Duration {
     Duration::from_secs(60)
 }
+fn d_stream_idle() -> Duration {
+    Duration::from_secs(300)
+}
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -106,6 +115,7 @@ impl Default for Timeouts {
             request: d_request(),
             header_read: d_header(),
             idle: d_idle(),
+            stream_idle: d_stream_idle(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +20,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use sidecar_telemetry::trace::{self, Outgoing};
+use tokio::time::Sleep;
 
 use crate::body::{BoxError, ProxyBody, full};
 use crate::guard::Verdict;
@@ -42,12 +43,21 @@ pub(crate) struct Tracked<B> {
     conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
     /// The body is at its end (its reader may drop it without polling on).
     ended: bool,
+    /// No frame for this long: the body fails (the stream idle timeout).
+    idle: Duration,
+    /// Armed while a frame is awaited.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B: Body> Tracked<B> {
     /// A request body whose bytes are added to `counter`; `failed` is set
     /// if it fails.
-    fn counting(inner: B, counter: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
+    fn counting(
+        inner: B,
+        counter: Arc<AtomicU64>,
+        failed: Arc<AtomicBool>,
+        idle: Duration,
+    ) -> Self {
         Self {
             ended: inner.is_end_stream(),
             inner,
@@ -55,6 +65,8 @@ impl<B: Body> Tracked<B> {
             failed: Some(failed),
             pending: None,
             conn: None,
+            idle,
+            stall: None,
         }
     }
 
@@ -64,6 +76,7 @@ impl<B: Body> Tracked<B> {
         inner: B,
         pending: Pending,
         conn: Option<(Arc<Pool>, SendRequest<ProxyBody>)>,
+        idle: Duration,
     ) -> Self {
         Self {
             ended: inner.is_end_stream(),
@@ -72,6 +85,8 @@ impl<B: Body> Tracked<B> {
             failed: None,
             pending: Some(pending),
             conn,
+            idle,
+            stall: None,
         }
     }
 }
@@ -98,7 +113,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.stall = None;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -136,7 +155,26 @@ where
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Armed at the first wait after a frame, checked on each wait.
+                let idle = this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.stall = None;
+                let error: BoxError =
+                    format!("no body bytes for the stream idle timeout ({idle:?})").into();
+                if let Some(f) = &this.failed {
+                    f.store(true, Ordering::Relaxed);
+                }
+                if let Some(p) = this.pending.take() {
+                    p.finish();
+                }
+                Poll::Ready(Some(Err(error)))
+            }
         }
     }
 
@@ -290,6 +328,7 @@ pub(crate) async fn handle(
     let upstream_host = rules::upstream_host(&facts, &ours).to_string();
     let upgrade = facts.upgrade;
     let head_request = req.method() == http::Method::HEAD;
+    let client_version = req.version();
 
     // HTTP/1.1 upstreams get the origin form; HTTP/2 ones `:authority`
     // equal to what Host would be (RFC 9113 §8.3.1).
@@ -322,7 +361,12 @@ pub(crate) async fn handle(
     };
     let request_bytes = Arc::clone(&pending.request_bytes);
     let body_failed = Arc::new(AtomicBool::new(false));
-    let body = Tracked::counting(body, request_bytes, Arc::clone(&body_failed));
+    let body = Tracked::counting(
+        body,
+        request_bytes,
+        Arc::clone(&body_failed),
+        shared.timeouts.stream_idle,
+    );
     let upstream_req = Request::from_parts(parts, body.boxed());
     if upgrade {
         return self::upgrade(shared, route, upstream_req, pending).await;
@@ -360,7 +404,22 @@ pub(crate) async fn handle(
         }
         Ok(Ok(sent)) => sent,
     };
-    respond(route, head_request, resp, sender, pending)
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        tracing::debug!(
+            "upstream {} switched protocols unasked; refused",
+            route.upstream
+        );
+        return pending.fail(Failure::BadUpstreamResponse);
+    }
+    respond(
+        route,
+        shared.timeouts.stream_idle,
+        client_version,
+        head_request,
+        resp,
+        sender,
+        pending,
+    )
 }
 
 /// Answers a request the rules refuse (and counts it).
@@ -373,22 +432,26 @@ fn refuse(shared: &Shared, listener: &ListenerRt, reject: Reject) -> Response<Pr
 /// rules, its body tracked to its end.
 fn respond(
     route: &RouteRt,
+    stream_idle: Duration,
+    client_version: Version,
     head_request: bool,
     resp: Response<Incoming>,
     sender: Option<SendRequest<ProxyBody>>,
     mut pending: Pending,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    let facts = match rules::analyze_response(&parts.headers) {
-        Ok(f) => f,
-        Err(e) => {
-            // The connection goes with the response (`sender` dropped).
-            tracing::debug!("bad response from upstream {}: {e}", route.upstream);
-            return pending.fail(Failure::BadUpstreamResponse);
-        }
-    };
+    let status = parts.status.as_u16();
+    let facts =
+        match rules::analyze_response(status, parts.version == Version::HTTP_10, &parts.headers) {
+            Ok(f) => f,
+            Err(e) => {
+                // The connection goes with the response (`sender` dropped).
+                tracing::debug!("bad response from upstream {}: {e}", route.upstream);
+                return pending.fail(Failure::BadUpstreamResponse);
+            }
+        };
     let mut sink = MapSink::default();
-    rules::write_response(&parts.headers, &facts, &mut sink);
+    rules::write_response(status, &parts.headers, &facts, &mut sink);
     note_grpc_status(&mut pending, &parts.headers);
     let close_delimited = parts.version < Version::HTTP_2
         && rules::response_body(parts.status.as_u16(), head_request, &facts)
@@ -397,9 +460,15 @@ fn respond(
         sink.add("connection", b"close");
     }
     parts.headers = sink.0;
+    // The client's protocol, whatever the upstream's (hyper writes it).
+    let upstream_http11 = parts.version == Version::HTTP_11;
+    parts.version = client_version;
     pending.status = parts.status.as_u16();
-    // A body known to be complete (HEAD, 204, empty) may be dropped
-    // unread: its connection can serve another request already.
+    // An upstream that answered in HTTP/1.0 gets no other request on this
+    // connection: hyper would send it HTTP/1.0 requests, dropping chunked
+    // bodies. A body known to be complete (HEAD, 204, empty) may be
+    // dropped unread: its connection can serve another request already.
+    let sender = sender.filter(|_| upstream_http11);
     let sender = match sender {
         Some(s) if body.is_end_stream() => {
             route.pool.checkin(s);
@@ -407,7 +476,12 @@ fn respond(
         }
         other => other,
     };
-    let body = Tracked::ending(body, pending, sender.map(|s| (Arc::clone(&route.pool), s)));
+    let body = Tracked::ending(
+        body,
+        pending,
+        sender.map(|s| (Arc::clone(&route.pool), s)),
+        stream_idle,
+    );
     Response::from_parts(parts, body.boxed())
 }
 
@@ -483,7 +557,15 @@ async fn upgrade(
             Err(_) => return pending.fail(Failure::UpstreamTimeout),
         };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return respond(route, false, resp, None, pending);
+        return respond(
+            route,
+            shared.timeouts.stream_idle,
+            Version::HTTP_11,
+            false,
+            resp,
+            None,
+            pending,
+        );
     }
     pending.status = 101;
     let upstream_side = hyper::upgrade::on(&mut resp);

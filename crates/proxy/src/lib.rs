@@ -16,23 +16,23 @@
 //! h2c connection per upstream (`pool`). With `fast_path: false` every
 //! connection takes the general path. When a response ends (or the client
 //! goes away), the request's metrics are recorded and its span goes to a
-//! bounded queue that [`export`] batches, on a thread of its own, to Zipkin
+//! bounded queue that `export` batches, on a thread of its own, to Zipkin
 //! (JSON) and/or OTLP (protobuf) collectors.
 
 #![forbid(unsafe_code)]
 
 mod body;
 pub mod config;
-pub mod export;
+mod export;
 mod fast;
 mod forward;
 mod guard;
 mod h1;
-pub mod metrics;
+mod metrics;
 mod pool;
 mod request;
 mod rules;
-pub mod span;
+mod span;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -234,6 +234,7 @@ async fn accept_loop(
         };
         let max_head = cfg.max_header_bytes;
         let fast_path = cfg.fast_path;
+        let stream_idle = cfg.timeouts.stream_idle;
         tokio::spawn(async move {
             let mut stream = stream;
             let read = if fast_path {
@@ -246,8 +247,11 @@ async fn accept_loop(
                 bytes::BytesMut::new()
             };
             drop(fast);
-            let (io, verdicts) =
-                guard::Guarded::new(fast::Rewind::new(read.freeze(), stream), max_head);
+            let (io, verdicts) = guard::Guarded::new(
+                fast::Rewind::new(read.freeze(), stream),
+                max_head,
+                stream_idle,
+            );
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 // One verdict per HTTP/1 request, in order (HTTP/2 has none).
                 let verdict = (req.version() != hyper::Version::HTTP_2)

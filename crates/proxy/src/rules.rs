@@ -19,7 +19,7 @@
 //! - `te: trailers` goes on to HTTP/2 upstreams (gRPC needs it).
 
 use http::HeaderMap;
-use sidecar_telemetry::trace::{self, HeaderSource, Outgoing};
+use sidecar_telemetry::trace::{HeaderSource, Outgoing};
 
 use crate::h1::{has_token, parse_length, tokens, trim_ows};
 
@@ -64,7 +64,8 @@ impl<F: Fields + ?Sized> HeaderSource for TraceSource<'_, F> {
 }
 
 /// Fields that belong to one connection (RFC 9110 §7.6.1 and §7.8, RFC 9113
-/// §3.2.1), never passed on as received.
+/// §3.2.1), never passed on as received ([`Name::hop_by_hop`]).
+#[cfg(test)]
 pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -76,31 +77,193 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "http2-settings",
 ];
 
-/// Fields a `Connection` header may not name: framing, the target, and
-/// everything the proxy writes on a request.
-const PROTECTED: [&str; 14] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-];
-
-fn is_one_of(name: &[u8], list: &[&str]) -> bool {
-    list.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+/// What a field name means to the rules. Every rule asks this once per
+/// field (a name is compared with the few known names of its length only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Name {
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Connection,
+    Upgrade,
+    Te,
+    Expect,
+    XRequestId,
+    XForwardedFor,
+    XForwardedProto,
+    /// Another hop-by-hop field: keep-alive, proxy-connection,
+    /// proxy-authorization, http2-settings.
+    HopByHop,
+    /// A trace header the proxy replaces (`trace::TRACE_HEADERS`).
+    Trace,
+    Other,
 }
 
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    is_one_of(name.as_bytes(), &HOP_BY_HOP)
+/// A known field name, compared a word at a time: `(input | mask) == word`,
+/// where `mask` has 0x20 on the letters (either case matches) and 0 on the
+/// other bytes (only themselves match), so the comparison is exact.
+struct Known {
+    words: [u64; 3],
+    masks: [u64; 3],
+    class: Name,
+}
+
+impl Known {
+    /// `name` (lower case, 2 to 24 bytes) read as its words: at 0, 8, 16,
+    /// and the last one (overlapping) at `len - 8`; names under 8 bytes are
+    /// one word, zero-padded.
+    const fn new(name: &str, class: Name) -> Known {
+        let b = name.as_bytes();
+        let mut words = [0u64; 3];
+        let mut masks = [0u64; 3];
+        let mut w = 0;
+        while w < 3 {
+            let start = word_start(b.len(), w);
+            let mut i = 0;
+            while i < 8 && start + i < b.len() {
+                let c = b[start + i];
+                words[w] |= (c as u64) << (8 * i);
+                if c.is_ascii_lowercase() {
+                    masks[w] |= 0x20 << (8 * i);
+                }
+                i += 1;
+            }
+            w += 1;
+        }
+        Known {
+            words,
+            masks,
+            class,
+        }
+    }
+
+    #[inline]
+    fn class_of(&self, name: &[u8]) -> Name {
+        let len = name.len();
+        let same = if len >= 8 {
+            // Every word is whole (the last overlaps): plain 8-byte loads.
+            (0..words_of(len)).all(|w| {
+                let start = word_start(len, w);
+                let word = name
+                    .get(start..start + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_le_bytes);
+                word | self.masks[w] == self.words[w]
+            })
+        } else {
+            let mut x = [0u8; 8];
+            for (to, from) in x.iter_mut().zip(name) {
+                *to = *from;
+            }
+            u64::from_le_bytes(x) | self.masks[0] == self.words[0]
+        };
+        if same { self.class } else { Name::Other }
+    }
+}
+
+/// Where word `w` of a name of `len` bytes starts (the last one overlaps
+/// the one before it, so every word is full once `len` >= 8).
+const fn word_start(len: usize, w: usize) -> usize {
+    if len <= 8 {
+        0
+    } else if (w + 1) * 8 >= len {
+        len - 8
+    } else {
+        w * 8
+    }
+}
+
+/// How many words a name of `len` bytes is read in.
+const fn words_of(len: usize) -> usize {
+    if len <= 8 { 1 } else { len.div_ceil(8) }
+}
+
+static TE: Known = Known::new("te", Name::Te);
+static B3: Known = Known::new("b3", Name::Trace);
+static HOST: Known = Known::new("host", Name::Host);
+static EXPECT: Known = Known::new("expect", Name::Expect);
+static UPGRADE: Known = Known::new("upgrade", Name::Upgrade);
+static CONNECTION: Known = Known::new("connection", Name::Connection);
+static KEEP_ALIVE: Known = Known::new("keep-alive", Name::HopByHop);
+static TRACESTATE: Known = Known::new("tracestate", Name::Trace);
+static B3_FLAGS: Known = Known::new("x-b3-flags", Name::Trace);
+static TRACEPARENT: Known = Known::new("traceparent", Name::Trace);
+static B3_SPANID: Known = Known::new("x-b3-spanid", Name::Trace);
+static REQUEST_ID: Known = Known::new("x-request-id", Name::XRequestId);
+static B3_TRACEID: Known = Known::new("x-b3-traceid", Name::Trace);
+static B3_SAMPLED: Known = Known::new("x-b3-sampled", Name::Trace);
+static CONTENT_LENGTH: Known = Known::new("content-length", Name::ContentLength);
+static HTTP2_SETTINGS: Known = Known::new("http2-settings", Name::HopByHop);
+static FORWARDED_FOR: Known = Known::new("x-forwarded-for", Name::XForwardedFor);
+static PROXY_CONNECTION: Known = Known::new("proxy-connection", Name::HopByHop);
+static TRANSFER_ENCODING: Known = Known::new("transfer-encoding", Name::TransferEncoding);
+static FORWARDED_PROTO: Known = Known::new("x-forwarded-proto", Name::XForwardedProto);
+static B3_PARENT: Known = Known::new("x-b3-parentspanid", Name::Trace);
+static PROXY_AUTHORIZATION: Known = Known::new("proxy-authorization", Name::HopByHop);
+
+impl Name {
+    /// Classifies a field name. Runs for every field several times per
+    /// request, so the length and first letter pick the one known name it
+    /// can be, which is then compared a word at a time ([`Known`]); most
+    /// fields (Date, Server, Content-Type...) are `Other` at once.
+    #[inline]
+    pub(crate) fn of(name: &[u8]) -> Name {
+        let Some(first) = name.first() else {
+            return Name::Other;
+        };
+        let at = |i: usize| name.get(i).map_or(0, |b| b | 0x20);
+        let known = match (name.len(), first | 0x20) {
+            (2, b't') => &TE,
+            (2, b'b') => &B3,
+            (4, b'h') => &HOST,
+            (6, b'e') => &EXPECT,
+            (7, b'u') => &UPGRADE,
+            (10, b'c') => &CONNECTION,
+            (10, b'k') => &KEEP_ALIVE,
+            (10, b't') => &TRACESTATE,
+            (10, b'x') => &B3_FLAGS,
+            (11, b't') => &TRACEPARENT,
+            (11, b'x') => &B3_SPANID,
+            (12, b'x') => match (at(2), at(5)) {
+                (b'r', _) => &REQUEST_ID,
+                (b'b', b't') => &B3_TRACEID,
+                _ => &B3_SAMPLED,
+            },
+            (14, b'c') => &CONTENT_LENGTH,
+            (14, b'h') => &HTTP2_SETTINGS,
+            (15, b'x') => &FORWARDED_FOR,
+            (16, b'p') => &PROXY_CONNECTION,
+            (17, b't') => &TRANSFER_ENCODING,
+            (17, b'x') if at(2) == b'f' => &FORWARDED_PROTO,
+            (17, b'x') => &B3_PARENT,
+            (19, b'p') => &PROXY_AUTHORIZATION,
+            _ => return Name::Other,
+        };
+        known.class_of(name)
+    }
+
+    /// A field that belongs to one connection ([`HOP_BY_HOP`]).
+    pub(crate) fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::Upgrade | Name::Te | Name::TransferEncoding | Name::HopByHop
+        )
+    }
+
+    /// A field a `Connection` header may not name: framing, the target, and
+    /// everything the proxy writes on a request.
+    fn protected(self) -> bool {
+        matches!(
+            self,
+            Name::ContentLength
+                | Name::TransferEncoding
+                | Name::Host
+                | Name::XRequestId
+                | Name::XForwardedFor
+                | Name::XForwardedProto
+                | Name::Trace
+        )
+    }
 }
 
 /// The HTTP version a request came in.
@@ -253,47 +416,47 @@ pub(crate) fn analyze_request<'a, F: Fields + ?Sized>(
     };
     let mut bad_length = false;
     for (name, value) in fields.each() {
-        let n = name.as_bytes();
-        if n.eq_ignore_ascii_case(b"content-length") {
-            match parse_length(value) {
+        match Name::of(name.as_bytes()) {
+            Name::ContentLength => match parse_length(value) {
                 Some(v) if length.is_some_and(|l| l != v) => {
                     return Err(Reject::ConflictingContentLength);
                 }
                 Some(v) => length = Some(v),
                 None => bad_length = true,
+            },
+            Name::TransferEncoding => {
+                te_fields += 1;
+                te_chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
             }
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_fields += 1;
-            te_chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
-        } else if n.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-            host_value = Some(value);
-        } else if n.eq_ignore_ascii_case(b"connection") {
-            for t in tokens(value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    conn_upgrade = true;
-                } else {
-                    named = true;
-                    protected |= is_one_of(t, &PROTECTED);
+            Name::Host => {
+                hosts += 1;
+                host_value = Some(value);
+            }
+            Name::Connection => {
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else {
+                        named = true;
+                        protected |= Name::of(t).protected();
+                    }
                 }
             }
-        } else if n.eq_ignore_ascii_case(b"upgrade") {
-            upgrade_field = true;
-            h2c |= tokens(value).any(|t| t.len() >= 3 && t[..3].eq_ignore_ascii_case(b"h2c"));
-        } else if n.eq_ignore_ascii_case(b"expect") {
-            facts.expect = true;
-        } else if n.eq_ignore_ascii_case(b"x-request-id") {
-            if facts.request_id.is_none() {
+            Name::Upgrade => {
+                upgrade_field = true;
+                h2c |= tokens(value).any(|t| t.len() >= 3 && t[..3].eq_ignore_ascii_case(b"h2c"));
+            }
+            Name::Expect => facts.expect = true,
+            Name::XRequestId if facts.request_id.is_none() => {
                 facts.request_id = std::str::from_utf8(trim_ows(value)).ok();
             }
-        } else if n.eq_ignore_ascii_case(b"x-forwarded-proto") {
-            facts.forwarded_proto = true;
-        } else if n.eq_ignore_ascii_case(b"te") {
-            facts.te_trailers |= has_token(value, "trailers");
+            Name::XForwardedProto => facts.forwarded_proto = true,
+            Name::Te => facts.te_trailers |= has_token(value, "trailers"),
+            _ => {}
         }
     }
     // Checked in a fixed order, so the verdict never depends on field order.
@@ -370,10 +533,19 @@ pub(crate) fn target_authority(target: &str) -> Option<&str> {
 /// A Host value (RFC 9110 §7.2): `uri-host [ ":" port ]`, no user info, no
 /// path; empty is allowed (a target without authority).
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|b| {
-        b.is_ascii_alphanumeric()
+    v.iter().all(|b| HOST_BYTES[usize::from(*b)])
+}
+
+/// The bytes of a reg-name, IPv4 or IP-literal host and a port: unreserved,
+/// pct-encoded, sub-delims, `:`, `[`, `]` (a table: checked per byte).
+static HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -392,8 +564,25 @@ fn valid_host(v: &[u8]) -> bool {
                     | b':'
                     | b'['
                     | b']'
-            )
-    })
+            );
+        b += 1;
+    }
+    t
+};
+
+/// A name that reads as a framing field, Host or one the proxy writes
+/// once `_` is taken for `-` (`X_Forwarded_For`): CGI-style upstreams
+/// (`HTTP_X_FORWARDED_FOR`) cannot tell it from the real one, so it never
+/// goes on (nginx drops every name with `_` by default).
+fn underscored_lookalike(name: &str) -> bool {
+    if !name.contains('_') || name.len() > 24 {
+        return false;
+    }
+    let mut dashed = [0u8; 24];
+    for (to, from) in dashed.iter_mut().zip(name.bytes()) {
+        *to = if from == b'_' { b'-' } else { from };
+    }
+    Name::of(&dashed[..name.len()]).protected()
 }
 
 /// True when a `Connection` field of `fields` names `name`.
@@ -448,19 +637,15 @@ pub(crate) fn write_request<F: Fields + ?Sized>(
 ) {
     let mut length_kept = false;
     for (name, value) in fields.each() {
-        let n = name.as_bytes();
-        let goes_on = if is_hop_by_hop(name) {
+        let goes_on = match Name::of(name.as_bytes()) {
             // An upgrade's protocols go on with it; `Connection: upgrade` is written below.
-            facts.upgrade && n.eq_ignore_ascii_case(b"upgrade")
-        } else if n.eq_ignore_ascii_case(b"content-length") {
+            Name::Upgrade => facts.upgrade,
+            n if n.hop_by_hop() => false,
             // Equal repeats are one value: sent once.
-            !std::mem::replace(&mut length_kept, true)
-        } else if n.eq_ignore_ascii_case(b"host") {
-            facts.host_field_kept && !ours.http2_upstream
-        } else {
-            !(is_one_of(n, &trace::TRACE_HEADERS)
-                || n.eq_ignore_ascii_case(b"x-forwarded-for")
-                || (facts.named && connection_names(fields, name)))
+            Name::ContentLength => !std::mem::replace(&mut length_kept, true),
+            Name::Host => facts.host_field_kept && !ours.http2_upstream,
+            Name::Trace | Name::XForwardedFor => false,
+            _ => !(underscored_lookalike(name) || facts.named && connection_names(fields, name)),
         };
         if goes_on {
             sink.keep(name, value);
@@ -502,6 +687,9 @@ pub(crate) fn write_request<F: Fields + ?Sized>(
 /// Why an upstream's response is refused (502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BadResponse {
+    /// A status outside 100-999.
+    Status,
+    TransferEncodingOnHttp10,
     BadContentLength,
     ConflictingContentLength,
     LengthTwice,
@@ -512,6 +700,8 @@ pub(crate) enum BadResponse {
 impl std::fmt::Display for BadResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            BadResponse::Status => "a status code outside 100-999",
+            BadResponse::TransferEncodingOnHttp10 => "Transfer-Encoding in an HTTP/1.0 response",
             BadResponse::BadContentLength => "invalid Content-Length",
             BadResponse::ConflictingContentLength => "conflicting Content-Length",
             BadResponse::LengthTwice => "both Content-Length and Transfer-Encoding",
@@ -535,10 +725,16 @@ pub(crate) struct ResponseFacts {
     pub named: bool,
 }
 
-/// Checks a response's fields (the same rules as a request's framing).
+/// Checks a response's status and fields (the same rules as a request's
+/// framing); `http10`: the upstream answered in HTTP/1.0.
 pub(crate) fn analyze_response<F: Fields + ?Sized>(
+    status: u16,
+    http10: bool,
     fields: &F,
 ) -> Result<ResponseFacts, BadResponse> {
+    if !(100..=999).contains(&status) {
+        return Err(BadResponse::Status);
+    }
     let mut facts = ResponseFacts {
         length: None,
         chunked: false,
@@ -548,30 +744,32 @@ pub(crate) fn analyze_response<F: Fields + ?Sized>(
     };
     let (mut te_fields, mut bad_length, mut names_framing) = (0u32, false, false);
     for (name, value) in fields.each() {
-        let n = name.as_bytes();
-        if n.eq_ignore_ascii_case(b"content-length") {
-            match parse_length(value) {
+        match Name::of(name.as_bytes()) {
+            Name::ContentLength => match parse_length(value) {
                 Some(v) if facts.length.is_some_and(|l| l != v) => {
                     return Err(BadResponse::ConflictingContentLength);
                 }
                 Some(v) => facts.length = Some(v),
                 None => bad_length = true,
+            },
+            Name::TransferEncoding => {
+                te_fields += 1;
+                facts.chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
             }
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_fields += 1;
-            facts.chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
-        } else if n.eq_ignore_ascii_case(b"connection") {
-            for t in tokens(value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    facts.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    facts.keep_alive = true;
-                } else {
-                    facts.named = true;
-                    names_framing |= t.eq_ignore_ascii_case(b"content-length")
-                        || t.eq_ignore_ascii_case(b"transfer-encoding");
+            Name::Connection => {
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        facts.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive = true;
+                    } else {
+                        facts.named = true;
+                        names_framing |=
+                            matches!(Name::of(t), Name::ContentLength | Name::TransferEncoding);
+                    }
                 }
             }
+            _ => {}
         }
     }
     if names_framing {
@@ -579,6 +777,9 @@ pub(crate) fn analyze_response<F: Fields + ?Sized>(
     }
     if te_fields > 0 && (facts.length.is_some() || bad_length) {
         return Err(BadResponse::LengthTwice);
+    }
+    if te_fields > 0 && http10 {
+        return Err(BadResponse::TransferEncodingOnHttp10);
     }
     if te_fields > 1 || (te_fields == 1 && !facts.chunked) {
         return Err(BadResponse::UnsupportedTransferEncoding);
@@ -619,22 +820,23 @@ pub(crate) fn response_body(
     }
 }
 
-/// Writes the fields of a response that go on to the client: hop-by-hop
-/// ones and those `Connection` names out, repeated Content-Length once.
-/// The path adds its own framing (`transfer-encoding`, `connection: close`).
+/// Writes the fields of a response with `status` that go on to the
+/// client: hop-by-hop ones and those `Connection` names out, repeated
+/// Content-Length once, and none on a 1xx or 204 (RFC 9110 §8.6). The path
+/// adds its own framing (`transfer-encoding`, `connection: close`).
 pub(crate) fn write_response<F: Fields + ?Sized>(
+    status: u16,
     fields: &F,
     facts: &ResponseFacts,
     sink: &mut impl Sink,
 ) {
+    let no_length = status < 200 || status == 204;
     let mut length_kept = false;
     for (name, value) in fields.each() {
-        let goes_on = if is_hop_by_hop(name) {
-            false
-        } else if name.eq_ignore_ascii_case("content-length") {
-            !std::mem::replace(&mut length_kept, true)
-        } else {
-            !(facts.named && connection_names(fields, name))
+        let goes_on = match Name::of(name.as_bytes()) {
+            n if n.hop_by_hop() => false,
+            Name::ContentLength => !no_length && !std::mem::replace(&mut length_kept, true),
+            _ => !(facts.named && connection_names(fields, name)),
         };
         if goes_on {
             sink.keep(name, value);
@@ -656,15 +858,32 @@ pub(crate) struct Declared {
 
 impl Declared {
     pub(crate) fn note(&mut self, name: &str, value: &[u8]) {
-        if name.eq_ignore_ascii_case("content-length") {
-            self.lengths += 1;
-            self.length = parse_length(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if trim_ows(value).eq_ignore_ascii_case(b"chunked") {
-                self.chunked += 1;
-            } else {
-                self.other_codings += 1;
+        // Only two names matter, of lengths 14 and 17.
+        if matches!(name.len(), 14 | 17) {
+            self.note_as(Name::of(name.as_bytes()), value);
+        }
+    }
+
+    /// [`Declared::note`] for a name the proxy writes (lower case).
+    pub(crate) fn note_ours(&mut self, name: &'static str, value: &[u8]) {
+        match name {
+            "content-length" => self.note_as(Name::ContentLength, value),
+            "transfer-encoding" => self.note_as(Name::TransferEncoding, value),
+            _ => {}
+        }
+    }
+
+    fn note_as(&mut self, name: Name, value: &[u8]) {
+        match name {
+            Name::ContentLength => {
+                self.lengths += 1;
+                self.length = parse_length(value);
             }
+            Name::TransferEncoding if trim_ows(value).eq_ignore_ascii_case(b"chunked") => {
+                self.chunked += 1;
+            }
+            Name::TransferEncoding => self.other_codings += 1,
+            _ => {}
         }
     }
 
@@ -686,6 +905,102 @@ impl Declared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sidecar_telemetry::trace;
+
+    #[test]
+    fn names_are_classified_whatever_their_case() {
+        for n in HOP_BY_HOP {
+            for v in [n.to_string(), n.to_ascii_uppercase()] {
+                assert!(Name::of(v.as_bytes()).hop_by_hop(), "{v}");
+            }
+        }
+        for n in trace::TRACE_HEADERS {
+            assert_eq!(
+                Name::of(n.to_ascii_uppercase().as_bytes()),
+                Name::Trace,
+                "{n}"
+            );
+        }
+        for (n, expected) in [
+            ("Content-Length", Name::ContentLength),
+            ("HOST", Name::Host),
+            ("x-Request-ID", Name::XRequestId),
+            ("X-Forwarded-For", Name::XForwardedFor),
+            ("x-forwarded-proto", Name::XForwardedProto),
+            ("Expect", Name::Expect),
+            ("hosts", Name::Other),
+            ("content-lengths", Name::Other),
+            ("", Name::Other),
+            ("x-b3-traceie", Name::Other),
+            ("x-b3-sampler", Name::Other),
+            ("x-forwarded-prot0", Name::Other),
+            ("HOST\u{0}", Name::Other),
+            ("Date", Name::Other),
+            ("Content-Type", Name::Other),
+        ] {
+            assert_eq!(Name::of(n.as_bytes()), expected, "{n}");
+        }
+        assert!(!Name::Other.hop_by_hop() && !Name::ContentLength.hop_by_hop());
+    }
+
+    /// The plain form of [`Name::of`]: lower-case, then look up.
+    fn naive(name: &str) -> Name {
+        let known = [
+            ("te", Name::Te),
+            ("host", Name::Host),
+            ("expect", Name::Expect),
+            ("upgrade", Name::Upgrade),
+            ("connection", Name::Connection),
+            ("keep-alive", Name::HopByHop),
+            ("proxy-connection", Name::HopByHop),
+            ("proxy-authorization", Name::HopByHop),
+            ("http2-settings", Name::HopByHop),
+            ("x-request-id", Name::XRequestId),
+            ("content-length", Name::ContentLength),
+            ("transfer-encoding", Name::TransferEncoding),
+            ("x-forwarded-for", Name::XForwardedFor),
+            ("x-forwarded-proto", Name::XForwardedProto),
+        ];
+        let lower = name.to_ascii_lowercase();
+        if trace::TRACE_HEADERS.contains(&lower.as_str()) {
+            return Name::Trace;
+        }
+        known
+            .iter()
+            .find(|(n, _)| *n == lower)
+            .map_or(Name::Other, |(_, c)| *c)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_classifier_agrees_with_the_plain_one(
+            pick in 0usize..30,
+            flips in proptest::collection::vec(proptest::bool::ANY, 20),
+            tweak in proptest::option::of((0usize..20, 0u8..128)),
+            random in "[a-zA-Z0-9-]{0,20}",
+        ) {
+            let names = [
+                "te", "host", "expect", "upgrade", "connection", "keep-alive",
+                "proxy-connection", "proxy-authorization", "http2-settings", "x-request-id",
+                "content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
+                "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+            ];
+            let base = names.get(pick).map_or(random.clone(), |n| n.to_string());
+            let mut bytes: Vec<u8> = base
+                .bytes()
+                .zip(flips.iter().cycle())
+                .map(|(b, up)| if *up { b.to_ascii_uppercase() } else { b })
+                .collect();
+            if let Some((i, b)) = tweak {
+                if i < bytes.len() {
+                    bytes[i] = b;
+                }
+            }
+            let name = String::from_utf8_lossy(&bytes).to_string();
+            proptest::prop_assert_eq!(Name::of(name.as_bytes()), naive(&name), "{:?}", name);
+        }
+    }
 
     fn fields(pairs: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
         pairs
@@ -936,8 +1251,50 @@ mod tests {
     }
 
     #[test]
+    fn underscore_lookalikes_of_what_the_proxy_writes_never_go_on() {
+        let lines = written(
+            &[
+                ("Host", "a"),
+                ("X_Forwarded_For", "6.6.6.6"),
+                ("x_request_id", "forged"),
+                ("Transfer_Encoding", "chunked"),
+                ("X_B3_TraceId", "1"),
+                ("x_custom", "kept"),
+            ],
+            false,
+        );
+        assert_eq!(
+            lines,
+            [
+                "Host: a",
+                "x_custom: kept",
+                "+trace",
+                "+x-forwarded-for: 10.0.0.9",
+                "+x-forwarded-proto: http",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_length_goes_on_with_a_1xx_or_204() {
+        let f = fields(&[("Content-Length", "5"), ("X", "y")]);
+        let facts = analyze_response(204, false, &f[..]).unwrap();
+        let mut sink = Lines::default();
+        write_response(204, &f[..], &facts, &mut sink);
+        assert_eq!(sink.0, ["X: y"]);
+        let mut sink = Lines::default();
+        write_response(304, &f[..], &facts, &mut sink);
+        assert_eq!(
+            sink.0,
+            ["Content-Length: 5", "X: y"],
+            "304 keeps its length"
+        );
+    }
+
+    #[test]
     fn responses_frame_like_requests_and_refuse_connection_tricks() {
-        let resp = |p: &[(&'static str, &'static str)]| analyze_response(&fields(p)[..]);
+        let resp =
+            |p: &[(&'static str, &'static str)]| analyze_response(200, false, &fields(p)[..]);
         assert_eq!(
             resp(&[("Connection", "content-length"), ("Content-Length", "2")]),
             Err(BadResponse::ConnectionNamesFraming)
@@ -959,6 +1316,15 @@ mod tests {
         );
         let f = resp(&[("Content-Length", "2"), ("Connection", "x-a")]).unwrap();
         assert_eq!((f.length, f.named), (Some(2), true));
+        let chunked = fields(&[("Transfer-Encoding", "chunked")]);
+        assert_eq!(
+            analyze_response(200, true, &chunked[..]),
+            Err(BadResponse::TransferEncodingOnHttp10)
+        );
+        assert_eq!(
+            analyze_response(99, false, &chunked[..]),
+            Err(BadResponse::Status)
+        );
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn connection_naming_content_length_cannot_smuggle_a_request() {
 fn an_upstream_response_naming_content_length_in_connection_is_502() {
     // Unframed, its body would be read as the next response on the client's connection.
     let up = raw_upstream(
-        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 41\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 42\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
     );
     let mut checker = H11Checker::start();
     for (path, proxy) in both_paths(up, &[]) {
@@ -517,5 +517,45 @@ fn a_client_that_goes_away_is_counted_and_traced_as_cancelled() {
                 "{path}: {metrics}"
             );
         }
+    }
+}
+
+#[test]
+fn an_h2c_client_reaches_an_http1_upstream_in_origin_form_with_a_host() {
+    let up = H11Upstream::start();
+    let proxy = Proxy::single(up.addr, "svc", &[]);
+    let url = format!("http://{}/h2/path?q=1", proxy.addr());
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-H", "x-custom: yes", &url])
+        .output()
+        .expect("curl (installed by scripts/test) runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok:GET:/h2/path?q=1");
+    let batch = up.take_batch();
+    assert_eq!(targets(&batch), ["/h2/path?q=1"]);
+    let r = &batch[0];
+    assert_eq!(r["version"], "1.1");
+    assert_eq!(header(r, "host"), [proxy.addr().to_string().as_str()]);
+    assert_eq!(header(r, "x-custom"), ["yes"]);
+    assert_eq!(header(r, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_no_upstream_errors(&up);
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_requests_gets_every_answer() {
+    // Request sent, sending side shut: the answers still come (hyper closed
+    // such connections unanswered on the general path).
+    let up = H11Upstream::start();
+    let mut checker = H11Checker::start();
+    for (path, proxy) in both_paths(up.addr, &[]) {
+        let got = exchange(
+            proxy.addr(),
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        );
+        assert_eq!(
+            statuses(&mut checker, &["GET", "POST"], &got),
+            [200, 200],
+            "{path}"
+        );
+        assert_eq!(targets(&up.take_batch()), ["/1", "/2"], "{path}");
     }
 }

@@ -12,7 +12,7 @@ use sidecar_telemetry::trace::{self, Outgoing};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{Conn, MAX_HEADERS, Plan, UPSTREAM_BUF};
+use super::{Conn, MAX_RESPONSE_FIELDS, MAX_RESPONSE_HEAD, Plan, UPSTREAM_BUF};
 use crate::h1::ChunkedEnd;
 use crate::request::{self, RequestInfo};
 use crate::rules::{self, Body, Declared, Ours, ResponseBody, Sink, TraceSource, Version};
@@ -61,7 +61,7 @@ impl Conn {
         out: &mut Vec<u8>,
     ) -> Option<Plan> {
         let (method, path) = (req.method?, req.path?);
-        if req.version != Some(1) || !path.starts_with('/') || method == "CONNECT" {
+        if req.version != Some(1) || !origin_form(path) || method == "CONNECT" {
             return None;
         }
         let path_only = path.split('?').next().unwrap_or(path);
@@ -160,15 +160,19 @@ pub(super) async fn read_response_head(
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     head_method: bool,
-    max_head: usize,
 ) -> Result<ResponseHead, HeadError> {
+    let max_head = MAX_RESPONSE_HEAD;
     out.clear();
     let mut skipped = false;
     loop {
         let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(rbuf) {
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+            let mut resp = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                rbuf,
+                &mut headers,
+            ) {
                 Ok(httparse::Status::Complete(len)) => {
                     Some(rewrite_response(&resp, &rbuf[..len], head_method, out)?)
                 }
@@ -218,7 +222,8 @@ pub(super) fn rewrite_response(
             "101 Switching Protocols to a request that asked for no upgrade".into(),
         ));
     }
-    let facts = rules::analyze_response(resp.headers).map_err(|e| HeadError::Bad(e.to_string()))?;
+    let facts = rules::analyze_response(status, resp.version == Some(0), resp.headers)
+        .map_err(|e| HeadError::Bad(e.to_string()))?;
     let mut reusable = !facts.close && (resp.version == Some(1) || facts.keep_alive);
     let framing = match rules::response_body(status, head_method, &facts) {
         ResponseBody::Empty => Framing::Empty,
@@ -249,7 +254,7 @@ pub(super) fn rewrite_response(
             sink.out.extend_from_slice(b"\r\n");
         }
     }
-    rules::write_response(resp.headers, &facts, &mut sink);
+    rules::write_response(status, resp.headers, &facts, &mut sink);
     // The body goes on byte for byte, so its transfer coding goes with it.
     if matches!(framing, Framing::Chunked(_)) {
         sink.add("transfer-encoding", b"chunked");
@@ -314,7 +319,7 @@ impl Sink for BytesSink<'_, '_> {
         self.out.extend_from_slice(b": ");
         let at = self.out.len();
         value(self.out);
-        self.declared.note(name, &self.out[at..]);
+        self.declared.note_ours(name, &self.out[at..]);
         self.out.extend_from_slice(b"\r\n");
     }
 
@@ -323,6 +328,46 @@ impl Sink for BytesSink<'_, '_> {
         trace::write_outgoing_headers(ctx, self.out);
     }
 }
+
+/// An origin-form target of RFC 3986 characters only (path and query, no
+/// fragment): any other is the general path's to judge, as hyper does.
+fn origin_form(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| TARGET_BYTES[usize::from(b)])
+}
+
+/// pchar (unreserved, pct-encoded, sub-delims, `:`, `@`), `/` and `?`.
+static TARGET_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Where the request line of `method` and `path` is in `head`, if it can go
 /// on unchanged: `METHOD path HTTP/1.1` and CRLF, from the head's first byte.
@@ -428,7 +473,7 @@ mod tests {
 
     /// The lines of `head` (a response) that `rewrite_response` keeps, as it writes them.
     fn rewritten(head: &[u8]) -> Vec<u8> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
         let mut resp = httparse::Response::new(&mut headers);
         let len = match resp.parse(head).unwrap() {
             httparse::Status::Complete(len) => len,
@@ -482,7 +527,7 @@ mod tests {
                 head.extend_from_slice(if *crlf == 1 { b"\r\n" } else { b"\n" });
             }
             head.extend_from_slice(b"\r\n");
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
             let mut resp = httparse::Response::new(&mut headers);
             let Ok(httparse::Status::Complete(len)) = resp.parse(&head) else {
                 return Ok(()); // not a head httparse takes
@@ -507,7 +552,7 @@ mod tests {
                 .any(|(i, b)| *b == b'\n' && (i == 0 || out[i - 1] != b'\r'));
             prop_assert!(!bare_lf, "a bare LF in {:?}", String::from_utf8_lossy(&out));
             out.extend_from_slice(b"\r\n");
-            let mut back = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut back = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
             let mut again = httparse::Response::new(&mut back);
             prop_assert!(matches!(again.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
             let got: Vec<(String, Vec<u8>)> = again

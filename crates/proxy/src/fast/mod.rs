@@ -37,8 +37,13 @@ pub(crate) use self::relay::Rewind;
 use self::relay::{Deadline, End, read_more, relay_body};
 use crate::request::{Failure, ListenerRt, Pending, RouteRt, Shared};
 
-/// Most header fields in a head the fast path parses (more: the general path).
+/// Most header fields in a request head the fast path parses (more: the
+/// general path).
 const MAX_HEADERS: usize = 64;
+/// Most header fields, and bytes, in a response head: hyper's client
+/// defaults, so both paths take the same responses.
+const MAX_RESPONSE_FIELDS: usize = 100;
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 /// Usual sizes of a connection's buffers (client bytes, upstream bytes,
 /// rewritten heads); larger ones shrink back after the message that grew them.
 const CLIENT_BUF: usize = 8 * 1024;
@@ -111,6 +116,10 @@ impl Conn {
             {
                 Ok(Some(plan)) => plan,
                 Ok(None) => return Outcome::Closed,
+                // An HTTP/2 preface after HTTP/1.1 requests is no new protocol
+                // (hyper would switch to it, since it starts reading afresh):
+                // the connection ends, as when hyper reads it mid-connection.
+                Err(()) if !first && buf.starts_with(b"PRI * HTTP/2") => return Outcome::Closed,
                 Err(()) => return Outcome::Handoff(buf),
             };
             first = false;
@@ -237,7 +246,16 @@ impl Conn {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let relayed = relay_body(client, &mut upstream, head.framing, out, rbuf).await;
+        let relayed = relay_body(
+            client,
+            &mut upstream,
+            head.framing,
+            out,
+            rbuf,
+            deadline,
+            self.shared.timeouts.stream_idle,
+        )
+        .await;
         plan.pending.response_bytes = relayed.bytes;
         match relayed.end {
             // Dropped unfinished: recorded as cancelled (the client went away).
@@ -293,10 +311,7 @@ impl Conn {
                 })?;
             rbuf.clear();
             let head = match upstream.write_all(request).await {
-                Ok(()) => {
-                    read_response_head(&mut upstream, rbuf, out, plan.head_method, self.max_head)
-                        .await
-                }
+                Ok(()) => read_response_head(&mut upstream, rbuf, out, plan.head_method).await,
                 Err(_) => Err(HeadError::Closed),
             };
             match head {

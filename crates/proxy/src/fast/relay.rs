@@ -89,12 +89,16 @@ pub(super) struct Relayed {
 
 /// Writes the head in `out` and the response body to the client: what is
 /// already in `rbuf`, then reads from the upstream until the body's end.
+/// Every read and write must make progress within `idle` (a client that
+/// stops reading, an upstream that stops sending): else the exchange ends.
 pub(super) async fn relay_body(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     mut framing: Framing,
     out: &mut Vec<u8>,
     rbuf: &mut BytesMut,
+    deadline: &mut Deadline,
+    idle: std::time::Duration,
 ) -> Relayed {
     let mut bytes = 0u64;
     let mut first = true;
@@ -132,12 +136,13 @@ pub(super) async fn relay_body(
                 (rbuf.len(), false)
             }
         };
+        deadline.set(TokioInstant::now() + idle);
         let write = if first {
             // The head and the first part of the body in one write.
             out.extend_from_slice(&rbuf[..take]);
-            client.write_all(out).await
+            within(deadline, client.write_all(out)).await
         } else {
-            client.write_all(&rbuf[..take]).await
+            within(deadline, client.write_all(&rbuf[..take])).await
         };
         first = false;
         rbuf.advance(take);
@@ -157,7 +162,8 @@ pub(super) async fn relay_body(
         }
         rbuf.clear();
         rbuf.reserve(READ_CHUNK);
-        match upstream.read_buf(rbuf).await {
+        deadline.set(TokioInstant::now() + idle);
+        match within(deadline, upstream.read_buf(rbuf)).await {
             Ok(n) if n > 0 => {}
             Ok(_) if matches!(framing, Framing::UntilClose) => {
                 return Relayed {
@@ -172,6 +178,17 @@ pub(super) async fn relay_body(
                 };
             }
         }
+    }
+}
+
+/// `io`, unless the deadline passes first (then a `TimedOut` error).
+async fn within<T>(
+    deadline: &mut Deadline,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::select! {
+        r = io => r,
+        () = deadline.passed() => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
