@@ -280,7 +280,10 @@ pub(crate) async fn handle(
     let route = route_index.map(|i| &listener.routes[i]);
 
     // Trace context: honour what came in, start a trace otherwise.
-    let incoming = trace::extract(&TraceSource(req.headers())).map(|(c, _)| c);
+    let incoming = facts
+        .traced
+        .then(|| trace::extract(&TraceSource(req.headers())).map(|(c, _)| c))
+        .flatten();
     let generated =
         (listener.generate_request_id && facts.request_id.is_none()).then(trace::new_request_id);
     let host = facts.host.unwrap_or_default().to_string();

@@ -266,6 +266,33 @@ impl Name {
     }
 }
 
+/// The classes of a message's first fields, as its analysis found them, so
+/// that writing it does not classify them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Names([Name; 32]);
+
+impl Default for Names {
+    fn default() -> Self {
+        Names([Name::Other; 32])
+    }
+}
+
+impl Names {
+    fn set(&mut self, i: usize, class: Name) {
+        if let Some(slot) = self.0.get_mut(i) {
+            *slot = class;
+        }
+    }
+
+    /// The class of field `i`, `name`.
+    fn of(&self, i: usize, name: &str) -> Name {
+        match self.0.get(i) {
+            Some(class) => *class,
+            None => Name::of(name.as_bytes()),
+        }
+    }
+}
+
 /// The HTTP version a request came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Version {
@@ -387,6 +414,9 @@ pub(crate) struct RequestFacts<'a> {
     pub te_trailers: bool,
     /// `Connection` names fields (besides close, keep-alive, upgrade), which are dropped.
     pub named: bool,
+    /// The request carries a trace header (else there is no context to read).
+    pub traced: bool,
+    names: Names,
 }
 
 /// Checks a request's fields; `target_authority` is the authority of an
@@ -413,10 +443,14 @@ pub(crate) fn analyze_request<'a, F: Fields + ?Sized>(
         forwarded_proto: false,
         te_trailers: false,
         named: false,
+        traced: false,
+        names: Names::default(),
     };
     let mut bad_length = false;
-    for (name, value) in fields.each() {
-        match Name::of(name.as_bytes()) {
+    for (i, (name, value)) in fields.each().enumerate() {
+        let class = Name::of(name.as_bytes());
+        facts.names.set(i, class);
+        match class {
             Name::ContentLength => match parse_length(value) {
                 Some(v) if length.is_some_and(|l| l != v) => {
                     return Err(Reject::ConflictingContentLength);
@@ -456,6 +490,7 @@ pub(crate) fn analyze_request<'a, F: Fields + ?Sized>(
             }
             Name::XForwardedProto => facts.forwarded_proto = true,
             Name::Te => facts.te_trailers |= has_token(value, "trailers"),
+            Name::Trace => facts.traced = true,
             _ => {}
         }
     }
@@ -628,7 +663,8 @@ pub(crate) fn upstream_host<'a>(facts: &RequestFacts<'a>, ours: &Ours<'a>) -> &'
 }
 
 /// Writes the fields of the upstream request into `sink`: the received ones
-/// that go on (in order), then the proxy's own.
+/// that go on (in order), then the proxy's own. `fields` are those `facts`
+/// were found in (their classes are reused).
 pub(crate) fn write_request<F: Fields + ?Sized>(
     fields: &F,
     facts: &RequestFacts<'_>,
@@ -636,8 +672,8 @@ pub(crate) fn write_request<F: Fields + ?Sized>(
     sink: &mut impl Sink,
 ) {
     let mut length_kept = false;
-    for (name, value) in fields.each() {
-        let goes_on = match Name::of(name.as_bytes()) {
+    for (i, (name, value)) in fields.each().enumerate() {
+        let goes_on = match facts.names.of(i, name) {
             // An upgrade's protocols go on with it; `Connection: upgrade` is written below.
             Name::Upgrade => facts.upgrade,
             n if n.hop_by_hop() => false,
@@ -723,6 +759,7 @@ pub(crate) struct ResponseFacts {
     pub close: bool,
     pub keep_alive: bool,
     pub named: bool,
+    names: Names,
 }
 
 /// Checks a response's status and fields (the same rules as a request's
@@ -741,10 +778,13 @@ pub(crate) fn analyze_response<F: Fields + ?Sized>(
         close: false,
         keep_alive: false,
         named: false,
+        names: Names::default(),
     };
     let (mut te_fields, mut bad_length, mut names_framing) = (0u32, false, false);
-    for (name, value) in fields.each() {
-        match Name::of(name.as_bytes()) {
+    for (i, (name, value)) in fields.each().enumerate() {
+        let class = Name::of(name.as_bytes());
+        facts.names.set(i, class);
+        match class {
             Name::ContentLength => match parse_length(value) {
                 Some(v) if facts.length.is_some_and(|l| l != v) => {
                     return Err(BadResponse::ConflictingContentLength);
@@ -832,8 +872,8 @@ pub(crate) fn write_response<F: Fields + ?Sized>(
 ) {
     let no_length = status < 200 || status == 204;
     let mut length_kept = false;
-    for (name, value) in fields.each() {
-        let goes_on = match Name::of(name.as_bytes()) {
+    for (i, (name, value)) in fields.each().enumerate() {
+        let goes_on = match facts.names.of(i, name) {
             n if n.hop_by_hop() => false,
             Name::ContentLength => !no_length && !std::mem::replace(&mut length_kept, true),
             _ => !(facts.named && connection_names(fields, name)),

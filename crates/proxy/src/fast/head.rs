@@ -85,7 +85,10 @@ impl Conn {
             _ => 0,
         };
 
-        let incoming = trace::extract(&TraceSource(req.headers)).map(|(c, _)| c);
+        let incoming = facts
+            .traced
+            .then(|| trace::extract(&TraceSource(req.headers)).map(|(c, _)| c))
+            .flatten();
         let generated = (listener.generate_request_id && facts.request_id.is_none())
             .then(trace::new_request_id);
         let (outgoing, pending) = request::begin(

@@ -136,13 +136,12 @@ pub(super) async fn relay_body(
                 (rbuf.len(), false)
             }
         };
-        deadline.set(TokioInstant::now() + idle);
         let write = if first {
             // The head and the first part of the body in one write.
             out.extend_from_slice(&rbuf[..take]);
-            within(deadline, client.write_all(out)).await
+            write_all_within(client, out, deadline, idle).await
         } else {
-            within(deadline, client.write_all(&rbuf[..take])).await
+            write_all_within(client, &rbuf[..take], deadline, idle).await
         };
         first = false;
         rbuf.advance(take);
@@ -179,6 +178,29 @@ pub(super) async fn relay_body(
             }
         }
     }
+}
+
+/// Writes all of `buf` to the client: at once when the socket takes it (the
+/// usual case: no timer is touched), else waiting for it to be writable at
+/// most `idle` at a time.
+async fn write_all_within(
+    client: &mut TcpStream,
+    mut buf: &[u8],
+    deadline: &mut Deadline,
+    idle: std::time::Duration,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match client.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                deadline.set(TokioInstant::now() + idle);
+                within(deadline, client.writable()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `io`, unless the deadline passes first (then a `TimedOut` error).
