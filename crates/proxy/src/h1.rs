@@ -21,6 +21,43 @@ pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
     &value[start..end]
 }
 
+/// A byte table: ASCII letters and digits, the unreserved marks (`-._~`),
+/// `%` (pct-encoded), the sub-delims of RFC 3986 (`!$&'()*+,;=`), and
+/// `extra`. Host values and request targets are checked with one.
+pub(crate) const fn uri_bytes(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
 /// A `Content-Length` value (RFC 9112 §6.2): ASCII digits only, SP and HTAB
 /// trimmed; no sign, no list, nothing that overflows.
 pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {

@@ -118,19 +118,11 @@ impl Pool {
             return Ok(sender.clone());
         }
         let stream = self.open_stream().await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                upstream: self.upstream.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("h2c upstream connection ended: {e}");
-            }
-        });
+            .await;
+        let sender = self.run_connection(handshake)?;
         *conn = Some(sender.clone());
         Ok(sender)
     }
@@ -219,15 +211,22 @@ impl Pool {
 
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
         let stream = self.open_stream().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                upstream: self.upstream.clone(),
-                source,
-            })?;
+        let handshake = http1::Builder::new().handshake(TokioIo::new(stream)).await;
+        self.run_connection(handshake)
+    }
+
+    /// After a handshake: the connection runs on a task of its own; its
+    /// sender is returned.
+    fn run_connection<S, C>(&self, handshake: hyper::Result<(S, C)>) -> Result<S, ConnectError>
+    where
+        C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        let (sender, connection) = handshake.map_err(|source| ConnectError::Handshake {
+            upstream: self.upstream.clone(),
+            source,
+        })?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = connection.await {
                 tracing::debug!("upstream connection ended: {e}");
             }
         });

@@ -573,37 +573,7 @@ fn valid_host(v: &[u8]) -> bool {
 
 /// The bytes of a reg-name, IPv4 or IP-literal host and a port: unreserved,
 /// pct-encoded, sub-delims, `:`, `[`, `]` (a table: checked per byte).
-static HOST_BYTES: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-            );
-        b += 1;
-    }
-    t
-};
+static HOST_BYTES: [bool; 256] = crate::h1::uri_bytes(b":[]");
 
 /// A name that reads as a framing field, Host or one the proxy writes
 /// once `_` is taken for `-` (`X_Forwarded_For`): CGI-style upstreams

@@ -219,17 +219,9 @@ fn req() -> impl Strategy<Value = Req> {
 
 /// Fields whose values the proxy makes per request (trace ids) and the
 /// upstream per connection: left out of the comparison.
-const VOLATILE: [&str; 9] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "x-upstream-conn",
-];
+fn volatile(name: &str) -> bool {
+    name == "x-upstream-conn" || sidecar_telemetry::trace::TRACE_HEADERS.contains(&name)
+}
 
 /// A request the upstream got, in a comparable form: fields in order by
 /// name (the general path groups them), volatile ones out.
@@ -247,7 +239,7 @@ fn upstream_view(r: &Value) -> String {
                 h[1].as_str().unwrap().to_string(),
             )
         })
-        .filter(|(n, _)| !VOLATILE.contains(&n.as_str()))
+        .filter(|(n, _)| !volatile(n))
         .collect();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     format!(

@@ -12,40 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::peers::{H11Checker, H11Upstream, exchange};
-use common::proxy::Proxy;
-use serde_json::Value;
-
-fn both_paths(upstream: SocketAddr, extra: &[&str]) -> [(&'static str, Proxy); 2] {
-    let mut slow = vec!["--no-fast-path"];
-    slow.extend_from_slice(extra);
-    [
-        ("fast path", Proxy::single(upstream, "svc", extra)),
-        ("general path", Proxy::single(upstream, "svc", &slow)),
-    ]
-}
-
-/// Statuses of the responses in `data`, as h11 reads them (panics if it cannot).
-fn statuses(checker: &mut H11Checker, methods: &[&str], data: &[u8]) -> Vec<u64> {
-    let v = checker.check(methods, data);
-    assert!(
-        v["error"].is_null(),
-        "h11 refused the proxy's responses: {v}\n{}",
-        String::from_utf8_lossy(data)
-    );
-    v["responses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect()
-}
-
-fn targets(batch: &[Value]) -> Vec<String> {
-    batch
-        .iter()
-        .map(|r| r["target"].as_str().unwrap_or("<error>").to_string())
-        .collect()
-}
+use common::proxy::{Proxy, both_paths, statuses, targets};
 
 /// An upstream that answers each request head (and skips a chunked or
 /// sized body) with `response`, and records every byte it receives.

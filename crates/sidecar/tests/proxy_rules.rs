@@ -11,34 +11,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::peers::{self, H11Checker, H11Upstream, exchange, record_body};
-use common::proxy::Proxy;
+use common::proxy::{Proxy, both_paths, statuses, targets};
 use serde_json::Value;
-
-/// The same proxy twice: fast path on, and off (`--no-fast-path`).
-fn both_paths(upstream: SocketAddr, extra: &[&str]) -> [(&'static str, Proxy); 2] {
-    let mut slow = vec!["--no-fast-path"];
-    slow.extend_from_slice(extra);
-    [
-        ("fast path", Proxy::single(upstream, "svc", extra)),
-        ("general path", Proxy::single(upstream, "svc", &slow)),
-    ]
-}
-
-/// The status codes of the responses in `data`, as h11 reads them.
-fn statuses(checker: &mut H11Checker, methods: &[&str], data: &[u8]) -> Vec<u64> {
-    let v = checker.check(methods, data);
-    assert!(
-        v["error"].is_null() && v["unused_bytes"] == 0,
-        "h11 refused the proxy's responses: {v}\n{}",
-        String::from_utf8_lossy(data)
-    );
-    v["responses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect()
-}
 
 fn header<'a>(record: &'a Value, name: &str) -> Vec<&'a str> {
     record["headers"]
@@ -47,13 +21,6 @@ fn header<'a>(record: &'a Value, name: &str) -> Vec<&'a str> {
         .iter()
         .filter(|h| h[0].as_str() == Some(name))
         .map(|h| h[1].as_str().unwrap())
-        .collect()
-}
-
-fn targets(batch: &[Value]) -> Vec<String> {
-    batch
-        .iter()
-        .map(|r| r["target"].as_str().unwrap_or("<error>").to_string())
         .collect()
 }
 

@@ -339,38 +339,7 @@ fn origin_form(target: &str) -> bool {
 }
 
 /// pchar (unreserved, pct-encoded, sub-delims, `:`, `@`), `/` and `?`.
-static TARGET_BYTES: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-                    | b'?'
-            );
-        b += 1;
-    }
-    t
-};
+static TARGET_BYTES: [bool; 256] = crate::h1::uri_bytes(b":@/?");
 
 /// Where the request line of `method` and `path` is in `head`, if it can go
 /// on unchanged: `METHOD path HTTP/1.1` and CRLF, from the head's first byte.

@@ -36,7 +36,7 @@ Config file (YAML; unknown keys are errors that name the line):
     - {name: outbound, listen: 127.0.0.1:9000, direction: outbound,
        routes: [{prefix: /svc/2, upstream: service2:8000, http2: true, operation: checkStock}]}
   admin: 0.0.0.0:9901
-  timeouts: {connect: 2s, request: 15s, header_read: 10s, idle: 60s}
+  timeouts: {connect: 2s, request: 15s, header_read: 10s, idle: 60s, stream_idle: 5m}
   drain_timeout: 10s
   fast_path: true        # false (or --no-fast-path): every request on the general path";
 

@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
+
+use super::peers::H11Checker;
 use super::{Proc, http_get, wait_until};
 
 /// A running proxy and its admin address.
@@ -109,4 +112,40 @@ pub fn demo_service(name: &str, call: Option<&str>) -> (Proc, SocketAddr) {
     let p = Proc::start(&refs);
     let addr = logged(&p, &format!("demo service {name} on http://"));
     (p, addr)
+}
+
+/// The same proxy twice: fast path on, and off (`--no-fast-path`).
+pub fn both_paths(upstream: SocketAddr, extra: &[&str]) -> [(&'static str, Proxy); 2] {
+    let mut slow = vec!["--no-fast-path"];
+    slow.extend_from_slice(extra);
+    [
+        ("fast path", Proxy::single(upstream, "svc", extra)),
+        ("general path", Proxy::single(upstream, "svc", &slow)),
+    ]
+}
+
+/// The status codes of the responses in `data` (one connection's answers to
+/// requests with `methods`), as h11 reads them; panics if h11 cannot read
+/// them or bytes are left over.
+pub fn statuses(checker: &mut H11Checker, methods: &[&str], data: &[u8]) -> Vec<u64> {
+    let v = checker.check(methods, data);
+    assert!(
+        v["error"].is_null() && v["unused_bytes"] == 0,
+        "h11 refused the proxy's responses: {v}\n{}",
+        String::from_utf8_lossy(data)
+    );
+    v["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect()
+}
+
+/// The targets of the requests an upstream recorded.
+pub fn targets(batch: &[Value]) -> Vec<String> {
+    batch
+        .iter()
+        .map(|r| r["target"].as_str().unwrap_or("<error>").to_string())
+        .collect()
 }
