@@ -1,0 +1,443 @@
+//! The relay loop ([`Relay::run`]): each wake it re-checks the followed
+//! paths (`watch`), handles what moved (`rotation`, `siblings`), reads every
+//! open file (`reader`) and checkpoints (`resume`).
+
+mod reader;
+mod resume;
+mod rotation;
+mod siblings;
+mod watch;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use regex::bytes::Regex;
+
+use crate::checkpoint::{CheckpointError, Entry, Store};
+use crate::framer::Rules;
+use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::metrics::Metrics;
+use crate::output::{Format, Output};
+
+use self::reader::Reader;
+
+use self::watch::Early;
+
+/// Read buffer size.
+pub(super) const READ_CHUNK: usize = 128 * 1024;
+
+/// Most bytes read from one file per wake, so one busy file cannot starve the others.
+pub(super) const TICK_BUDGET: usize = 1024 * 1024;
+
+/// How long all files must stay quiet before a draining relay exits.
+pub(super) const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
+/// How many let-go files are remembered (to resume them if they reappear).
+pub(super) const KNOWN_FILES: usize = 1024;
+
+/// Most files held open ahead of their turn.
+pub(super) const MAX_PINNED: usize = 64;
+
+/// Times a rotation is looked at again when the writer rotates once more
+/// during each listing, before the files found are relayed in the order of
+/// their age and number anyway.
+pub(super) const MAX_ROTATION_TRIES: u32 = 3;
+
+/// Contents of truncated files remembered (see [`Relay::read_contents`]).
+pub(super) const READ_CONTENTS: usize = 16;
+
+/// Where to start in a file seen for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    End,
+}
+
+/// What the relay does; built by the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Files or glob patterns.
+    pub paths: Vec<String>,
+    pub format: Format,
+    pub prefix: bool,
+    pub from: StartAt,
+    pub max_line_bytes: usize,
+    pub multiline_start: Option<Regex>,
+    pub multiline_timeout: Duration,
+    pub glob_interval: Duration,
+    pub poll_interval: Duration,
+    pub rotate_wait: Duration,
+    pub drain_timeout: Duration,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            format: Format::Raw,
+            prefix: false,
+            from: StartAt::Beginning,
+            max_line_bytes: 1024 * 1024,
+            multiline_start: None,
+            multiline_timeout: Duration::from_secs(1),
+            glob_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            rotate_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            state_dir: None,
+        }
+    }
+}
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(
+        "cannot write to stdout ({0}): whatever reads the relay's output went away; lines not yet written stay in the files"
+    )]
+    Output(#[source] io::Error),
+    #[error("`{pattern}` is not a valid glob pattern ({reason}); quote it and check its brackets")]
+    Pattern { pattern: String, reason: String },
+    #[error(
+        "give at least one file or glob pattern to follow, like /logs/app.log or '/logs/*.log'"
+    )]
+    NoPaths,
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Asks a running relay to drain and stop.
+#[derive(Debug, Clone)]
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    wake: SyncSender<()>,
+}
+
+impl Control {
+    /// Starts the drain: keep reading until files are quiet, then exit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// What a finished relay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub bytes: u64,
+    /// True when the drain timeout passed while files were still being written.
+    pub drain_timed_out: bool,
+}
+
+pub(super) enum Pattern {
+    Literal(PathBuf),
+    Glob(String),
+}
+
+/// A file read before and let go (or saved in the checkpoint).
+#[derive(Debug, Clone)]
+pub(super) struct Known {
+    pub(super) fp: Fingerprint,
+    pub(super) offset: u64,
+    pub(super) label: String,
+    pub(super) path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Notice {
+    Missing,
+    NoMatch,
+    Directory,
+    NotRegular,
+    Unreadable,
+}
+
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) read_any: bool,
+    pub(super) budget_hit: bool,
+}
+
+/// The log relay. Build with [`Relay::new`], run with [`Relay::run`].
+pub struct Relay {
+    cfg: Config,
+    rules: Rules,
+    patterns: Vec<Pattern>,
+    readers: Vec<Reader>,
+    known: HashMap<FileId, Known>,
+    known_order: VecDeque<FileId>,
+    /// Checkpoint entries for files not yet found again after a restart.
+    saved_open: Vec<Entry>,
+    saved_labels: HashSet<String>,
+    literal_labels: HashSet<String>,
+    metrics: Metrics,
+    store: Option<Store>,
+    stop: Arc<AtomicBool>,
+    wake_tx: SyncSender<()>,
+    wake_rx: Receiver<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    notices: HashMap<String, Notice>,
+    buf: Vec<u8>,
+    last_data_any: Instant,
+    dirty: bool,
+    last_checkpoint: Instant,
+    initial_scan: bool,
+    /// Labels that had a file at some point (a first file gets its missed siblings read).
+    seen_labels: HashSet<Arc<str>>,
+    /// Labels whose path was found empty (mid-rotation) after their file was
+    /// let go, with that file's last change: files rotated away before the
+    /// next one appears hold lines too.
+    vacated: HashMap<Arc<str>, SystemTime>,
+    /// Labels with files rotated away since the given time that were left
+    /// for later because the file at the path moved on while we listed
+    /// (see [`Relay::recover_missed`]): the next rotation looks back that far.
+    deferred: HashMap<Arc<str>, SystemTime>,
+    started: SystemTime,
+    checkpoint_time: Option<SystemTime>,
+    /// The contents of truncated files and how far they were relayed, newest
+    /// last: a copy of one that turns up after the truncation was handled
+    /// is relayed from there (never twice).
+    read_contents: VecDeque<ReadContent>,
+    /// Files opened early at followed paths (see [`Relay::pin_new_files`]).
+    pinned: Vec<(PathBuf, File, FileId)>,
+    /// Files the watcher opened the moment they appeared at a followed path
+    /// (a writer that deletes its file may do so before the relay looks).
+    early: Arc<std::sync::Mutex<Early>>,
+    summary: Summary,
+}
+
+impl Relay {
+    /// Checks the configuration and prepares the relay; nothing is opened yet.
+    pub fn new(cfg: Config, metrics: Metrics) -> Result<(Self, Control), RelayError> {
+        if cfg.paths.is_empty() {
+            return Err(RelayError::NoPaths);
+        }
+        let mut patterns = Vec::new();
+        let mut literal_labels = HashSet::new();
+        for p in &cfg.paths {
+            if p.contains(['*', '?', '[']) {
+                glob::Pattern::new(p).map_err(|e| RelayError::Pattern {
+                    pattern: p.clone(),
+                    reason: e.msg.to_string(),
+                })?;
+                patterns.push(Pattern::Glob(p.clone()));
+            } else {
+                literal_labels.insert(p.clone());
+                patterns.push(Pattern::Literal(PathBuf::from(p)));
+            }
+        }
+        let store = cfg.state_dir.as_deref().map(Store::open).transpose()?;
+        let rules = Rules {
+            max_line_bytes: cfg.max_line_bytes.max(1),
+            multiline_start: cfg.multiline_start.clone(),
+            multiline_timeout: cfg.multiline_timeout,
+            blocks: cfg.format == Format::Raw && !cfg.prefix && cfg.multiline_start.is_none(),
+        };
+        let (wake_tx, wake_rx) = sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = Control {
+            stop: Arc::clone(&stop),
+            wake: wake_tx.clone(),
+        };
+        let now = Instant::now();
+        let relay = Self {
+            cfg,
+            rules,
+            patterns,
+            readers: Vec::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            saved_open: Vec::new(),
+            saved_labels: HashSet::new(),
+            literal_labels,
+            metrics,
+            store,
+            stop,
+            wake_tx,
+            wake_rx,
+            watcher: None,
+            watched: HashSet::new(),
+            notices: HashMap::new(),
+            buf: vec![0; READ_CHUNK],
+            last_data_any: now,
+            dirty: false,
+            last_checkpoint: now,
+            initial_scan: true,
+            seen_labels: HashSet::new(),
+            vacated: HashMap::new(),
+            deferred: HashMap::new(),
+            read_contents: VecDeque::new(),
+            started: SystemTime::now(),
+            checkpoint_time: None,
+            pinned: Vec::new(),
+            early: Arc::default(),
+            summary: Summary::default(),
+        };
+        Ok((relay, control))
+    }
+
+    /// Runs until [`Control::stop`] and the drain that follows; `ready` is
+    /// called once the first scan is done.
+    pub fn run<W: Write>(mut self, writer: W, ready: impl FnOnce()) -> Result<Summary, RelayError> {
+        let mut output = Output::new(writer, self.cfg.format, self.cfg.prefix);
+        let out = &mut output;
+        self.start_watcher();
+        if let Some(store) = &self.store {
+            let saved = store.load()?;
+            self.checkpoint_time = store.modified();
+            if !saved.is_empty() {
+                tracing::info!(
+                    "resuming {} file(s) from checkpoint {}",
+                    saved.len(),
+                    store.path().display()
+                );
+            }
+            self.restore(saved);
+        }
+        let mut now = Instant::now();
+        out.set_read_time(SystemTime::now());
+        self.check_paths(true, now, out)?;
+        self.initial_scan = false;
+        self.find_orphans(now, out)?;
+        ready();
+
+        let mut last_glob = now;
+        let mut drain_started: Option<Instant> = None;
+        loop {
+            let progress = self.read_all(now, out)?;
+            out.flush().map_err(RelayError::Output)?;
+            self.checkpoint_if_due(now);
+
+            if self.stop.load(Ordering::SeqCst) {
+                let started = *drain_started.get_or_insert_with(|| {
+                    tracing::info!(
+                        "stopping: relaying what is left (at most {})",
+                        humantime::format_duration(self.cfg.drain_timeout)
+                    );
+                    now
+                });
+                let quiet =
+                    !progress.budget_hit && now.duration_since(self.last_data_any) >= DRAIN_QUIET;
+                if quiet {
+                    break;
+                }
+                if now.duration_since(started) >= self.cfg.drain_timeout {
+                    self.summary.drain_timed_out = true;
+                    tracing::warn!(
+                        "drain timeout of {} passed while files were still being written; stopping anyway",
+                        humantime::format_duration(self.cfg.drain_timeout)
+                    );
+                    break;
+                }
+            }
+            if !progress.budget_hit {
+                let wait = if drain_started.is_some() {
+                    Duration::from_millis(50)
+                } else {
+                    self.cfg.poll_interval
+                };
+                match self.wake_rx.recv_timeout(wait) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {}
+                }
+            }
+            now = Instant::now();
+            out.set_read_time(SystemTime::now());
+            let glob_due = now.duration_since(last_glob) >= self.cfg.glob_interval;
+            if glob_due {
+                last_glob = now;
+            }
+            self.check_paths(glob_due, now, out)?;
+        }
+
+        // Emit what is held (partial lines get their newline), then checkpoint.
+        let now = Instant::now();
+        for i in 0..self.readers.len() {
+            self.finish_reader(i, now, out)?;
+        }
+        out.flush().map_err(RelayError::Output)?;
+        self.dirty = true;
+        self.save_checkpoint();
+        self.metrics.files_open.set(0);
+        Ok(self.summary)
+    }
+
+    /// Remembers a reader being let go, so the file is not read twice.
+    fn forget_reader(&mut self, r: Reader) {
+        self.remember(
+            r.id,
+            Known {
+                fp: r.fp,
+                offset: r.offset,
+                label: r.label.to_string(),
+                path: r.path,
+            },
+        );
+        self.dirty = true;
+    }
+
+    fn update_lag(&self) {
+        let mut lag: HashMap<&str, i64> = HashMap::new();
+        for r in &self.readers {
+            let behind = r.size.saturating_sub(r.framer.committed());
+            *lag.entry(&r.label).or_default() += i64::try_from(behind).unwrap_or(i64::MAX);
+        }
+        for r in &self.readers {
+            if let Some(v) = lag.remove(&*r.label) {
+                r.metrics.lag.set(v);
+            }
+        }
+    }
+
+    fn remember(&mut self, id: FileId, known: Known) {
+        if self.known.insert(id, known).is_none() {
+            self.known_order.push_back(id);
+        }
+        while self.known.len() > KNOWN_FILES {
+            match self.known_order.pop_front() {
+                Some(old) => {
+                    self.known.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.known_order.retain(|id| self.known.contains_key(id));
+    }
+
+    fn note(&mut self, key: &str, notice: Notice, message: std::fmt::Arguments<'_>) {
+        if self.notices.get(key) != Some(&notice) {
+            match notice {
+                Notice::Missing | Notice::NoMatch => tracing::info!("{message}"),
+                _ => tracing::warn!("{message}"),
+            }
+            if self.notices.len() > 4 * KNOWN_FILES {
+                self.notices.clear();
+            }
+            self.notices.insert(key.to_string(), notice);
+        }
+    }
+}
+
+pub(super) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+pub(super) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string_lossy().into_owned())
+}

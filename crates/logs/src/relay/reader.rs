@@ -1,0 +1,343 @@
+//! One open file: its state, and reading what is new in it through the framer.
+
+use super::{Progress, Relay, RelayError, Summary, TICK_BUDGET, file_name};
+use std::fs::File;
+use std::io::{self, Write};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::framer::Framer;
+use crate::identity::{FileId, Fingerprint, Tail, read_full_at};
+use crate::metrics::{FileMetrics, Metrics};
+use crate::output::Output;
+
+/// One open file.
+pub(super) struct Reader {
+    /// The followed path this file was found at: `file` in JSON, metrics label.
+    pub(super) label: Arc<str>,
+    /// File name of the label, for `--prefix`.
+    pub(super) name: Arc<str>,
+    /// Where the file is now, as far as we know.
+    pub(super) path: PathBuf,
+    /// True while the file is the one at a followed path.
+    pub(super) attached: bool,
+    pub(super) id: FileId,
+    pub(super) file: File,
+    pub(super) fp: Fingerprint,
+    /// The last bytes read (before `offset`).
+    pub(super) tail: Tail,
+    /// Next byte to read.
+    pub(super) offset: u64,
+    /// Size and modification time at the last look.
+    pub(super) size: u64,
+    pub(super) mtime: SystemTime,
+    pub(super) framer: Framer,
+    pub(super) last_data: Instant,
+    pub(super) metrics: FileMetrics,
+    /// Committed offset already counted in the bytes metric.
+    pub(super) counted: u64,
+    pub(super) error_noted: bool,
+    /// Times the file at the path moved on while the files rotated before it
+    /// were listed (see [`Relay::rotated_before`]).
+    pub(super) rotation_tries: u32,
+    /// Set when the reader starts a file at offset 0 after the first scan
+    /// (with the time since which missed files count): before relaying the
+    /// content, copies that later `copytruncate`s made meanwhile are
+    /// relayed (see [`Relay::recheck_first_bytes`]).
+    pub(super) recheck_since: Option<SystemTime>,
+}
+
+impl Reader {
+    /// A reader for `file` (found at `path`) that starts at `offset`.
+    pub(super) fn new(
+        label: &str,
+        path: PathBuf,
+        file: File,
+        offset: u64,
+        metrics: &Metrics,
+    ) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        Ok(Self {
+            name: Arc::from(file_name(Path::new(label))),
+            label: Arc::from(label),
+            path,
+            attached: false,
+            id: FileId::of(&meta),
+            fp: Fingerprint::read(&file, offset)?,
+            tail: Tail::read(&file, offset)?,
+            offset,
+            size: meta.len(),
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            framer: Framer::new(offset),
+            last_data: Instant::now(),
+            metrics: metrics.for_file(label),
+            counted: offset,
+            error_noted: false,
+            rotation_tries: 0,
+            recheck_since: None,
+            file,
+        })
+    }
+
+    /// The file's last change: its mtime now, else at the last look.
+    pub(super) fn last_change(&self) -> SystemTime {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(self.mtime)
+    }
+}
+
+/// Moves what the framer emitted into the metrics and the summary.
+pub(super) fn account(r: &mut Reader, summary: &mut Summary) {
+    let stats = r.framer.take_stats();
+    if stats.records > 0 {
+        r.metrics.lines.inc_by(stats.records);
+        summary.records += stats.records;
+    }
+    if stats.splits > 0 {
+        r.metrics.lines_split.inc_by(stats.splits);
+    }
+    let committed = r.framer.committed();
+    if committed > r.counted {
+        let bytes = committed - r.counted;
+        r.metrics.bytes.inc_by(bytes);
+        summary.bytes += bytes;
+        r.counted = committed;
+    }
+}
+
+pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Offset just past the last complete line, for `--from end`.
+pub(super) fn end_of_last_line(file: &File, size: u64) -> u64 {
+    let window = size.min(64 * 1024);
+    let mut buf = vec![0; window as usize];
+    match read_full_at(file, &mut buf, size - window) {
+        Ok(n) if n == buf.len() => match memchr::memrchr(b'\n', &buf) {
+            Some(i) => size - window + i as u64 + 1,
+            None => size,
+        },
+        _ => size,
+    }
+}
+
+impl Relay {
+    pub(super) fn read_all<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<Progress, RelayError> {
+        let mut progress = Progress::default();
+        // Labels whose older file still has unread bytes: newer files of the
+        // same label wait, so lines keep their order across a rotation.
+        let mut held_back: Vec<Arc<str>> = Vec::new();
+        for i in 0..self.readers.len() {
+            if held_back.contains(&self.readers[i].label) {
+                progress.budget_hit = true;
+                continue;
+            }
+            let p = self.poll_reader(i, now, out)?;
+            if p.read_any {
+                progress.read_any = true;
+                self.last_data_any = now;
+            }
+            if p.budget_hit {
+                progress.budget_hit = true;
+                held_back.push(Arc::clone(&self.readers[i].label));
+            }
+            let r = &mut self.readers[i];
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .flush_stale(&self.rules, now, &mut sink)
+                .map_err(RelayError::Output)?;
+            account(r, &mut self.summary);
+        }
+        self.retire_quiet(now, out)?;
+        self.update_lag();
+        Ok(progress)
+    }
+
+    /// Reads what is new in one file.
+    pub(super) fn poll_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<Progress, RelayError> {
+        let mut progress = Progress::default();
+        let (size, mtime) = match self.readers[i].file.metadata() {
+            Ok(m) => (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)),
+            Err(e) => {
+                self.read_error(i, &e);
+                return Ok(progress);
+            }
+        };
+        let r = &self.readers[i];
+        // Shorter than what we read: truncated. Changed, and no longer
+        // starting as it did: truncated and written again, maybe as far as
+        // before (then there is nothing new to read that would show it).
+        if size < r.offset || (mtime != r.mtime && !r.fp.matches(&r.file).unwrap_or(true)) {
+            self.truncated(i, now, out)?;
+        }
+        self.readers[i].size = size;
+        self.readers[i].mtime = mtime;
+        self.recheck_first_bytes(i, now, out)?;
+        let mut budget = TICK_BUDGET;
+        let mut chunks = 0u32;
+        while budget > 0 {
+            let r = &mut self.readers[i];
+            let want = self.buf.len().min(budget);
+            let n = match read_at(&r.file, &mut self.buf[..want], r.offset) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.read_error(i, &e);
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // The bytes count only if the file still starts as it did: otherwise
+            // it was truncated and rewritten between two looks (copytruncate).
+            if !r.fp.matches(&r.file).unwrap_or(true) {
+                self.truncated(i, now, out)?;
+                continue;
+            }
+            let r = &mut self.readers[i];
+            r.error_noted = false;
+            r.fp.extend(r.offset, &self.buf[..n]);
+            r.tail.push(&self.buf[..n]);
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .push(&self.rules, &self.buf[..n], now, &mut sink)
+                .map_err(RelayError::Output)?;
+            r.offset += n as u64;
+            r.size = r.size.max(r.offset);
+            r.last_data = now;
+            account(r, &mut self.summary);
+            budget -= n;
+            progress.read_any = true;
+            self.dirty = true;
+            chunks += 1;
+            if chunks % 8 == 0 {
+                self.pin_new_files();
+            }
+        }
+        if budget == 0 {
+            progress.budget_hit = true;
+        }
+        Ok(progress)
+    }
+
+    pub(super) fn read_error(&mut self, i: usize, e: &io::Error) {
+        let r = &mut self.readers[i];
+        r.metrics.read_errors.inc();
+        if !r.error_noted {
+            r.error_noted = true;
+            tracing::warn!("cannot read {}: {e}; will retry", r.path.display());
+        }
+    }
+
+    /// Reads `copy` from `offset` to its end as the continuation of reader `i`.
+    pub(super) fn read_copy<W: Write>(
+        &mut self,
+        i: usize,
+        copy: &File,
+        mut offset: u64,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<u64, RelayError> {
+        loop {
+            let n = match read_at(copy, &mut self.buf, offset) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.read_error(i, &e);
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let r = &mut self.readers[i];
+            r.tail.push(&self.buf[..n]);
+            let mut sink = out.for_file(&r.label, &r.name);
+            r.framer
+                .push(&self.rules, &self.buf[..n], now, &mut sink)
+                .map_err(RelayError::Output)?;
+            account(r, &mut self.summary);
+            offset += n as u64;
+        }
+        Ok(offset)
+    }
+
+    /// Lets go of rotated files that were read to their end and stayed quiet.
+    pub(super) fn retire_quiet<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let mut i = 0;
+        while i < self.readers.len() {
+            let r = &self.readers[i];
+            let quiet = now.duration_since(r.last_data) >= self.cfg.rotate_wait;
+            if !r.attached && quiet && r.offset >= r.size {
+                self.finish_reader(i, now, out)?;
+                let r = self.readers.remove(i);
+                tracing::debug!(
+                    "done with the rotated file {} of {}",
+                    r.path.display(),
+                    r.label
+                );
+                let label = Arc::clone(&r.label);
+                self.forget_reader(r);
+                if !self.literal_labels.contains(&*label)
+                    && !self.readers.iter().any(|o| o.label == label)
+                {
+                    self.metrics.forget_file(&label);
+                }
+                self.metrics.files_open.set(self.readers.len() as i64);
+                self.dirty = true;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let r = &mut self.readers[i];
+        let mut sink = out.for_file(&r.label, &r.name);
+        r.framer
+            .finish(&self.rules, now, &mut sink)
+            .map_err(RelayError::Output)?;
+        account(r, &mut self.summary);
+        Ok(())
+    }
+
+    /// Reads reader `i` to the end of its file, whatever the tick budget.
+    pub(super) fn drain_reader<W: Write>(
+        &mut self,
+        i: usize,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        while self.poll_reader(i, now, out)?.budget_hit {}
+        Ok(())
+    }
+}

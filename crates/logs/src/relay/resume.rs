@@ -1,0 +1,158 @@
+//! Checkpoints: saving what was relayed, and after a restart resuming the
+//! files saved, including those rotated away while the relay was down.
+
+use super::reader::Reader;
+use super::siblings::{Skip, find_by_inode, find_copy};
+use super::{Known, Relay, RelayError, parent_dir};
+use std::io::Write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::checkpoint::Entry;
+use crate::output::Output;
+
+impl Relay {
+    /// Loads a checkpoint: files are resumed when found again with the same
+    /// identity; the others are looked for as rotated files after the first scan.
+    pub(super) fn restore(&mut self, saved: Vec<Entry>) {
+        for entry in saved {
+            self.saved_labels.insert(entry.label.clone());
+            let known = Known {
+                fp: entry.fingerprint(),
+                offset: entry.offset,
+                label: entry.label.clone(),
+                path: entry.path.clone(),
+            };
+            if entry.open {
+                self.saved_open.push(entry.clone());
+            }
+            self.remember(entry.id, known);
+        }
+    }
+
+    /// After the first scan: files from the checkpoint that were not found
+    /// again at a followed path were rotated while the relay was down. Find
+    /// each beside its old path (same inode and first bytes, or a copy with the
+    /// same first bytes), relay it from the saved offset, then relay the files
+    /// rotated after it, all before the files now at the followed paths.
+    pub(super) fn find_orphans<W: Write>(
+        &mut self,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let orphans = std::mem::take(&mut self.saved_open);
+        // Per label: files rotated after the last of its orphans come after all of them.
+        let mut after: Vec<(Arc<str>, SystemTime, bool)> = Vec::new();
+        for entry in orphans {
+            let fp = entry.fingerprint();
+            let dir = parent_dir(&entry.path);
+            let label: Arc<str> = Arc::from(entry.label.as_str());
+            let by_inode = find_by_inode(&dir, entry.id, &fp, entry.offset);
+            let by_copy = by_inode.is_none();
+            let located = by_inode.or_else(|| find_copy(&dir, &fp, entry.offset, entry.id));
+            let since = match located {
+                Some((file, path)) => {
+                    let Ok(reader) = Reader::new(&label, path, file, entry.offset, &self.metrics)
+                    else {
+                        continue;
+                    };
+                    if self.readers.iter().any(|r| r.id == reader.id) {
+                        continue;
+                    }
+                    tracing::info!(
+                        "{label} was rotated while the relay was down; finishing {} from byte {}",
+                        reader.path.display(),
+                        entry.offset
+                    );
+                    self.known.remove(&entry.id);
+                    let since = reader.mtime;
+                    self.readers.push(reader);
+                    let j = self.readers.len() - 1;
+                    self.drain_reader(j, now, out)?;
+                    self.finish_reader(j, now, out)?;
+                    if let Some(r) = self.readers.pop() {
+                        self.forget_reader(r);
+                    }
+                    since
+                }
+                None => {
+                    tracing::warn!(
+                        "{label} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
+                        entry.offset,
+                        dir.display()
+                    );
+                    self.checkpoint_time.unwrap_or(self.started)
+                }
+            };
+            match after.iter_mut().find(|(l, _, _)| *l == label) {
+                Some((_, t, c)) => {
+                    *t = (*t).max(since);
+                    *c |= by_copy;
+                }
+                None => after.push((label, since, by_copy)),
+            }
+        }
+        for (label, since, by_copy) in after {
+            let skip = if by_copy {
+                Skip::CopiesOfPath
+            } else {
+                Skip::Nothing
+            };
+            self.recover_missed(&label, since, skip, &[], None, now, out)?;
+        }
+        self.metrics.files_open.set(self.readers.len() as i64);
+        Ok(())
+    }
+
+    pub(super) fn checkpoint_if_due(&mut self, now: Instant) {
+        if self.dirty && now.duration_since(self.last_checkpoint) >= Duration::from_secs(1) {
+            self.last_checkpoint = now;
+            self.save_checkpoint();
+        }
+    }
+
+    /// Saves offsets of bytes already flushed to stdout. Call after flushing.
+    pub(super) fn save_checkpoint(&mut self) {
+        let Some(store) = &self.store else { return };
+        if !self.dirty {
+            return;
+        }
+        let mut entries: Vec<Entry> = self
+            .readers
+            .iter()
+            .map(|r| Entry {
+                label: r.label.to_string(),
+                path: r.path.clone(),
+                id: r.id,
+                fingerprint: r.fp.to_hex(),
+                offset: r.framer.committed(),
+                open: true,
+            })
+            .collect();
+        for id in &self.known_order {
+            if let Some(k) = self.known.get(id) {
+                entries.push(Entry {
+                    label: k.label.clone(),
+                    path: k.path.clone(),
+                    id: *id,
+                    fingerprint: k.fp.to_hex(),
+                    offset: k.offset,
+                    open: false,
+                });
+            }
+        }
+        // Files from the checkpoint not found yet stay in it.
+        entries.extend(self.saved_open.iter().cloned());
+        match store.save(entries) {
+            Ok(()) => {
+                self.metrics.checkpoints.inc();
+                self.dirty = false;
+            }
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Files rotated away before the relay could read them, found beside the
+//! followed file by name (`app.log.1`, `app.log-20260101`), age and identity.
+
+use super::reader::Reader;
+use super::rotation::at_path;
+use super::{Relay, RelayError, file_name, parent_dir};
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::metrics::RotationKind;
+use crate::output::Output;
+
+/// Directory entries looked at when searching for rotated files.
+pub(super) const DIR_SEARCH_LIMIT: usize = 10_000;
+
+/// Rotated files with these endings are compressed: not relayed.
+pub(super) const COMPRESSED: [&str; 5] = [".gz", ".bz2", ".xz", ".zst", ".lz4"];
+
+/// Which files [`Relay::recover_missed`] leaves to the followed file's reader.
+#[derive(Clone, Copy)]
+pub(super) enum Skip<'a> {
+    /// None: every missed file is relayed.
+    Nothing,
+    /// Copies (whole or in progress) of what the followed path holds now.
+    CopiesOfPath,
+    /// Copies of content that starts with these bytes.
+    CopiesOf(&'a Fingerprint),
+}
+
+/// A file beside a followed one that may hold lines we never read.
+pub(super) struct Candidate {
+    pub(super) mtime: SystemTime,
+    pub(super) number: Option<u64>,
+    pub(super) path: PathBuf,
+    pub(super) id: FileId,
+    /// The file, when it was opened before it was listed (pinned).
+    pub(super) file: Option<File>,
+}
+
+/// Sorts `found` oldest first (for equal times `app.log.2` before
+/// `app.log.1`) and opens them all before reading any: names shift with each
+/// rotation. A name that already belongs to another file is skipped; the
+/// next listing finds that file under its new name.
+pub(super) fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)> {
+    found.sort_by(|a, b| {
+        a.mtime
+            .cmp(&b.mtime)
+            .then_with(|| match (a.number, b.number) {
+                (Some(x), Some(y)) => y.cmp(&x),
+                _ => a.path.cmp(&b.path),
+            })
+    });
+    found
+        .into_iter()
+        .filter_map(|c| {
+            if let Some(file) = c.file {
+                return Some((c.path, file));
+            }
+            let file = File::open(&c.path).ok()?;
+            let same = file.metadata().is_ok_and(|m| FileId::of(&m) == c.id);
+            same.then_some((c.path, file))
+        })
+        .collect()
+}
+
+/// The file in `dir` with inode `id` that still starts with `fp` and has at least `len` bytes.
+pub(super) fn find_by_inode(
+    dir: &Path,
+    id: FileId,
+    fp: &Fingerprint,
+    len: u64,
+) -> Option<(File, PathBuf)> {
+    dir_entries(dir).into_iter().find_map(|p| {
+        let m = fs::metadata(&p).ok()?;
+        if !m.is_file() || FileId::of(&m) != id || m.len() < len {
+            return None;
+        }
+        let f = File::open(&p).ok()?;
+        fp.matches(&f).ok()?.then_some((f, p))
+    })
+}
+
+/// The paths in `dir` (up to [`DIR_SEARCH_LIMIT`]), from two listings: a
+/// listing can miss a file renamed while it is read (a rotation shifting
+/// `app.log.1` to `app.log.2`).
+pub(super) fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    let list = || -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .take(DIR_SEARCH_LIMIT)
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut paths = list();
+    let mut seen: HashSet<PathBuf> = paths.iter().cloned().collect();
+    for p in list() {
+        if seen.insert(p.clone()) {
+            paths.push(p);
+        }
+    }
+    paths
+}
+
+/// `Some(n)` for a rotation suffix `.n` (`app.log.3`).
+pub(super) fn rotation_number(suffix: &str) -> Option<u64> {
+    suffix.strip_prefix('.')?.parse().ok()
+}
+
+/// Finds the copy of a truncated file: a regular file in `dir`, other than
+/// `exclude`, at least `min_len` long, that starts with `fp`. The most
+/// recently modified one wins.
+pub(super) fn find_copy(
+    dir: &Path,
+    fp: &Fingerprint,
+    min_len: u64,
+    exclude: FileId,
+) -> Option<(File, PathBuf)> {
+    if fp.is_empty() {
+        return None;
+    }
+    let mut best: Option<(SystemTime, File, PathBuf)> = None;
+    for path in dir_entries(dir) {
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() < min_len || FileId::of(&meta) == exclude {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if !fp.matches(&file).unwrap_or(false) {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _, _)| mtime > *t) {
+            best = Some((mtime, file, path));
+        }
+    }
+    best.map(|(_, f, p)| (f, p))
+}
+
+impl Relay {
+    /// Relays, oldest first, files beside `label` (named like it: `app.log.1`,
+    /// `app.log-20260101`) that changed since `since` and that we never read:
+    /// files rotated away before the relay could open them.
+    ///
+    /// With `copytruncate`, a copy of what the followed file holds now is
+    /// skipped (`skip`): the reader of the followed file
+    /// relays that content, and finishes it from the copy after the truncation.
+    ///
+    /// With an `anchor` (the file at the path now, read next), a listing
+    /// counts only if the anchor is still at the path after it: files the
+    /// writer rotates after the anchor are newer and wait for it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn recover_missed<W: Write>(
+        &mut self,
+        label: &Arc<str>,
+        since: SystemTime,
+        skip: Skip<'_>,
+        exclude: &[FileId],
+        anchor: Option<FileId>,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let label_path = Path::new(&**label);
+        // Again after reading, for files rotated meanwhile.
+        for _ in 0..100 {
+            let of_path;
+            let current = match skip {
+                Skip::Nothing => None,
+                Skip::CopiesOf(fp) => Some(fp),
+                Skip::CopiesOfPath => {
+                    of_path = File::open(label_path)
+                        .and_then(|f| Fingerprint::read(&f, u64::MAX))
+                        .unwrap_or_default();
+                    Some(&of_path)
+                }
+            };
+            let found = self.list_missed(label_path, since, current, exclude);
+            if found.is_empty() {
+                break;
+            }
+            if anchor.is_some_and(|a| !at_path(label_path, a)) {
+                // Some may be older than the anchor: the next rotation of
+                // this label looks back to `since` (nothing is lost).
+                let t = self.deferred.entry(Arc::clone(label)).or_insert(since);
+                *t = (*t).min(since);
+                break;
+            }
+            for (path, file) in open_candidates(found) {
+                self.relay_rotated_file(label, path, file, now, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files [`Relay::missed_candidates`] finds in two listings: a listing
+    /// can miss a file renamed while it is read.
+    pub(super) fn list_missed(
+        &self,
+        label_path: &Path,
+        since: SystemTime,
+        current: Option<&Fingerprint>,
+        exclude: &[FileId],
+    ) -> Vec<Candidate> {
+        let mut found = self.missed_candidates(label_path, since, current, exclude);
+        for extra in self.missed_candidates(label_path, since, current, exclude) {
+            if !found.iter().any(|c| c.id == extra.id) {
+                found.push(extra);
+            }
+        }
+        found
+    }
+
+    /// Relays a whole file that was rotated away before we followed it.
+    pub(super) fn relay_rotated_file<W: Write>(
+        &mut self,
+        label: &Arc<str>,
+        path: PathBuf,
+        file: File,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        // A copy of a truncated file's content that we relayed (a copy that
+        // was not there yet when the truncation was handled) goes on from
+        // where that content was relayed to.
+        let start = self
+            .read_contents
+            .iter()
+            .rev()
+            .find(|c| c.is_in(&file).unwrap_or(false))
+            .map_or(0, ReadContent::end);
+        let Ok(reader) = Reader::new(label, path, file, start, &self.metrics) else {
+            return Ok(());
+        };
+        // Listed or held before something else read it (then it is known).
+        if self.was_read(reader.id, &reader.file) {
+            return Ok(());
+        }
+        if start > 0 {
+            tracing::info!(
+                "{label}: {} is a copy of content relayed up to byte {start}; relaying what follows",
+                reader.path.display()
+            );
+        } else {
+            tracing::info!(
+                "{label}: {} was rotated away before the relay could follow it; relaying it now",
+                reader.path.display()
+            );
+        }
+        tracing::debug!(
+            "{label}: relaying inode {} from byte {start}",
+            reader.id.ino
+        );
+        self.metrics.rotation(label, RotationKind::Rename);
+        self.readers.push(reader);
+        let j = self.readers.len() - 1;
+        self.drain_reader(j, now, out)?;
+        self.finish_reader(j, now, out)?;
+        if let Some(r) = self.readers.pop() {
+            self.forget_reader(r);
+        }
+        Ok(())
+    }
+
+    /// One listing for [`Relay::recover_missed`].
+    pub(super) fn missed_candidates(
+        &self,
+        label_path: &Path,
+        since: SystemTime,
+        current: Option<&Fingerprint>,
+        exclude: &[FileId],
+    ) -> Vec<Candidate> {
+        let base = file_name(label_path);
+        let Ok(entries) = fs::read_dir(parent_dir(label_path)) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
+            let fname = entry.file_name().to_string_lossy().into_owned();
+            if fname == base
+                || !fname.starts_with(&base)
+                || COMPRESSED.iter().any(|c| fname.ends_with(c))
+            {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if !meta.is_file()
+                || mtime < since
+                || exclude.contains(&id)
+                || self.pinned.iter().any(|p| p.2 == id)
+                || self.known.contains_key(&id)
+                || self.readers.iter().any(|r| r.id == id)
+            {
+                continue;
+            }
+            if current.is_some_and(|current| {
+                !current.is_empty()
+                    && File::open(&path)
+                        .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
+            }) {
+                continue;
+            }
+            found.push(Candidate {
+                mtime,
+                number: rotation_number(&fname[base.len()..]),
+                path,
+                id,
+                file: None,
+            });
+        }
+        found
+    }
+}
