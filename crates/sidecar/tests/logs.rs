@@ -15,7 +15,7 @@ use sidecar_demo::applog::{Rotation, WriterOptions, parse_seq, write_logs};
 const LONG: Duration = Duration::from_secs(120);
 
 fn relay(args: &[&str]) -> Proc {
-    let mut all = vec!["logs", "--admin-addr", "127.0.0.1:0"];
+    let mut all = vec!["logs", "--admin", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let p = Proc::start(&all);
     let addr = p.admin_addr();
@@ -606,6 +606,71 @@ fn bad_arguments_are_explained() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid regular expression"));
     let _ = Path::new("/");
+}
+
+/// Runs the relay on `log` with `args` and `env` (the admin variables
+/// cleared first) and checks that it serves an admin server, or none.
+fn check_admin(log: &Path, args: &[&str], env: &[(&str, &str)], serves: bool) {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("logs")
+        .args(args)
+        .arg(log)
+        .env_remove("SIDECAR_LOGS_ADMIN")
+        .env_remove("SIDECAR_LOGS_ADMIN_ADDR")
+        .envs(env.iter().copied());
+    let mut p = Proc::start_with(&mut cmd);
+    p.wait_lines(1, LONG);
+    if serves {
+        let addr = p.admin_addr();
+        wait_until("relay ready", Duration::from_secs(10), || {
+            http_get(addr, "/ready").0 == 200
+        });
+    }
+    terminate_ok(&mut p);
+    // The admin server starts before the relay, so before the line it relayed.
+    let stderr = p.stderr_text();
+    assert_eq!(
+        stderr.contains("admin server on http://"),
+        serves,
+        "{args:?} {env:?}:\n{stderr}"
+    );
+}
+
+/// `--admin` is the spelling; the old names `--admin-addr` and
+/// SIDECAR_LOGS_ADMIN_ADDR keep working (SIDECAR_LOGS_ADMIN wins over the old
+/// variable, a flag over both).
+#[test]
+fn admin_address_new_and_old_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, b"one\n");
+    let any = "127.0.0.1:0";
+    check_admin(&log, &["--admin", any], &[], true);
+    check_admin(&log, &["--admin-addr", any], &[], true);
+    check_admin(&log, &[], &[("SIDECAR_LOGS_ADMIN", any)], true);
+    check_admin(&log, &[], &[("SIDECAR_LOGS_ADMIN_ADDR", any)], true);
+    let both = [
+        ("SIDECAR_LOGS_ADMIN", "off"),
+        ("SIDECAR_LOGS_ADMIN_ADDR", any),
+    ];
+    check_admin(&log, &[], &both, false);
+    let new_off = [("SIDECAR_LOGS_ADMIN", "off")];
+    check_admin(&log, &["--admin-addr", any], &new_off, true);
+    let old_on = [("SIDECAR_LOGS_ADMIN_ADDR", any)];
+    check_admin(&log, &["--admin", "off"], &old_on, false);
+    // A bad value under the old name is a usage error, as it always was.
+    let out = std::process::Command::new(common::BIN)
+        .args(["logs", "/x"])
+        .env_remove("SIDECAR_LOGS_ADMIN")
+        .env("SIDECAR_LOGS_ADMIN_ADDR", "nowhere")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SIDECAR_LOGS_ADMIN_ADDR") && err.contains("is not a listen address"),
+        "{err}"
+    );
 }
 
 /// Lines `seq=first..=last`, as the demo writer numbers them.

@@ -782,6 +782,32 @@ fn sessions_are_named_and_few_and_concurrent_scrapes_share_collections() {
     assert!(value(&families, "pg_exporter_scrapes_total", &[]).unwrap() < 22.0);
 }
 
+/// `--admin` (the spelling every subcommand shares) and
+/// PG_EXPORTER_WEB_LISTEN_ADDRESS set the listen address as
+/// --web.listen-address does; no database is needed to serve /live.
+#[test]
+fn listen_address_spellings() {
+    for by_env in [false, true] {
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("postgres-exporter")
+            .env_remove("PG_EXPORTER_WEB_LISTEN_ADDRESS")
+            .env_remove("DATA_SOURCE_NAME")
+            .env_remove("DATA_SOURCE_URI");
+        if by_env {
+            cmd.env("PG_EXPORTER_WEB_LISTEN_ADDRESS", "127.0.0.1:0");
+        } else {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
+        let mut p = Proc::start_with(&mut cmd);
+        let addr = p.logged_addr(" on http://");
+        assert_eq!(addr.ip().to_string(), "127.0.0.1", "by_env {by_env}");
+        assert_eq!(http_get(addr, "/live").0, 200);
+        p.terminate();
+        let status = p.wait(Duration::from_secs(10));
+        assert!(status.success(), "{}", p.stderr_text());
+    }
+}
+
 #[test]
 fn configuration_mistakes_are_explained() {
     let out = Command::new(common::BIN)

@@ -204,7 +204,7 @@ pub async fn start(addr: std::net::SocketAddr, admin: Admin) -> std::io::Result<
         std::io::Error::new(
             e.kind(),
             format!(
-                "cannot listen on {addr} for the admin server ({e}); choose a free address with --admin-addr, or `off`"
+                "cannot listen on {addr} for the admin server ({e}); choose a free address with --admin, or `off`"
             ),
         )
     })?;

@@ -6,7 +6,9 @@
 //! [`http::serve`] on a listener it bound itself, until the future returned by
 //! [`shutdown::signal`] resolves (SIGTERM or SIGINT). Scrapers read
 //! `/metrics` in the Prometheus text format 0.0.4; Kubernetes probes read
-//! `/live` and `/ready`. [`trace`] reads and writes W3C and B3 trace headers.
+//! `/live` and `/ready`. [`serve::Serve`] runs that whole sequence (runtime,
+//! signals, registry, admin server, the subcommand's work, stop) for each
+//! subcommand. [`trace`] reads and writes W3C and B3 trace headers.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +16,7 @@ pub mod admin;
 pub mod duration;
 pub mod http;
 pub mod process;
+pub mod serve;
 pub mod shutdown;
 pub mod trace;
 

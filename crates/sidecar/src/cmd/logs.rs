@@ -4,17 +4,19 @@ use std::io::BufWriter;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::builder::FalseyValueParser;
-use clap::{Args, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, FromArgMatches, ValueEnum, value_parser};
 use regex::bytes::Regex;
 use sidecar_logs::output::PIPE_CAPACITY;
 use sidecar_logs::{Config, Format, Metrics, Relay, StartAt};
-use sidecar_telemetry::admin::{self, AdminAddr};
-use sidecar_telemetry::{Admin, Health, duration, process, shutdown};
+use sidecar_telemetry::admin::AdminAddr;
+use sidecar_telemetry::duration;
+use sidecar_telemetry::serve::{Runtime, Serve};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -99,9 +101,68 @@ pub struct LogsArgs {
     #[arg(long, default_value = "5s", value_parser = duration::parse, env = "SIDECAR_LOGS_DRAIN_TIMEOUT")]
     drain_timeout: Duration,
 
-    /// Admin server address (/live, /ready, /metrics), or `off`.
-    #[arg(long, default_value = "0.0.0.0:9464", env = "SIDECAR_LOGS_ADMIN_ADDR")]
-    admin_addr: AdminAddr,
+    #[command(flatten)]
+    admin: AdminFlag,
+}
+
+/// `--admin` (old spelling `--admin-addr`), env `SIDECAR_LOGS_ADMIN`, else the
+/// old env `SIDECAR_LOGS_ADMIN_ADDR` (clap takes one env name per argument).
+#[derive(Debug, Clone, Copy)]
+struct AdminFlag(AdminAddr);
+
+const ADMIN_ENV: &str = "SIDECAR_LOGS_ADMIN";
+const ADMIN_OLD_ENV: &str = "SIDECAR_LOGS_ADMIN_ADDR";
+
+impl Args for AdminFlag {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            Arg::new("admin")
+                .long("admin")
+                .alias("admin-addr")
+                .env(ADMIN_ENV)
+                .value_name("ADMIN")
+                .default_value("0.0.0.0:9464")
+                .value_parser(value_parser!(AdminAddr))
+                .help(format!(
+                    "Admin server address (/live, /ready, /metrics), or `off`. The old \
+                     spellings still work: --admin-addr, and {ADMIN_OLD_ENV} when {ADMIN_ENV} \
+                     is not set"
+                )),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for AdminFlag {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = m
+            .get_one::<AdminAddr>("admin")
+            .copied()
+            .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))?;
+        if m.value_source("admin") != Some(ValueSource::DefaultValue) {
+            return Ok(Self(given));
+        }
+        match std::env::var_os(ADMIN_OLD_ENV) {
+            None => Ok(Self(given)),
+            Some(old) => {
+                let old = old.to_string_lossy();
+                old.parse().map(Self).map_err(|e| {
+                    clap::Error::raw(
+                        ErrorKind::InvalidValue,
+                        format!("invalid value '{old}' for {ADMIN_OLD_ENV}: {e}\n"),
+                    )
+                })
+            }
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -151,62 +212,46 @@ impl LogsArgs {
 }
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let admin_addr = args.admin_addr;
+    let admin = args.admin.0;
     let config = args.config()?;
     // One thread for signals and the admin server; the relay reads files on a blocking thread.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let signal = shutdown::signal().context("cannot install signal handlers")?;
-        let mut registry = process::registry_with_process_metrics();
-        let metrics = Metrics::register(&mut registry);
-        let health = Health::new();
-        let (relay, control) = Relay::new(config, metrics)?;
-
-        let admin = match admin_addr {
-            AdminAddr::Off => None,
-            AdminAddr::At(addr) => {
-                Some(admin::start(addr, Admin::new(Arc::new(registry), health.clone())).await?)
+    let summary = Serve::new(Runtime::CurrentThread).admin(admin).run(
+        async |registry| -> anyhow::Result<_> {
+            Ok(Relay::new(config, Metrics::register(registry))?)
+        },
+        async |(relay, control), app| {
+            let stdout = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot use stdout")?;
+            if let Some(bytes) = sidecar_logs::output::widen_pipe(stdout.as_fd(), PIPE_CAPACITY) {
+                tracing::debug!("stdout is a pipe of {} KiB", bytes / 1024);
             }
-        };
-
-        let stdout = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("cannot use stdout")?;
-        if let Some(bytes) = sidecar_logs::output::widen_pipe(stdout.as_fd(), PIPE_CAPACITY) {
-            tracing::debug!("stdout is a pipe of {} KiB", bytes / 1024);
+            let writer = BufWriter::with_capacity(64 * 1024, std::fs::File::from(stdout));
+            let ready = app.health;
+            let mut task = tokio::task::spawn_blocking(move || {
+                relay.run(writer, move || ready.set_ready(true))
+            });
+            let outcome = tokio::select! {
+                sig = app.shutdown => {
+                    tracing::info!("{sig} received");
+                    control.stop();
+                    task.await
+                }
+                done = &mut task => done,
+            };
+            Ok(outcome.context("the relay thread failed")??)
+        },
+    )?;
+    tracing::info!(
+        "relayed {} records ({} bytes){}",
+        summary.records,
+        summary.bytes,
+        if summary.drain_timed_out {
+            "; the drain timed out"
+        } else {
+            ""
         }
-        let writer = BufWriter::with_capacity(64 * 1024, std::fs::File::from(stdout));
-        let ready = health.clone();
-        let mut task =
-            tokio::task::spawn_blocking(move || relay.run(writer, move || ready.set_ready(true)));
-
-        let outcome = tokio::select! {
-            sig = signal => {
-                tracing::info!("{sig} received");
-                health.set_draining();
-                control.stop();
-                task.await
-            }
-            done = &mut task => done,
-        };
-        if let Some(admin) = admin {
-            admin.stop().await;
-        }
-        let summary = outcome.context("the relay thread failed")??;
-        tracing::info!(
-            "relayed {} records ({} bytes){}",
-            summary.records,
-            summary.bytes,
-            if summary.drain_timed_out {
-                "; the drain timed out"
-            } else {
-                ""
-            }
-        );
-        Ok(ExitCode::SUCCESS)
-    })
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,8 +11,9 @@ use sidecar_pg_exporter::collectors::COLLECTORS;
 use sidecar_pg_exporter::dsn::SourceVars;
 use sidecar_pg_exporter::server::Endpoints;
 use sidecar_pg_exporter::{Exporter, Options};
+use sidecar_telemetry::duration;
 use sidecar_telemetry::http::parse_listen_addr;
-use sidecar_telemetry::{Health, duration, process, shutdown};
+use sidecar_telemetry::serve::{Runtime, Serve};
 
 const EXAMPLES: &str = "\
 Where the database is (postgres_exporter's variables; each also as <NAME>_FILE):
@@ -42,7 +43,7 @@ The role needs pg_monitor (GRANT pg_monitor TO <role>); the exporter warns if it
 #[command(after_help = EXAMPLES)]
 pub struct PgExporterArgs {
     /// Address to listen on for metrics.
-    #[arg(long = "web.listen-address", default_value = ":9187", env = "PG_EXPORTER_WEB_LISTEN_ADDRESS", value_parser = parse_listen_addr)]
+    #[arg(long = "web.listen-address", visible_alias = "admin", default_value = ":9187", env = "PG_EXPORTER_WEB_LISTEN_ADDRESS", value_parser = parse_listen_addr)]
     listen: SocketAddr,
 
     /// Path under which to expose metrics.
@@ -185,43 +186,42 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         database_interval: args.database_interval,
         ..Options::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let signal = shutdown::signal().context("cannot install signal handlers")?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (--web.listen-address); choose a free address",
-                    args.listen
-                )
-            })?;
-        let exporter = Arc::new(Exporter::new(opts, base));
-        let health = Health::new();
-        let endpoints = Endpoints {
-            exporter: Arc::clone(&exporter),
-            registry: Arc::new(process::registry_with_process_metrics()),
-            health: health.clone(),
-            telemetry_path: args.telemetry_path.clone(),
-        };
-        tracing::info!(
-            "serving PostgreSQL metrics of {} on http://{}{}",
-            exporter.describe(),
-            listener.local_addr()?,
-            args.telemetry_path
-        );
-        health.set_ready(true);
-        let draining = health.clone();
-        sidecar_telemetry::http::serve(listener, Arc::new(endpoints), async move {
-            let sig = signal.await;
-            tracing::info!("{sig} received; stopping");
-            draining.set_draining();
-        })
-        .await;
-        exporter.close().await;
-        Ok(ExitCode::SUCCESS)
-    })
+    let listen = args.listen;
+    let telemetry_path = args.telemetry_path;
+    // No admin server: the exporter serves /live and /ready beside its metrics.
+    Serve::new(Runtime::CurrentThread).run(
+        async |_registry| -> anyhow::Result<_> {
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {listen} (--web.listen-address); choose a free address"
+                    )
+                })
+        },
+        async |listener, app| {
+            let exporter = Arc::new(Exporter::new(opts, base));
+            let endpoints = Endpoints {
+                exporter: Arc::clone(&exporter),
+                registry: app.registry,
+                health: app.health.clone(),
+                telemetry_path: telemetry_path.clone(),
+            };
+            tracing::info!(
+                "serving PostgreSQL metrics of {} on http://{}{}",
+                exporter.describe(),
+                listener.local_addr()?,
+                telemetry_path
+            );
+            app.health.set_ready(true);
+            let shutdown = async move {
+                let sig = app.shutdown.await;
+                tracing::info!("{sig} received; stopping");
+            };
+            sidecar_telemetry::http::serve(listener, Arc::new(endpoints), shutdown).await;
+            exporter.close().await;
+            Ok(())
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::builder::FalseyValueParser;
 use sidecar_proxy::config::{Direction, Listener, Route};
 use sidecar_proxy::{Config, Metrics};
-use sidecar_telemetry::admin::{self, AdminAddr};
+use sidecar_telemetry::admin::AdminAddr;
+use sidecar_telemetry::duration;
 use sidecar_telemetry::http::{self, Body, BoxFuture, Handler, parse_listen_addr};
-use sidecar_telemetry::{Admin, Health, duration, process, shutdown};
+use sidecar_telemetry::serve::{Runtime, Serve};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -205,74 +205,54 @@ impl Handler for ConfigEndpoint {
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let cfg = Arc::new(args.config()?);
+    let admin: AdminAddr = cfg
+        .admin
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("admin address in the config: {e}"))?;
     let workers = args
         .workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
         .max(1);
-    // One worker: a current-thread runtime (no cross-thread wakeups); more: multi-thread.
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
-    .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let signal = shutdown::signal().context("cannot install signal handlers")?;
-        let listeners = sidecar_proxy::bind(&cfg).await?;
-        let mut registry = process::registry_with_process_metrics();
-        let metrics = Metrics::register(&mut registry);
-        let health = Health::new();
-        let admin_addr: AdminAddr = cfg
-            .admin
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("admin address in the config: {e}"))?;
-        let admin = match admin_addr {
-            AdminAddr::Off => None,
-            AdminAddr::At(addr) => {
-                let yaml = serde_norway::to_string(&*cfg).unwrap_or_default();
-                let handler = Admin::new(Arc::new(registry), health.clone())
-                    .with_fallback(Arc::new(ConfigEndpoint(yaml)));
-                Some(admin::start(addr, handler).await?)
-            }
-        };
-        for (l, bound) in cfg.listeners.iter().zip(&listeners) {
-            let addr = bound.local_addr()?;
-            for r in &l.routes {
-                tracing::info!(
-                    "listener {} on http://{addr}: {}* -> {}{} ({:?})",
-                    l.name,
-                    r.prefix,
-                    r.upstream,
-                    if r.http2 { " (h2c)" } else { "" },
-                    l.direction
-                );
-            }
+    let yaml = serde_norway::to_string(&*cfg).unwrap_or_default();
+    let summary = Serve::new(Runtime::with_workers(workers))
+        .admin(admin)
+        .admin_fallback(Arc::new(ConfigEndpoint(yaml)))
+        .run(
+            // Listeners are bound first: a port conflict fails before anything runs.
+            async |registry| -> anyhow::Result<_> {
+                let listeners = sidecar_proxy::bind(&cfg).await?;
+                Ok((listeners, Metrics::register(registry)))
+            },
+            async |(listeners, metrics), app| {
+                for (l, bound) in cfg.listeners.iter().zip(&listeners) {
+                    let addr = bound.local_addr()?;
+                    for r in &l.routes {
+                        tracing::info!(
+                            "listener {} on http://{addr}: {}* -> {}{} ({:?})",
+                            l.name,
+                            r.prefix,
+                            r.upstream,
+                            if r.http2 { " (h2c)" } else { "" },
+                            l.direction
+                        );
+                    }
+                }
+                app.health.set_ready(true);
+                let shutdown = async move {
+                    let sig = app.shutdown.await;
+                    tracing::info!("{sig} received; finishing in-flight requests");
+                };
+                Ok(sidecar_proxy::run(Arc::clone(&cfg), listeners, metrics, shutdown).await)
+            },
+        )?;
+    tracing::info!(
+        "stopped{}",
+        if summary.drain_timed_out {
+            " (drain timed out)"
+        } else {
+            ""
         }
-        health.set_ready(true);
-        let draining = health.clone();
-        let summary = sidecar_proxy::run(Arc::clone(&cfg), listeners, metrics, async move {
-            let sig = signal.await;
-            tracing::info!("{sig} received; finishing in-flight requests");
-            draining.set_draining();
-        })
-        .await;
-        if let Some(admin) = admin {
-            admin.stop().await;
-        }
-        tracing::info!(
-            "stopped{}",
-            if summary.drain_timed_out {
-                " (drain timed out)"
-            } else {
-                ""
-            }
-        );
-        Ok(ExitCode::SUCCESS)
-    })
+    );
+    Ok(ExitCode::SUCCESS)
 }
