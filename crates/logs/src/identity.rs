@@ -11,6 +11,26 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use serde::{Deserialize, Serialize};
 
+/// Opens `path` for reading without ever blocking: `O_NONBLOCK` (a FIFO
+/// or device opens at once instead of waiting for a writer), then refuses
+/// anything that is not a regular file. Every file the relay opens goes
+/// through here.
+pub fn open_regular(path: &std::path::Path) -> io::Result<(File, Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
+}
+
 /// How many leading bytes of a file make its fingerprint.
 pub const FINGERPRINT_BYTES: usize = 256;
 
@@ -77,6 +97,21 @@ impl Fingerprint {
         let mut buf = [0u8; FINGERPRINT_BYTES];
         let got = read_full_at(file, &mut buf[..self.0.len()], 0)?;
         Ok(got > 0 && buf[..got] == self.0[..got])
+    }
+
+    /// How many of these bytes `file` starts with.
+    pub fn common_prefix(&self, file: &File) -> io::Result<usize> {
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let got = read_full_at(file, &mut buf[..self.0.len()], 0)?;
+        Ok(buf[..got]
+            .iter()
+            .zip(&self.0)
+            .take_while(|(a, b)| a == b)
+            .count())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     pub fn to_hex(&self) -> String {

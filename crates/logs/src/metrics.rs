@@ -48,6 +48,7 @@ pub struct Metrics {
     pub lines_split: Family<FileLabel, Counter>,
     pub read_errors: Family<FileLabel, Counter>,
     pub bytes_lost: Family<FileLabel, Counter>,
+    pub files_lost: Family<FileLabel, Counter>,
     pub lag: Family<FileLabel, Gauge>,
     pub files_open: Gauge,
     pub checkpoints: Counter,
@@ -85,8 +86,16 @@ impl Metrics {
         );
         r.register(
             "bytes_lost",
-            "Bytes that were truncated away before they could be read and whose copy was not found",
+            "Bytes known to be lost: truncated away before they could be read (copytruncate) and \
+             in no copy, or in a file rotated away and deleted before it could be read (where its \
+             size was seen)",
             m.bytes_lost.clone(),
+        );
+        r.register(
+            "files_lost",
+            "Files that appeared at a followed path and were rotated away and deleted before the \
+             relay could open them",
+            m.files_lost.clone(),
         );
         r.register(
             "lag_bytes",

@@ -2,6 +2,7 @@
 //! paths (`watch`), handles what moved (`rotation`, `siblings`), reads every
 //! open file (`reader`) and checkpoints (`resume`).
 
+mod loss;
 mod reader;
 mod resume;
 mod rotation;
@@ -26,6 +27,7 @@ use crate::identity::{FileId, Fingerprint, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
+use self::loss::Ledger;
 use self::reader::Reader;
 
 use self::watch::Early;
@@ -113,6 +115,10 @@ pub enum RelayError {
     NoPaths,
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the final checkpoint could not be written ({0}); a restarted relay resumes from the one before and may relay the lines since again: make room in --state-dir (a separate small emptyDir), or drop it"
+    )]
+    FinalCheckpoint(#[source] CheckpointError),
 }
 
 /// Asks a running relay to drain and stop.
@@ -214,6 +220,8 @@ pub struct Relay {
     /// Files the watcher opened the moment they appeared at a followed path
     /// (a writer that deletes its file may do so before the relay looks).
     early: Arc<std::sync::Mutex<Early>>,
+    /// Files that appeared at followed paths and files read (see `loss.rs`).
+    ledger: Ledger,
     summary: Summary,
 }
 
@@ -244,6 +252,13 @@ impl Relay {
             multiline_timeout: cfg.multiline_timeout,
             blocks: cfg.format == Format::Raw && !cfg.prefix && cfg.multiline_start.is_none(),
         };
+        let cfg_globs: Vec<glob::Pattern> = patterns
+            .iter()
+            .filter_map(|p| match p {
+                Pattern::Glob(g) => glob::Pattern::new(g).ok(),
+                Pattern::Literal(_) => None,
+            })
+            .collect();
         let (wake_tx, wake_rx) = sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let control = Control {
@@ -281,7 +296,8 @@ impl Relay {
             started: SystemTime::now(),
             checkpoint_time: None,
             pinned: Vec::new(),
-            early: Arc::default(),
+            early: Arc::new(std::sync::Mutex::new(Early::for_globs(cfg_globs))),
+            ledger: Ledger::default(),
             summary: Summary::default(),
         };
         Ok((relay, control))
@@ -354,7 +370,9 @@ impl Relay {
             }
             now = Instant::now();
             out.set_read_time(SystemTime::now());
-            let glob_due = now.duration_since(last_glob) >= self.cfg.glob_interval;
+            // A file matching a glob appeared: scan now (it may be short-lived).
+            let glob_due =
+                now.duration_since(last_glob) >= self.cfg.glob_interval || self.take_glob_hit();
             if glob_due {
                 last_glob = now;
             }
@@ -368,7 +386,10 @@ impl Relay {
         }
         out.flush().map_err(RelayError::Output)?;
         self.dirty = true;
-        self.save_checkpoint();
+        // The last checkpoint must be written: else a restart relays again
+        // what was relayed since the one before (the exit status says so).
+        self.save_checkpoint()
+            .map_err(RelayError::FinalCheckpoint)?;
         self.metrics.files_open.set(0);
         Ok(self.summary)
     }
@@ -413,6 +434,24 @@ impl Relay {
             }
         }
         self.known_order.retain(|id| self.known.contains_key(id));
+    }
+
+    /// Reports files that appeared at `path` and were never read (see
+    /// `loss.rs`): counted, with one warning per look that finds any.
+    fn settle_losses(&mut self, label: &str, path: &Path, now: Instant, final_look: bool) {
+        let lost = self.ledger.settle(path, now, final_look);
+        if lost == 0 {
+            return;
+        }
+        self.metrics
+            .files_lost
+            .get_or_create(&crate::metrics::FileLabel {
+                file: label.to_string(),
+            })
+            .inc_by(lost);
+        tracing::warn!(
+            "{lost} file(s) that appeared at {label} were rotated away and deleted before the relay could read them; their lines are lost (the writer rotated faster than the relay read, or the relay was stopped or starved)"
+        );
     }
 
     fn note(&mut self, key: &str, notice: Notice, message: std::fmt::Arguments<'_>) {

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::framer::Framer;
 use crate::identity::{FileId, Fingerprint, Tail, read_full_at};
-use crate::metrics::{FileMetrics, Metrics};
+use crate::metrics::{FileMetrics, Metrics, RotationKind};
 use crate::output::Output;
 
 /// One open file.
@@ -109,6 +109,23 @@ pub(super) fn account(r: &mut Reader, summary: &mut Summary) {
     }
 }
 
+/// Where a file of `size` bytes that starts as it did (`fp`) was cut, if it
+/// was cut and not rewritten: at `size` when its whole fingerprint is still
+/// there; in a file no longer than the fingerprint, at the last line end of
+/// what it still shares with it (bytes appended since the cut may follow).
+/// None when its first bytes changed (a rewrite, or a copytruncate).
+pub(super) fn kept_prefix(fp: &Fingerprint, file: &File, size: u64) -> Option<u64> {
+    if fp.is_empty() {
+        return None;
+    }
+    if fp.len() as u64 <= size {
+        return fp.matches(file).ok()?.then_some(size);
+    }
+    let shared = fp.common_prefix(file).ok()?;
+    let line_end = fp.as_bytes()[..shared].iter().rposition(|b| *b == b'\n')? + 1;
+    Some(line_end as u64)
+}
+
 pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     loop {
@@ -187,7 +204,14 @@ impl Relay {
         // Shorter than what we read: truncated. Changed, and no longer
         // starting as it did: truncated and written again, maybe as far as
         // before (then there is nothing new to read that would show it).
-        if size < r.offset || (mtime != r.mtime && !r.fp.matches(&r.file).unwrap_or(true)) {
+        // Shorter, but still starting as it did: cut to a non-zero size
+        // (`truncate -s`). What it keeps was relayed already.
+        if let Some(cut) = (size < r.offset && size > 0)
+            .then(|| kept_prefix(&r.fp, &r.file, size))
+            .flatten()
+        {
+            self.cut_short(i, cut);
+        } else if size < r.offset || (mtime != r.mtime && !r.fp.matches(&r.file).unwrap_or(true)) {
             self.truncated(i, now, out)?;
         }
         self.readers[i].size = size;
@@ -238,6 +262,27 @@ impl Relay {
             progress.budget_hit = true;
         }
         Ok(progress)
+    }
+
+    /// Reader `i`'s file was cut to `size` bytes, its first bytes unchanged:
+    /// reading goes on from there (or from the line held unfinished, if it
+    /// began before), so nothing is written twice.
+    pub(super) fn cut_short(&mut self, i: usize, size: u64) {
+        let r = &mut self.readers[i];
+        let resume = size.min(r.framer.committed());
+        self.metrics.rotation(&r.label, RotationKind::Truncate);
+        tracing::info!(
+            "{} was truncated to {size} bytes; what it keeps was relayed already, so relaying goes on from byte {resume}",
+            r.label
+        );
+        r.framer.restart_at(resume);
+        r.offset = resume;
+        r.counted = resume;
+        r.size = size;
+        r.tail = Tail::read(&r.file, resume).unwrap_or_default();
+        // What the file starts with now (it may have grown since the cut).
+        r.fp = Fingerprint::read(&r.file, resume).unwrap_or_default();
+        self.dirty = true;
     }
 
     pub(super) fn read_error(&mut self, i: usize, e: &io::Error) {

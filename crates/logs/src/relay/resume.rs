@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::checkpoint::Entry;
+use crate::checkpoint::{CheckpointError, Entry};
 use crate::output::Output;
 
 impl Relay {
@@ -108,15 +108,18 @@ impl Relay {
     pub(super) fn checkpoint_if_due(&mut self, now: Instant) {
         if self.dirty && now.duration_since(self.last_checkpoint) >= Duration::from_secs(1) {
             self.last_checkpoint = now;
-            self.save_checkpoint();
+            // A failure is counted and logged; the next second tries again.
+            let _ = self.save_checkpoint();
         }
     }
 
     /// Saves offsets of bytes already flushed to stdout. Call after flushing.
-    pub(super) fn save_checkpoint(&mut self) {
-        let Some(store) = &self.store else { return };
+    pub(super) fn save_checkpoint(&mut self) -> Result<(), CheckpointError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
         if !self.dirty {
-            return;
+            return Ok(());
         }
         let mut entries: Vec<Entry> = self
             .readers
@@ -148,10 +151,12 @@ impl Relay {
             Ok(()) => {
                 self.metrics.checkpoints.inc();
                 self.dirty = false;
+                Ok(())
             }
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
                 tracing::warn!("{e}");
+                Err(e)
             }
         }
     }

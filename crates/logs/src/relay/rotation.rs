@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -41,7 +41,9 @@ impl Relay {
                     if let Some(i) = attached {
                         let label = Arc::clone(&self.readers[i].label);
                         let since = self.detach(i, now, out)?;
-                        self.vacated.insert(label, since);
+                        self.vacated.insert(Arc::clone(&label), since);
+                        // What was beside the path was searched just now.
+                        self.settle_losses(&label, path, now, true);
                     } else {
                         self.note(
                             &key,
@@ -78,7 +80,9 @@ impl Relay {
             );
             return Ok(());
         }
-        if attached.is_some_and(|i| self.readers[i].id == FileId::of(&meta)) {
+        if let Some(i) = attached.filter(|i| self.readers[*i].id == FileId::of(&meta)) {
+            let label = Arc::clone(&self.readers[i].label);
+            self.settle_losses(&label, path, now, false);
             return Ok(());
         }
         // Hold what is at the path now before catching up on anything else:
@@ -91,7 +95,7 @@ impl Relay {
         let Some(i) = attached else {
             for (f, _) in held {
                 let label: Arc<str> = Arc::from(key.as_str());
-                self.relay_rotated_file(&label, path.to_path_buf(), f, now, out)?;
+                self.relay_file(&label, path.to_path_buf(), f, true, now, out)?;
             }
             return self.start_reader(path, file, &meta, now, out);
         };
@@ -114,7 +118,7 @@ impl Relay {
         self.deferred.remove(&label);
         self.let_go(i, now, out)?;
         for (p, f) in between {
-            self.relay_rotated_file(&label, p, f, now, out)?;
+            self.relay_file(&label, p, f, true, now, out)?;
         }
         // Files rotated while we read those, as long as `id` is at the path.
         self.recover_missed(&label, since, Skip::Nothing, &[id], Some(id), now, out)?;
@@ -190,10 +194,7 @@ impl Relay {
 
     /// Opens the file at `path`, noting (once) why not if it cannot.
     pub(super) fn open_at(&mut self, path: &Path) -> Option<(File, fs::Metadata)> {
-        let opened = File::open(path).and_then(|f| {
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        });
+        let opened = open_regular(path);
         match opened {
             Ok(pair) => Some(pair),
             Err(e) => {
@@ -249,6 +250,9 @@ impl Relay {
             }
         };
         reader.attached = true;
+        if !self.initial_scan {
+            self.ledger.read(path, id, now);
+        }
         tracing::info!("following {key} {how} (offset {offset})");
         tracing::debug!("{key}: following inode {}", reader.id.ino);
         let first = self.seen_labels.insert(Arc::clone(&reader.label));
@@ -444,6 +448,17 @@ impl Relay {
                     );
                     let end = self.read_copy(i, &copy_file, old_offset, now, out)?;
                     read_to = end;
+                    // Bytes the live file was seen to hold past the copy's
+                    // end were written after the copy was made and before the
+                    // truncation: in neither file.
+                    let lost = seen_size.saturating_sub(end);
+                    if lost > 0 {
+                        self.readers[i].metrics.bytes_lost.inc_by(lost);
+                        tracing::warn!(
+                            "{label} was truncated after {} was copied from it: its last {lost} bytes, written in between, are in neither file and are lost",
+                            copy_path.display()
+                        );
+                    }
                     if let Some(cid) = copy_id {
                         let fp = Fingerprint::read(&copy_file, end).unwrap_or_default();
                         self.remember(

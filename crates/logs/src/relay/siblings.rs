@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -62,7 +62,7 @@ pub(super) fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)>
             if let Some(file) = c.file {
                 return Some((c.path, file));
             }
-            let file = File::open(&c.path).ok()?;
+            let (file, _) = open_regular(&c.path).ok()?;
             let same = file.metadata().is_ok_and(|m| FileId::of(&m) == c.id);
             same.then_some((c.path, file))
         })
@@ -81,7 +81,7 @@ pub(super) fn find_by_inode(
         if !m.is_file() || FileId::of(&m) != id || m.len() < len {
             return None;
         }
-        let f = File::open(&p).ok()?;
+        let (f, _) = open_regular(&p).ok()?;
         fp.matches(&f).ok()?.then_some((f, p))
     })
 }
@@ -136,7 +136,7 @@ pub(super) fn find_copy(
         if !meta.is_file() || meta.len() < min_len || FileId::of(&meta) == exclude {
             continue;
         }
-        let Ok(file) = File::open(&path) else {
+        let Ok((file, _)) = open_regular(&path) else {
             continue;
         };
         if !fp.matches(&file).unwrap_or(false) {
@@ -181,7 +181,8 @@ impl Relay {
                 Skip::Nothing => None,
                 Skip::CopiesOf(fp) => Some(fp),
                 Skip::CopiesOfPath => {
-                    of_path = File::open(label_path)
+                    of_path = open_regular(label_path)
+                        .map(|(f, _)| f)
                         .and_then(|f| Fingerprint::read(&f, u64::MAX))
                         .unwrap_or_default();
                     Some(&of_path)
@@ -199,7 +200,7 @@ impl Relay {
                 break;
             }
             for (path, file) in open_candidates(found) {
-                self.relay_rotated_file(label, path, file, now, out)?;
+                self.relay_file(label, path, file, true, now, out)?;
             }
         }
         Ok(())
@@ -223,12 +224,14 @@ impl Relay {
         found
     }
 
-    /// Relays a whole file that was rotated away before we followed it.
-    pub(super) fn relay_rotated_file<W: Write>(
+    /// Relays a whole file of `label` that the relay did not follow: one
+    /// `rotated` away before it could (else a short-lived file under a glob).
+    pub(super) fn relay_file<W: Write>(
         &mut self,
         label: &Arc<str>,
         path: PathBuf,
         file: File,
+        rotated: bool,
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
@@ -253,7 +256,7 @@ impl Relay {
                 "{label}: {} is a copy of content relayed up to byte {start}; relaying what follows",
                 reader.path.display()
             );
-        } else {
+        } else if rotated {
             tracing::info!(
                 "{label}: {} was rotated away before the relay could follow it; relaying it now",
                 reader.path.display()
@@ -263,7 +266,10 @@ impl Relay {
             "{label}: relaying inode {} from byte {start}",
             reader.id.ino
         );
-        self.metrics.rotation(label, RotationKind::Rename);
+        if rotated {
+            self.metrics.rotation(label, RotationKind::Rename);
+        }
+        self.ledger.read(Path::new(&**label), reader.id, now);
         self.readers.push(reader);
         let j = self.readers.len() - 1;
         self.drain_reader(j, now, out)?;
@@ -305,14 +311,22 @@ impl Relay {
                 || mtime < since
                 || exclude.contains(&id)
                 || self.pinned.iter().any(|p| p.2 == id)
-                || self.known.contains_key(&id)
                 || self.readers.iter().any(|r| r.id == id)
             {
                 continue;
             }
+            // Read before: the same inode *and* the same first bytes (a new
+            // file that reuses a freed inode is not the one read).
+            let read_before = self.known.get(&id).is_some_and(|k| {
+                open_regular(&path).is_ok_and(|(f, _)| k.fp.matches(&f).unwrap_or(false))
+            });
+            if read_before {
+                continue;
+            }
             if current.is_some_and(|current| {
                 !current.is_empty()
-                    && File::open(&path)
+                    && open_regular(&path)
+                        .map(|(f, _)| f)
                         .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
             }) {
                 continue;

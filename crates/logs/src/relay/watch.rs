@@ -1,8 +1,10 @@
 //! Finding files: inotify (through `notify`), files opened the moment they
 //! appear, glob scans, and the look at each followed path every wake.
 
+use super::loss::Appearance;
+use super::rotation::at_path;
 use super::{MAX_PINNED, Notice, Pattern, Relay, RelayError, parent_dir};
-use crate::identity::FileId;
+use crate::identity::{FileId, open_regular};
 use crate::output::Output;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -12,29 +14,70 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Files opened by the watcher's thread as they appear at followed paths.
+/// Files opened by the watcher's thread as they appear at followed paths,
+/// or as files matching a glob appear in its directory (a short-lived file
+/// can be gone before the next glob scan).
 #[derive(Default)]
 pub(super) struct Early {
     /// The followed paths (literal paths and the paths of followed files).
     paths: BTreeSet<PathBuf>,
+    globs: Vec<glob::Pattern>,
     files: Vec<(PathBuf, File, FileId)>,
+    /// Files that appeared at followed paths, in order (see `loss.rs`).
+    appeared: Vec<Appearance>,
+    /// The last few files seen appearing at each followed path: a second
+    /// event that finds the same file there was for another file, now gone.
+    recent: Vec<(PathBuf, FileId)>,
+    /// A file matching a glob appeared: scan the globs at once.
+    glob_hit: bool,
 }
 
+/// Most appearances waiting to be settled; most recent identities kept.
+const MAX_APPEARED: usize = 4096;
+const MAX_RECENT: usize = 256;
+
 impl Early {
-    pub(super) fn opened(&mut self, paths: &[PathBuf]) {
+    pub(super) fn for_globs(globs: Vec<glob::Pattern>) -> Self {
+        Self {
+            globs,
+            ..Self::default()
+        }
+    }
+
+    /// A file appeared at (or was renamed to) each of `paths`.
+    pub(super) fn appeared(&mut self, paths: &[PathBuf]) {
         for path in paths {
-            if !self.paths.contains(path) || self.files.len() >= MAX_PINNED {
+            let followed = self.paths.contains(path);
+            let globbed = !followed && self.globs.iter().any(|g| g.matches_path(path));
+            if !(followed || globbed) {
                 continue;
             }
-            let Ok(file) = File::open(path) else {
-                continue;
-            };
-            let Ok(meta) = file.metadata() else {
-                continue;
-            };
-            let id = FileId::of(&meta);
-            if meta.is_file() && !self.files.iter().any(|f| f.2 == id) {
-                self.files.push((path.clone(), file, id));
+            self.glob_hit |= globbed;
+            // Never blocks (a FIFO opens at once) and takes regular files only.
+            let opened = open_regular(path).ok();
+            let id = opened.as_ref().map(|(_, m)| FileId::of(m));
+            if followed {
+                // A file already seen at this path: the event was for a
+                // file that is gone from it since.
+                let new = id.filter(|id| !self.recent.iter().any(|r| r.0 == *path && r.1 == *id));
+                if self.appeared.len() < MAX_APPEARED {
+                    self.appeared.push(Appearance {
+                        path: path.clone(),
+                        at: Instant::now(),
+                        id: new,
+                    });
+                }
+                if let Some(id) = new {
+                    if self.recent.len() >= MAX_RECENT {
+                        self.recent.remove(0);
+                    }
+                    self.recent.push((path.clone(), id));
+                }
+            }
+            if let (Some((file, _)), Some(id)) = (opened, id) {
+                if self.files.len() < MAX_PINNED && !self.files.iter().any(|f| f.2 == id) {
+                    self.files.push((path.clone(), file, id));
+                }
             }
         }
     }
@@ -63,13 +106,17 @@ impl Relay {
         let early = Arc::clone(&self.early);
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                if matches!(
-                    event.kind,
-                    notify::EventKind::Create(_)
-                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-                ) {
+                use notify::event::{ModifyKind, RenameMode};
+                // A file created at a path, or renamed to it (once per file:
+                // not the rename's `From` side, nor its `Both` summary).
+                let appeared = match event.kind {
+                    notify::EventKind::Create(_) => &event.paths[..],
+                    notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => &event.paths[..],
+                    _ => &[],
+                };
+                if !appeared.is_empty() {
                     let mut early = early.lock().unwrap_or_else(|e| e.into_inner());
-                    early.opened(&event.paths);
+                    early.appeared(appeared);
                 }
             }
             let _ = tx.try_send(());
@@ -115,15 +162,22 @@ impl Relay {
     }
 
     /// Moves the files the watcher opened early to `pinned` (those not read
-    /// yet), and tells it which paths to open early from now on.
+    /// yet) and what appeared to the loss ledger, and tells it which paths
+    /// to open early from now on.
     pub(super) fn take_early(&mut self, paths: &BTreeSet<PathBuf>) {
-        let opened = {
+        let (opened, appeared) = {
             let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
             if early.paths != *paths {
                 early.paths.clone_from(paths);
             }
-            std::mem::take(&mut early.files)
+            (
+                std::mem::take(&mut early.files),
+                std::mem::take(&mut early.appeared),
+            )
         };
+        for a in appeared {
+            self.ledger.appeared(a);
+        }
         for (path, file, id) in opened {
             if self.pinned.len() < MAX_PINNED
                 && !self.pinned.iter().any(|p| p.2 == id)
@@ -178,8 +232,42 @@ impl Relay {
             }
         }
         self.take_early(&paths);
-        for path in paths {
-            self.check_path(&path, now, out)?;
+        for path in &paths {
+            self.check_path(path, now, out)?;
+        }
+        self.relay_short_lived(&paths, now, out)
+    }
+
+    /// True when a file matching a glob appeared since the last call: the
+    /// globs are scanned at once, not at the next `--glob-interval`.
+    pub(super) fn take_glob_hit(&mut self) -> bool {
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut early.glob_hit)
+    }
+
+    /// Files the watcher opened as they appeared under a glob, and that are
+    /// gone from their path before a scan found them: relayed whole.
+    fn relay_short_lived<W: Write>(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        now: Instant,
+        out: &mut Output<W>,
+    ) -> Result<(), RelayError> {
+        let mut i = 0;
+        while i < self.pinned.len() {
+            let path = &self.pinned[i].0;
+            let gone = !paths.contains(path) && !at_path(path, self.pinned[i].2);
+            if !gone {
+                i += 1;
+                continue;
+            }
+            let (path, file, id) = self.pinned.remove(i);
+            if self.was_read(id, &file) {
+                continue;
+            }
+            let label: Arc<str> = Arc::from(path.to_string_lossy().as_ref());
+            tracing::info!("{label} appeared and was gone before a scan found it; relaying it now");
+            self.relay_file(&label, path, file, false, now, out)?;
         }
         Ok(())
     }
@@ -204,7 +292,7 @@ impl Relay {
                 continue;
             }
             let path = r.path.clone();
-            if let Ok(f) = File::open(&path) {
+            if let Ok((f, _)) = open_regular(&path) {
                 if f.metadata().is_ok_and(|m| FileId::of(&m) == id) {
                     self.pinned.push((path, f, id));
                 }

@@ -1,0 +1,265 @@
+//! `sidecar logs` under the faults a review with real rotation tools found:
+//! a file that reuses a freed inode, a FIFO at a followed path, files
+//! deleted before the relay could read them, short-lived files under a
+//! glob, a truncation to a non-zero size. One test per fault, each named
+//! after what it guards.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Proc, append, http_get, wait_until};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn relay(args: &[&str]) -> Proc {
+    let mut all = vec!["logs", "--admin-addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let p = Proc::start(&all);
+    let addr = p.admin_addr();
+    wait_until("relay ready", Duration::from_secs(10), || {
+        http_get(addr, "/ready").0 == 200
+    });
+    p
+}
+
+fn lines(prefix: &str, n: usize) -> String {
+    (1..=n).map(|i| format!("{prefix} {i}\n")).collect()
+}
+
+fn stop(p: &mut Proc) -> std::process::ExitStatus {
+    p.terminate();
+    p.wait(Duration::from_secs(30))
+}
+
+/// The value of a metric series (0 when absent).
+fn metric(p: &Proc, series: &str) -> f64 {
+    http_get(p.admin_addr(), "/metrics")
+        .2
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Creates files in `dir` until one gets inode `ino` (ext4 and most disk
+/// filesystems hand a freed inode out again at once); returns its path.
+fn file_with_inode(dir: &Path, ino: u64, content: &str) -> std::path::PathBuf {
+    let mut extra = Vec::new();
+    for i in 0..2000 {
+        let p = dir.join(format!("reuse-{i}"));
+        fs::write(&p, content).unwrap();
+        if fs::metadata(&p).unwrap().ino() == ino {
+            for e in extra {
+                fs::remove_file(e).unwrap();
+            }
+            return p;
+        }
+        extra.push(p);
+    }
+    panic!("this filesystem did not reuse inode {ino}; the test needs one that does (ext4)");
+}
+
+#[test]
+fn a_rotated_file_that_reuses_a_freed_inode_is_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--rotate-wait",
+        "50ms",
+        log.to_str().unwrap(),
+    ];
+    // A is read, rotated away and let go (known to the relay).
+    fs::write(&log, lines("a", 5)).unwrap();
+    let mut first = relay(&args);
+    first.wait_lines(5, LONG);
+    let a_ino = fs::metadata(&log).unwrap().ino();
+    fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    fs::write(&log, lines("b", 5)).unwrap();
+    first.wait_lines(10, LONG);
+    wait_until("A let go", LONG, || {
+        first.stderr_text().contains("done with the rotated file")
+            || metric(&first, "sidecar_logs_files_open") <= 1.0
+    });
+    assert!(stop(&mut first).success());
+    // A is deleted once the relay is down (its checkpoint written).
+    fs::remove_file(dir.path().join("app.log.1")).unwrap();
+
+    // While the relay is down: C takes A's inode, is rotated to app.log.1
+    // beside a newer app.log (D).
+    fs::rename(&log, dir.path().join("app.log.2")).unwrap();
+    let c = file_with_inode(dir.path(), a_ino, &lines("c", 5));
+    fs::rename(&c, &log).unwrap();
+    fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    fs::write(&log, lines("d", 5)).unwrap();
+
+    let mut second = relay(&args);
+    second.wait_lines(10, LONG);
+    assert!(stop(&mut second).success());
+    let text = String::from_utf8_lossy(&second.stdout_bytes()).to_string();
+    assert_eq!(
+        text,
+        format!("{}{}", lines("c", 5), lines("d", 5)),
+        "relay log:\n{}",
+        second.stderr_text()
+    );
+}
+
+#[test]
+fn a_fifo_at_a_followed_path_freezes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, pipe) = (dir.path().join("good.log"), dir.path().join("pipe"));
+    fs::write(&good, "1\n").unwrap();
+    let mut p = relay(&[good.to_str().unwrap(), pipe.to_str().unwrap()]);
+    p.wait_lines(1, LONG);
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The watcher sees the FIFO appear; opening it must not block anything.
+    for i in 2..=5 {
+        append(&good, format!("{i}\n").as_bytes());
+        p.wait_lines(i, Duration::from_secs(10));
+    }
+    p.wait_stderr("not a regular file", Duration::from_secs(10));
+    assert_eq!(http_get(p.admin_addr(), "/ready").0, 200);
+    let start = Instant::now();
+    assert!(stop(&mut p).success(), "{}", p.stderr_text());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(p.stdout_bytes(), b"1\n2\n3\n4\n5\n");
+}
+
+#[test]
+fn files_deleted_before_the_relay_could_read_them_are_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let rotated = dir.path().join("app.log.1");
+    fs::write(&log, lines("f1", 3)).unwrap();
+    let mut p = relay(&[log.to_str().unwrap()]);
+    p.wait_lines(3, LONG);
+    // The relay is starved (stopped) while the writer rotates three times
+    // with `rotate 1`: F2 is overwritten (deleted) before anyone reads it.
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    for name in ["f2", "f3", "f4"] {
+        fs::rename(&log, &rotated).unwrap();
+        fs::write(&log, lines(name, 3)).unwrap();
+    }
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(9, LONG);
+    let label = format!(
+        "sidecar_logs_files_lost_total{{file=\"{}\"}}",
+        log.display()
+    );
+    wait_until("the lost file counted", Duration::from_secs(10), || {
+        metric(&p, &label) >= 1.0
+    });
+    assert_eq!(metric(&p, &label), 1.0);
+    let warning = p.stderr_text();
+    assert!(
+        warning.contains("before the relay could read") && warning.contains(log.to_str().unwrap()),
+        "{warning}"
+    );
+    assert!(stop(&mut p).success());
+    let text = String::from_utf8_lossy(&p.stdout_bytes()).to_string();
+    assert_eq!(
+        text,
+        format!("{}{}{}", lines("f1", 3), lines("f3", 3), lines("f4", 3))
+    );
+}
+
+#[test]
+fn short_lived_files_under_a_glob_are_relayed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = format!("{}/*.log", dir.path().display());
+    let mut p = relay(&[&pattern]);
+    // 20 files of 25 lines, each living about 100 ms: far less than the
+    // default glob interval (1s).
+    for f in 0..20 {
+        let path = dir.path().join(format!("job-{f}.log"));
+        fs::write(&path, lines(&format!("job{f}"), 25)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        fs::remove_file(&path).unwrap();
+    }
+    p.wait_lines(500, Duration::from_secs(20));
+    assert!(stop(&mut p).success());
+    let out = String::from_utf8_lossy(&p.stdout_bytes()).to_string();
+    for f in 0..20 {
+        let want = lines(&format!("job{f}"), 25);
+        assert!(out.contains(&want), "job {f} missing in:\n{out}");
+    }
+    assert_eq!(out.lines().count(), 500);
+}
+
+#[test]
+fn a_truncation_to_a_nonzero_size_repeats_nothing() {
+    for (kept_lines, what) in [
+        (40, "a kept part longer than the fingerprint"),
+        (3, "a short file"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let first = lines("kept", kept_lines);
+        let dropped = lines("dropped", 10);
+        fs::write(&log, format!("{first}{dropped}")).unwrap();
+        let mut p = relay(&[log.to_str().unwrap()]);
+        p.wait_lines(kept_lines + 10, LONG);
+        // `truncate -s <part>`, at a line end, then more lines.
+        let f = fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(first.len() as u64).unwrap();
+        drop(f);
+        if kept_lines > 10 {
+            // Past the fingerprint, the cut is where the file ends when the
+            // relay looks: wait for that look (inotify makes it at once).
+            p.wait_stderr("was truncated to", LONG);
+        }
+        append(&log, lines("new", 5).as_bytes());
+        p.wait_lines(kept_lines + 15, LONG);
+        assert!(stop(&mut p).success());
+        assert_eq!(
+            String::from_utf8_lossy(&p.stdout_bytes()),
+            format!("{first}{dropped}{}", lines("new", 5)),
+            "{what}: {}",
+            p.stderr_text()
+        );
+        assert!(
+            p.stderr_text().contains("was truncated to"),
+            "{what}: {}",
+            p.stderr_text()
+        );
+    }
+}
+
+#[test]
+fn a_final_checkpoint_that_cannot_be_written_is_a_failed_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    fs::write(&log, "1\n").unwrap();
+    let mut p = relay(&[
+        "--state-dir",
+        state.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    p.wait_lines(1, LONG);
+    // The state directory becomes unusable (as a full disk would make it).
+    fs::remove_dir_all(&state).unwrap();
+    fs::write(&state, "not a directory").unwrap();
+    append(&log, b"2\n");
+    p.wait_lines(2, LONG);
+    let status = stop(&mut p);
+    assert!(!status.success(), "{}", p.stderr_text());
+    assert!(
+        p.stderr_text()
+            .contains("final checkpoint could not be written"),
+        "{}",
+        p.stderr_text()
+    );
+    assert_eq!(p.stdout_bytes(), b"1\n2\n", "every line is still relayed");
+}
