@@ -430,8 +430,8 @@ def lowrate(sidecar, tools, tmp, repeats, pipe_ok):
                + ", ".join(f"{p:.1f} ms at {r:,}/s" for p, r in zip(p99s, rates))
                + f" (target under 50 ms): {'met' if p99_met else 'NOT met'}")
     if pipe_ok is not None:
-        verdict += ("; pipe throughput at least GNU tail's and busybox's: "
-                    + ("met" if pipe_ok else "NOT met"))
+        verdict += (f"; pipe throughput ({pipe_ok[1]:,}-line file) at least GNU tail's and "
+                    f"busybox's: {'met' if pipe_ok[0] else 'NOT met'}")
     print(verdict)
 
 
@@ -482,8 +482,8 @@ def main():
                           f"| {ref / elapsed:.2f}x | {cpu / (size / 2**30):.2f} "
                           f"| {hwm / 1024:.1f} MiB |")
                 if sink == "pipe":
-                    pipe_ok = all(results["sidecar logs"][0] <= results[n][0]
-                                  for n in ("GNU tail -F", "busybox tail -F"))
+                    pipe_ok = (all(results["sidecar logs"][0] <= results[n][0]
+                                   for n in ("GNU tail -F", "busybox tail -F")), nlines)
             os.remove(data)
 
         if "rotation" in parts:
