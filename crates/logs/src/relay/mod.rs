@@ -2,6 +2,7 @@
 //! paths (`watch`), handles what moved (`rotation`, `siblings`), reads every
 //! open file (`reader`) and checkpoints (`resume`).
 
+mod inotify;
 mod loss;
 mod reader;
 mod resume;
@@ -16,7 +17,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use regex::bytes::Regex;
@@ -27,6 +27,7 @@ use crate::identity::{FileId, Fingerprint, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
+use self::inotify::Waiter;
 use self::loss::Ledger;
 use self::reader::Reader;
 
@@ -115,6 +116,8 @@ pub enum RelayError {
     NoPaths,
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("cannot set up the relay: {0}")]
+    Setup(#[source] io::Error),
     #[error(
         "the final checkpoint could not be written ({0}); a restarted relay resumes from the one before and may relay the lines since again: make room in --state-dir (a separate small emptyDir), or drop it"
     )]
@@ -125,14 +128,15 @@ pub enum RelayError {
 #[derive(Debug, Clone)]
 pub struct Control {
     stop: Arc<AtomicBool>,
-    wake: SyncSender<()>,
+    /// Write end of the pipe the relay waits on.
+    wake: Arc<std::os::fd::OwnedFd>,
 }
 
 impl Control {
     /// Starts the drain: keep reading until files are quiet, then exit.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.try_send(());
+        let _ = nix::unistd::write(&*self.wake, &[1]);
     }
 }
 
@@ -189,10 +193,8 @@ pub struct Relay {
     metrics: Metrics,
     store: Option<Store>,
     stop: Arc<AtomicBool>,
-    wake_tx: SyncSender<()>,
-    wake_rx: Receiver<()>,
-    watcher: Option<notify::RecommendedWatcher>,
-    watched: HashSet<PathBuf>,
+    /// inotify, the stop pipe and the poll timer.
+    waiter: Waiter,
     notices: HashMap<String, Notice>,
     buf: Vec<u8>,
     last_data_any: Instant,
@@ -217,9 +219,9 @@ pub struct Relay {
     read_contents: VecDeque<ReadContent>,
     /// Files opened early at followed paths (see [`Relay::pin_new_files`]).
     pinned: Vec<(PathBuf, File, FileId)>,
-    /// Files the watcher opened the moment they appeared at a followed path
-    /// (a writer that deletes its file may do so before the relay looks).
-    early: Arc<std::sync::Mutex<Early>>,
+    /// Files opened the moment they appeared at a followed path (a writer
+    /// that deletes its file may do so before the relay looks).
+    early: Early,
     /// Files that appeared at followed paths and files read (see `loss.rs`).
     ledger: Ledger,
     summary: Summary,
@@ -259,11 +261,13 @@ impl Relay {
                 Pattern::Literal(_) => None,
             })
             .collect();
-        let (wake_tx, wake_rx) = sync_channel(1);
+        let (stop_rx, stop_tx) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| RelayError::Setup(std::io::Error::from(e)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let control = Control {
             stop: Arc::clone(&stop),
-            wake: wake_tx.clone(),
+            wake: Arc::new(stop_tx),
         };
         let now = Instant::now();
         let relay = Self {
@@ -279,10 +283,7 @@ impl Relay {
             metrics,
             store,
             stop,
-            wake_tx,
-            wake_rx,
-            watcher: None,
-            watched: HashSet::new(),
+            waiter: Waiter::new(stop_rx),
             notices: HashMap::new(),
             buf: vec![0; READ_CHUNK],
             last_data_any: now,
@@ -296,7 +297,7 @@ impl Relay {
             started: SystemTime::now(),
             checkpoint_time: None,
             pinned: Vec::new(),
-            early: Arc::new(std::sync::Mutex::new(Early::for_globs(cfg_globs))),
+            early: Early::for_globs(cfg_globs),
             ledger: Ledger::default(),
             summary: Summary::default(),
         };
@@ -308,7 +309,6 @@ impl Relay {
     pub fn run<W: Write>(mut self, writer: W, ready: impl FnOnce()) -> Result<Summary, RelayError> {
         let mut output = Output::new(writer, self.cfg.format, self.cfg.prefix);
         let out = &mut output;
-        self.start_watcher();
         if let Some(store) = &self.store {
             let saved = store.load()?;
             self.checkpoint_time = store.modified();
@@ -329,6 +329,7 @@ impl Relay {
         ready();
 
         let mut last_glob = now;
+        let mut last_look = now;
         let mut drain_started: Option<Instant> = None;
         loop {
             let progress = self.read_all(now, out)?;
@@ -357,17 +358,18 @@ impl Relay {
                     break;
                 }
             }
-            if !progress.budget_hit {
+            let changes = if progress.budget_hit {
+                self.waiter.events()
+            } else {
                 let wait = if drain_started.is_some() {
                     Duration::from_millis(50)
                 } else {
                     self.cfg.poll_interval
                 };
-                match self.wake_rx.recv_timeout(wait) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {}
-                }
-            }
+                self.waiter.wait(wait, drain_started.is_some())
+            };
+            // Files that appeared are opened at once (they may be short-lived).
+            self.early.appeared(&changes.appeared);
             now = Instant::now();
             out.set_read_time(SystemTime::now());
             // A file matching a glob appeared: scan now (it may be short-lived).
@@ -376,7 +378,17 @@ impl Relay {
             if glob_due {
                 last_glob = now;
             }
-            self.check_paths(glob_due, now, out)?;
+            // The followed paths are looked at when names changed, and every
+            // poll interval anyway (events can be lost; NFS has none); a wake
+            // by new data alone needs only the reads.
+            let look = changes.names
+                || glob_due
+                || !self.waiter.notifies()
+                || now.duration_since(last_look) >= self.cfg.poll_interval;
+            if look {
+                last_look = now;
+                self.check_paths(glob_due, now, out)?;
+            }
         }
 
         // Emit what is held (partial lines get their newline), then checkpoint.

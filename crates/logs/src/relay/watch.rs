@@ -6,7 +6,6 @@ use super::rotation::at_path;
 use super::{MAX_PINNED, Notice, Pattern, Relay, RelayError, parent_dir};
 use crate::identity::{FileId, open_regular};
 use crate::output::Output;
-use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Write;
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Files opened by the watcher's thread as they appear at followed paths,
+/// Files opened as they appear (inotify) at followed paths,
 /// or as files matching a glob appear in its directory (a short-lived file
 /// can be gone before the next glob scan).
 #[derive(Default)]
@@ -101,34 +100,6 @@ pub(super) fn glob_base_dir(pattern: &str) -> PathBuf {
 }
 
 impl Relay {
-    pub(super) fn start_watcher(&mut self) {
-        let tx = self.wake_tx.clone();
-        let early = Arc::clone(&self.early);
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                use notify::event::{ModifyKind, RenameMode};
-                // A file created at a path, or renamed to it (once per file:
-                // not the rename's `From` side, nor its `Both` summary).
-                let appeared = match event.kind {
-                    notify::EventKind::Create(_) => &event.paths[..],
-                    notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => &event.paths[..],
-                    _ => &[],
-                };
-                if !appeared.is_empty() {
-                    let mut early = early.lock().unwrap_or_else(|e| e.into_inner());
-                    early.appeared(appeared);
-                }
-            }
-            let _ = tx.try_send(());
-        }) {
-            Ok(w) => self.watcher = Some(w),
-            Err(e) => tracing::warn!(
-                "file change notifications are not available ({e}); checking files every {} instead",
-                humantime::format_duration(self.cfg.poll_interval)
-            ),
-        }
-    }
-
     /// Watches the directories the patterns point into (those that exist).
     pub(super) fn watch_pattern_dirs(&mut self) {
         let dirs: Vec<PathBuf> = self
@@ -145,36 +116,18 @@ impl Relay {
     }
 
     pub(super) fn watch_dir(&mut self, dir: PathBuf) {
-        let Some(watcher) = self.watcher.as_mut() else {
-            return;
-        };
-        if self.watched.contains(&dir) {
-            return;
-        }
-        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                self.watched.insert(dir);
-            }
-            Err(e) => {
-                tracing::debug!("cannot watch {}: {e}; polling it", dir.display());
-            }
-        }
+        self.waiter.watch(&dir);
     }
 
     /// Moves the files the watcher opened early to `pinned` (those not read
     /// yet) and what appeared to the loss ledger, and tells it which paths
     /// to open early from now on.
     pub(super) fn take_early(&mut self, paths: &BTreeSet<PathBuf>) {
-        let (opened, appeared) = {
-            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
-            if early.paths != *paths {
-                early.paths.clone_from(paths);
-            }
-            (
-                std::mem::take(&mut early.files),
-                std::mem::take(&mut early.appeared),
-            )
-        };
+        if self.early.paths != *paths {
+            self.early.paths.clone_from(paths);
+        }
+        let opened = std::mem::take(&mut self.early.files);
+        let appeared = std::mem::take(&mut self.early.appeared);
         for a in appeared {
             self.ledger.appeared(a);
         }
@@ -241,8 +194,7 @@ impl Relay {
     /// True when a file matching a glob appeared since the last call: the
     /// globs are scanned at once, not at the next `--glob-interval`.
     pub(super) fn take_glob_hit(&mut self) -> bool {
-        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut early.glob_hit)
+        std::mem::take(&mut self.early.glob_hit)
     }
 
     /// Files the watcher opened as they appeared under a glob, and that are
@@ -276,6 +228,9 @@ impl Relay {
     /// last check, so they are still there when we get to them. Called while
     /// a long read is under way.
     pub(super) fn pin_new_files(&mut self) {
+        // Files that appeared meanwhile are opened now too.
+        let changes = self.waiter.events();
+        self.early.appeared(&changes.appeared);
         for i in 0..self.readers.len() {
             let r = &self.readers[i];
             if !r.attached || self.pinned.len() >= MAX_PINNED {
