@@ -386,3 +386,40 @@ impl Relay {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        t.write_all(content).unwrap();
+        let f = File::open(t.path()).unwrap();
+        (t, f)
+    }
+
+    #[test]
+    fn a_cut_is_found_where_the_kept_part_ends() {
+        // A short file: cut after "b\n", then "x\n" appended.
+        let (_t, f) = file_with(b"a\nb\nx\n");
+        let fp = Fingerprint::read(&file_with(b"a\nb\nc\nd\n").1, u64::MAX).unwrap();
+        assert_eq!(kept_prefix(&fp, &f, 6), Some(4));
+        // Rewritten from the start: not a cut.
+        let (_t, f) = file_with(b"z\n");
+        assert_eq!(kept_prefix(&fp, &f, 2), None);
+        // A long file whose whole fingerprint is still there: cut at its size.
+        let long: Vec<u8> = (0..600).map(|i| b'a' + (i % 26) as u8).collect();
+        let fp = Fingerprint::read(&file_with(&long).1, u64::MAX).unwrap();
+        let (_t, f) = file_with(&long[..400]);
+        assert_eq!(kept_prefix(&fp, &f, 400), Some(400));
+        assert_eq!(kept_prefix(&Fingerprint::default(), &f, 400), None);
+    }
+
+    #[test]
+    fn from_end_starts_after_the_last_complete_line() {
+        let (_t, f) = file_with(b"one\ntwo\npart");
+        assert_eq!(end_of_last_line(&f, 12), 8);
+        let (_t, f) = file_with(b"no newline");
+        assert_eq!(end_of_last_line(&f, 10), 10);
+    }
+}

@@ -342,3 +342,52 @@ impl Relay {
         found
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_numbers_are_read_from_dot_suffixes_only() {
+        assert_eq!(rotation_number(".1"), Some(1));
+        assert_eq!(rotation_number(".12"), Some(12));
+        assert_eq!(rotation_number("-20260101"), None);
+        assert_eq!(rotation_number(".1.gz"), None);
+        assert_eq!(rotation_number(""), None);
+    }
+
+    #[test]
+    fn candidates_are_relayed_oldest_first_and_higher_numbers_first_on_a_tie() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let mut found = Vec::new();
+        for (name, secs) in [("app.log.1", 100), ("app.log.2", 100), ("app.log-old", 50)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            let id = FileId::of(&std::fs::metadata(&path).unwrap());
+            found.push(Candidate {
+                mtime: t + std::time::Duration::from_secs(secs)
+                    - std::time::Duration::from_secs(100),
+                number: rotation_number(name.strip_prefix("app.log").unwrap_or("")),
+                path,
+                id,
+                file: None,
+            });
+        }
+        // A name now held by another file than the one listed is skipped.
+        let gone = dir.path().join("app.log.3");
+        std::fs::write(&gone, "x").unwrap();
+        found.push(Candidate {
+            mtime: t,
+            number: Some(3),
+            path: gone,
+            id: FileId { dev: 0, ino: 0 },
+            file: None,
+        });
+        let names: Vec<String> = open_candidates(found)
+            .into_iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["app.log-old", "app.log.2", "app.log.1"]);
+    }
+}

@@ -255,3 +255,43 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_glob_is_watched_from_its_last_directory_without_wildcards() {
+        assert_eq!(glob_base_dir("/logs/*.log"), PathBuf::from("/logs"));
+        assert_eq!(glob_base_dir("/logs/*/app.log"), PathBuf::from("/logs"));
+        assert_eq!(glob_base_dir("app-?.log"), PathBuf::from("."));
+        assert_eq!(glob_base_dir("/a/b/[xy].log"), PathBuf::from("/a/b"));
+    }
+
+    #[test]
+    fn files_appearing_are_opened_at_once_and_a_second_event_for_a_file_seen_is_an_unknown_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let mut early = Early::for_globs(vec![
+            glob::Pattern::new(&format!("{}/*.txt", dir.path().display())).unwrap(),
+        ]);
+        early.paths.insert(log.clone());
+        std::fs::write(&log, "1\n").unwrap();
+        early.appeared(std::slice::from_ref(&log));
+        early.appeared(std::slice::from_ref(&log));
+        assert_eq!(early.files.len(), 1, "held once");
+        let ids: Vec<bool> = early.appeared.iter().map(|a| a.id.is_some()).collect();
+        assert_eq!(ids, [true, false]);
+        // A glob match is held and asks for a scan; a FIFO is never opened.
+        let txt = dir.path().join("job.txt");
+        std::fs::write(&txt, "x").unwrap();
+        let fifo = dir.path().join("pipe.txt");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        early.appeared(&[txt, fifo]);
+        assert!(early.glob_hit);
+        assert_eq!(early.files.len(), 2);
+        // Unfollowed, unmatched paths are ignored.
+        early.appeared(&[dir.path().join("other.log")]);
+        assert_eq!(early.appeared.len(), 2);
+    }
+}
