@@ -97,17 +97,24 @@ impl Waiter {
     /// Waits up to `timeout` for a change or a stop; a wake by data alone
     /// is held [`BATCH_WAIT`] (unless `hurry`: draining).
     pub(super) fn wait(&mut self, timeout: Duration, hurry: bool) -> Changes {
-        let ready = {
+        let (ready, stop_ready) = {
             let mut fds = vec![PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
             if let Some(i) = &self.inotify {
                 fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
             }
             let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
                 .unwrap_or(PollTimeout::NONE);
-            poll(&mut fds, ms).unwrap_or(0)
+            let ready = poll(&mut fds, ms).unwrap_or(0);
+            let stop_ready = fds[0].any().unwrap_or(true);
+            (ready, stop_ready)
         };
-        let stopped = self.drain_stop();
-        let mut changes = self.events();
+        // The pipe is read only when it has something (a system call saved per wake).
+        let stopped = stop_ready && self.drain_stop();
+        let mut changes = if ready > 0 {
+            self.events()
+        } else {
+            Changes::default()
+        };
         changes.any |= ready > 0 || stopped;
         if changes.any && !changes.names && !stopped && !hurry {
             // Data only: let the writer's next lines come too (a stop still
@@ -115,8 +122,9 @@ impl Waiter {
             let mut fds = [PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
             let ms =
                 PollTimeout::try_from(BATCH_WAIT.as_millis() as u32).unwrap_or(PollTimeout::ZERO);
-            let _ = poll(&mut fds, ms);
-            self.drain_stop();
+            if poll(&mut fds, ms).unwrap_or(0) > 0 {
+                self.drain_stop();
+            }
             let more = self.events();
             changes.names |= more.names;
             changes.appeared.extend(more.appeared);
@@ -130,11 +138,10 @@ impl Waiter {
         let Some(inotify) = &self.inotify else {
             return changes;
         };
-        while let Ok(events) = inotify.read_events() {
-            if events.is_empty() {
-                break;
-            }
-            changes.any = true;
+        // One read (of up to 4 KiB of events): more left make the next
+        // poll return at once.
+        if let Ok(events) = inotify.read_events() {
+            changes.any |= !events.is_empty();
             for e in events {
                 let names = AddWatchFlags::IN_CREATE
                     | AddWatchFlags::IN_MOVED_TO

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::framer::Framer;
+use crate::framer::{Framer, Rules};
 use crate::identity::{FileId, Fingerprint, Tail, read_full_at};
 use crate::metrics::{FileMetrics, Metrics, RotationKind};
 use crate::output::Output;
@@ -79,6 +79,64 @@ impl Reader {
             recheck_since: None,
             file,
         })
+    }
+
+    /// Frames `data` (the file's bytes from `offset` on, or a copy's) into
+    /// `out`, and counts what was emitted.
+    pub(super) fn frame<W: Write>(
+        &mut self,
+        data: &[u8],
+        rules: &Rules,
+        now: Instant,
+        out: &mut Output<W>,
+        summary: &mut Summary,
+    ) -> Result<(), RelayError> {
+        self.tail.push(data);
+        let mut sink = out.for_file(&self.label, &self.name);
+        self.framer
+            .push(rules, data, now, &mut sink)
+            .map_err(RelayError::Output)?;
+        account(self, summary);
+        Ok(())
+    }
+
+    /// Bytes read from the file itself at `offset`: framed, and the position moves on.
+    pub(super) fn take<W: Write>(
+        &mut self,
+        data: &[u8],
+        rules: &Rules,
+        now: Instant,
+        out: &mut Output<W>,
+        summary: &mut Summary,
+    ) -> Result<(), RelayError> {
+        self.error_noted = false;
+        self.fp.extend(self.offset, data);
+        self.frame(data, rules, now, out, summary)?;
+        self.offset += data.len() as u64;
+        self.size = self.size.max(self.offset);
+        self.last_data = now;
+        Ok(())
+    }
+
+    /// Emits what the framer holds: a stale multiline event (`all`: false),
+    /// or everything, a partial last line with a newline added (`all`).
+    pub(super) fn flush<W: Write>(
+        &mut self,
+        all: bool,
+        rules: &Rules,
+        now: Instant,
+        out: &mut Output<W>,
+        summary: &mut Summary,
+    ) -> Result<(), RelayError> {
+        let mut sink = out.for_file(&self.label, &self.name);
+        let done = if all {
+            self.framer.finish(rules, now, &mut sink)
+        } else {
+            self.framer.flush_stale(rules, now, &mut sink)
+        };
+        done.map_err(RelayError::Output)?;
+        account(self, summary);
+        Ok(())
     }
 
     /// The file's last change: its mtime now, else at the last look.
@@ -173,12 +231,7 @@ impl Relay {
                 progress.budget_hit = true;
                 held_back.push(Arc::clone(&self.readers[i].label));
             }
-            let r = &mut self.readers[i];
-            let mut sink = out.for_file(&r.label, &r.name);
-            r.framer
-                .flush_stale(&self.rules, now, &mut sink)
-                .map_err(RelayError::Output)?;
-            account(r, &mut self.summary);
+            self.readers[i].flush(false, &self.rules, now, out, &mut self.summary)?;
         }
         self.retire_quiet(now, out)?;
         self.update_lag();
@@ -234,26 +287,20 @@ impl Relay {
             }
             // The bytes count only if the file still starts as it did: otherwise
             // it was truncated and rewritten between two looks (copytruncate).
-            if !r.fp.matches(&r.file).unwrap_or(true) {
+            // Checked above before the first read of this wake.
+            if chunks > 0 && !r.fp.matches(&r.file).unwrap_or(true) {
                 self.truncated(i, now, out)?;
                 continue;
             }
-            let r = &mut self.readers[i];
-            r.error_noted = false;
-            r.fp.extend(r.offset, &self.buf[..n]);
-            r.tail.push(&self.buf[..n]);
-            let mut sink = out.for_file(&r.label, &r.name);
-            r.framer
-                .push(&self.rules, &self.buf[..n], now, &mut sink)
-                .map_err(RelayError::Output)?;
-            r.offset += n as u64;
-            r.size = r.size.max(r.offset);
-            r.last_data = now;
-            account(r, &mut self.summary);
+            self.readers[i].take(&self.buf[..n], &self.rules, now, out, &mut self.summary)?;
             budget -= n;
             progress.read_any = true;
             self.dirty = true;
             chunks += 1;
+            if n < want {
+                // The end of the file for now: no read that returns nothing.
+                break;
+            }
             if chunks % 8 == 0 {
                 self.pin_new_files();
             }
@@ -314,13 +361,7 @@ impl Relay {
             if n == 0 {
                 break;
             }
-            let r = &mut self.readers[i];
-            r.tail.push(&self.buf[..n]);
-            let mut sink = out.for_file(&r.label, &r.name);
-            r.framer
-                .push(&self.rules, &self.buf[..n], now, &mut sink)
-                .map_err(RelayError::Output)?;
-            account(r, &mut self.summary);
+            self.readers[i].frame(&self.buf[..n], &self.rules, now, out, &mut self.summary)?;
             offset += n as u64;
         }
         Ok(offset)
@@ -366,13 +407,7 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
-        let r = &mut self.readers[i];
-        let mut sink = out.for_file(&r.label, &r.name);
-        r.framer
-            .finish(&self.rules, now, &mut sink)
-            .map_err(RelayError::Output)?;
-        account(r, &mut self.summary);
-        Ok(())
+        self.readers[i].flush(true, &self.rules, now, out, &mut self.summary)
     }
 
     /// Reads reader `i` to the end of its file, whatever the tick budget.
