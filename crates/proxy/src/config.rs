@@ -168,7 +168,7 @@ fn yes() -> bool {
 }
 
 fn admin_default() -> String {
-    "0.0.0.0:9901".into()
+    sidecar_telemetry::ports::all_interfaces(sidecar_telemetry::ports::PROXY)
 }
 fn d_drain() -> Duration {
     Duration::from_secs(10)

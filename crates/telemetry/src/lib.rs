@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod duration;
 pub mod http;
+pub mod ports;
 pub mod process;
 pub mod serve;
 pub mod shutdown;

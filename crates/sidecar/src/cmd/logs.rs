@@ -16,6 +16,7 @@ use sidecar_logs::output::PIPE_CAPACITY;
 use sidecar_logs::{Config, Format, Metrics, Relay, StartAt};
 use sidecar_telemetry::admin::AdminAddr;
 use sidecar_telemetry::duration;
+use sidecar_telemetry::ports;
 use sidecar_telemetry::serve::{Runtime, Serve};
 
 const EXAMPLES: &str = "\
@@ -121,7 +122,7 @@ impl Args for AdminFlag {
                 .alias("admin-addr")
                 .env(ADMIN_ENV)
                 .value_name("ADMIN")
-                .default_value("0.0.0.0:9464")
+                .default_value(ports::all_interfaces(ports::LOGS))
                 .value_parser(value_parser!(AdminAddr))
                 .help(format!(
                     "Admin server address (/live, /ready, /metrics), or `off`. The old \

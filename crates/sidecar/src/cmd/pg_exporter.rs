@@ -13,6 +13,7 @@ use sidecar_pg_exporter::server::Endpoints;
 use sidecar_pg_exporter::{Exporter, Options};
 use sidecar_telemetry::duration;
 use sidecar_telemetry::http::parse_listen_addr;
+use sidecar_telemetry::ports;
 use sidecar_telemetry::serve::{Runtime, Serve};
 
 const EXAMPLES: &str = "\
@@ -43,7 +44,7 @@ The role needs pg_monitor (GRANT pg_monitor TO <role>); the exporter warns if it
 #[command(after_help = EXAMPLES)]
 pub struct PgExporterArgs {
     /// Address to listen on for metrics.
-    #[arg(long = "web.listen-address", visible_alias = "admin", default_value = ":9187", env = "PG_EXPORTER_WEB_LISTEN_ADDRESS", value_parser = parse_listen_addr)]
+    #[arg(long = "web.listen-address", visible_alias = "admin", default_value = format!(":{}", ports::POSTGRES_EXPORTER), env = "PG_EXPORTER_WEB_LISTEN_ADDRESS", value_parser = parse_listen_addr)]
     listen: SocketAddr,
 
     /// Path under which to expose metrics.
