@@ -175,3 +175,75 @@ pub fn check_rules(doc: &Value, what: &str) -> usize {
     }
     checked
 }
+
+/// The container named `name` of a pod template, among its `containers` and
+/// `initContainers`.
+pub fn container<'a>(template: &'a Value, name: &str) -> Option<&'a Value> {
+    let spec = template.get("spec")?;
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| spec.get(*list).and_then(Value::as_sequence))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// One annotation of a pod template (or any object), as a string.
+pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    s(object, &["metadata", "annotations", key]).and_then(Value::as_str)
+}
+
+/// The name each container of ours gives its metrics (admin) port, so
+/// Prometheus can scrape it by name (`__meta_kubernetes_pod_container_port_name`;
+/// deploy/monitoring keeps these names). Port names must be unique within a
+/// Pod, hence one per sidecar. Written out here, not taken from the code, so
+/// that a change of name fails a test.
+pub fn metrics_port_name(container: &str) -> &'static str {
+    match container {
+        "sidecar-logs" => "sidecar-logs",
+        "sidecar-postgres-exporter" => "sidecar-pg",
+        "sidecar-proxy" => "sidecar-proxy",
+        other => panic!("{other} is not a container of ours"),
+    }
+}
+
+/// Checks that each container of ours in a workload document declares its
+/// admin port (the one its probes use) under its [`metrics_port_name`],
+/// once; returns how many it checked.
+pub fn check_metrics_ports(doc: &Value, what: &str) -> usize {
+    let Some(template) = pod_template(doc) else {
+        return 0;
+    };
+    let mut checked = 0;
+    for list in ["containers", "initContainers"] {
+        for c in s(template, &["spec", list])
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter(|c| is_ours(c))
+        {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            let port_name = metrics_port_name(name);
+            let probe = s(c, &["startupProbe", "httpGet", "port"]).and_then(Value::as_u64);
+            let named: Vec<u64> = c
+                .get("ports")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter(|p| p.get("name").and_then(Value::as_str) == Some(port_name))
+                .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
+                .collect();
+            assert_eq!(
+                named.len(),
+                1,
+                "{what}: container {name} declares one port named {port_name}"
+            );
+            assert_eq!(
+                Some(named[0]),
+                probe,
+                "{what}: container {name}'s {port_name} port is its admin port"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
