@@ -1,6 +1,7 @@
 //! Helpers for integration tests: run the real `sidecar` binary, read what it prints.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod kube;
 pub mod peers;
 pub mod pg;
