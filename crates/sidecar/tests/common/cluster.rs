@@ -38,7 +38,7 @@ pub use security::pod_security_level;
 pub const WALK_THROUGH: &[(&str, &[&str])] = &[
     ("demo 1", &["setup", "logging", "demo1"]),
     ("demo 1 updated", &["demo1/update"]),
-    ("demo 2", &["monitoring", "demo2"]),
+    ("demo 2", &["monitoring"]),
     ("demo 2 updated", &["demo2/update"]),
     ("demo 3", &["tracing", "demo3"]),
     ("demo 3 updated", &["demo3/update"]),
