@@ -207,6 +207,13 @@ fn the_walk_through_check_catches_each_fault_the_manifests_once_had() {
             "Service default/widgetario-web-lb selects no Pod",
         ),
         (
+            "an admin port Prometheus cannot find by name",
+            "demo2/update/products-db.yaml",
+            "- name: sidecar-pg",
+            "- name: metrics",
+            "its admin port (the probes' port, Some(9187)) must be declared once, named sidecar-pg",
+        ),
+        (
             "the relay reads a directory no app writes",
             "demo1/update/web.yaml",
             "\"/logs-ro/app.log\"",

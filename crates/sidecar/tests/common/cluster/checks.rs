@@ -126,6 +126,29 @@ impl Cluster {
         for r in pod.running().into_iter().filter(|r| is_ours(r.c)) {
             let what = format!("{} sidecar {}", pod.describe(), r.name);
             let (_, pos) = parse_args(r.c);
+            // Prometheus' `sidecars` job finds the admin port (the probes'
+            // port) by its name.
+            let port_name = match pos.first().map(String::as_str) {
+                Some("logs") => "sidecar-logs",
+                Some("postgres-exporter") => "sidecar-pg",
+                _ => "sidecar-proxy",
+            };
+            let probe =
+                r.c.get("startupProbe")
+                    .and_then(|p| p.get("httpGet"))
+                    .and_then(|h| h.get("port"))
+                    .and_then(Value::as_u64);
+            let named: Vec<u16> = pod
+                .declared()
+                .into_iter()
+                .filter(|d| d.0 == r.name && d.2.as_deref() == Some(port_name))
+                .map(|d| d.1)
+                .collect();
+            if named.len() != 1 || probe != Some(u64::from(named[0])) {
+                problems.push(format!(
+                    "{what}: its admin port (the probes' port, {probe:?}) must be declared once, named {port_name}"
+                ));
+            }
             match pos.first().map(String::as_str) {
                 Some("proxy") => match self.proxy_of(pod, r.c) {
                     Some(Ok(cfg)) => {
