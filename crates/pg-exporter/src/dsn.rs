@@ -6,12 +6,19 @@
 //! - or `DATA_SOURCE_URI` (`host[:port][/db][?params]`) with `DATA_SOURCE_USER` and
 //!   `DATA_SOURCE_PASS`, set on the config as they are: any character works.
 //! - each also as `<NAME>_FILE`: the path of a file holding the value (trimmed).
+//!
+//! The TLS parameters (`sslmode` with all of libpq's values, `sslrootcert`,
+//! `sslcert`, `sslkey`, `sslsni`) are taken out of the string before
+//! tokio-postgres parses the rest, checked here, and registered with
+//! [`crate::connect`] for the config's connections.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
+
+use crate::tls::{RootCert, SslMode, TlsSettings};
 
 /// The `application_name` every session of the exporter carries.
 pub const APPLICATION_NAME: &str = "sidecar-postgres-exporter";
@@ -33,9 +40,8 @@ pub enum DsnError {
         reason: String,
         example: &'static str,
     },
-    #[error(
-        "sslmode={0} needs TLS, which this exporter does not speak yet; for a database in the same Pod use sslmode=disable"
-    )]
+    /// A TLS setting that cannot work; the message says which to change.
+    #[error("{0}")]
     Tls(String),
     #[error("no database user given: set DATA_SOURCE_USER or put the user in DATA_SOURCE_NAME")]
     NoUser,
@@ -68,10 +74,10 @@ impl SourceVars {
 
     /// The connection configuration these variables describe.
     pub fn config(&self) -> Result<Config, DsnError> {
-        let mut config = if let Some(name) = &self.name {
-            parse_dsn(name, "DATA_SOURCE_NAME")?
+        let (what, (mut config, tls)) = if let Some(name) = &self.name {
+            ("DATA_SOURCE_NAME", split_dsn(name, "DATA_SOURCE_NAME")?)
         } else if let Some(uri) = &self.uri {
-            parse_uri(uri, "DATA_SOURCE_URI")?
+            ("DATA_SOURCE_URI", split_uri(uri, "DATA_SOURCE_URI")?)
         } else {
             return Err(DsnError::Invalid {
                 what: "the data source".into(),
@@ -91,6 +97,7 @@ impl SourceVars {
         if config.get_user().is_none() {
             return Err(DsnError::NoUser);
         }
+        crate::connect::register(&config, tls, what)?;
         Ok(config)
     }
 }
@@ -118,37 +125,268 @@ fn var(
 
 /// Parses a `DATA_SOURCE_NAME`: URI or key=value.
 pub fn parse_dsn(dsn: &str, what: &str) -> Result<Config, DsnError> {
-    let dsn = dsn.trim();
-    check_sslmode(dsn)?;
-    Config::from_str(dsn).map_err(|e| DsnError::Invalid {
-        what: what.to_string(),
-        reason: e.to_string(),
-        example: "postgresql://user:password@localhost:5432/postgres?sslmode=disable or host=localhost user=postgres",
-    })
+    let (config, tls) = split_dsn(dsn, what)?;
+    crate::connect::register(&config, tls, what)?;
+    Ok(config)
 }
 
 /// Parses a `DATA_SOURCE_URI`: `host[:port][/db][?params]` (a scheme is accepted too).
 pub fn parse_uri(uri: &str, what: &str) -> Result<Config, DsnError> {
+    let (config, tls) = split_uri(uri, what)?;
+    crate::connect::register(&config, tls, what)?;
+    Ok(config)
+}
+
+const DSN_EXAMPLE: &str = "postgresql://user:password@localhost:5432/postgres?sslmode=disable or host=localhost user=postgres";
+
+/// A URI or key=value string: the config and, apart, its TLS settings.
+fn split_dsn(dsn: &str, what: &str) -> Result<(Config, TlsSettings), DsnError> {
+    let dsn = dsn.trim();
+    let (rest, params) = if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+        take_uri_params(dsn)
+    } else {
+        take_key_values(dsn)
+    };
+    let config = Config::from_str(&rest).map_err(|e| DsnError::Invalid {
+        what: what.to_string(),
+        reason: e.to_string(),
+        example: DSN_EXAMPLE,
+    })?;
+    with_tls(config, &params)
+}
+
+fn split_uri(uri: &str, what: &str) -> Result<(Config, TlsSettings), DsnError> {
     let uri = uri.trim();
     let rest = uri
         .strip_prefix("postgresql://")
         .or_else(|| uri.strip_prefix("postgres://"))
         .unwrap_or(uri);
-    check_sslmode(rest)?;
-    Config::from_str(&format!("postgresql://{rest}")).map_err(|e| DsnError::Invalid {
+    let (rest, params) = take_uri_params(&format!("postgresql://{rest}"));
+    let config = Config::from_str(&rest).map_err(|e| DsnError::Invalid {
         what: what.to_string(),
         reason: e.to_string(),
         example: "localhost:5432/postgres?sslmode=disable",
-    })
+    })?;
+    with_tls(config, &params)
 }
 
-fn check_sslmode(dsn: &str) -> Result<(), DsnError> {
-    for mode in ["require", "verify-ca", "verify-full"] {
-        if dsn.contains(&format!("sslmode={mode}")) || dsn.contains(&format!("sslmode='{mode}'")) {
-            return Err(DsnError::Tls(mode.to_string()));
+/// The connection parameters this module reads itself (tokio-postgres
+/// refuses all but `sslmode`, and knows only three of its values).
+const TLS_PARAMS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslsni"];
+
+/// TLS parameters as given (the last one wins, as in libpq).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsParams(Vec<(&'static str, String)>);
+
+impl TlsParams {
+    fn take(&mut self, key: &str, value: String) -> bool {
+        match TLS_PARAMS.iter().find(|k| **k == key) {
+            Some(k) => {
+                self.0.push((k, value));
+                true
+            }
+            None => false,
         }
     }
-    Ok(())
+
+    /// The value of `key`; an empty one counts as unset.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Takes the TLS parameters out of a URI's query string.
+fn take_uri_params(uri: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    // As tokio-postgres reads it: credentials up to the first '@', then
+    // host and path up to the first '?'.
+    let after_credentials = uri.find('@').map_or(0, |i| i + 1);
+    let Some(q) = uri[after_credentials..]
+        .find('?')
+        .map(|i| after_credentials + i)
+    else {
+        return (uri.to_string(), params);
+    };
+    let kept: Vec<&str> = uri[q + 1..]
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) => !params.take(&percent_decode(k), percent_decode(v)),
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let mut rest = uri[..q].to_string();
+    if !kept.is_empty() {
+        rest.push('?');
+        rest.push_str(&kept.join("&"));
+    }
+    (rest, params)
+}
+
+/// `%XX` decoded (an invalid escape stays as it is, as in tokio-postgres).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Takes the TLS parameters out of a key=value string, keeping the other
+/// pairs as they were written. A string that does not tokenize is left
+/// whole, for tokio-postgres to say what is wrong with it.
+fn take_key_values(dsn: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    let Some(pairs) = key_values(dsn) else {
+        return (dsn.to_string(), params);
+    };
+    let kept: Vec<&str> = pairs
+        .into_iter()
+        .filter(|(key, value, _)| !params.take(key, value.clone()))
+        .map(|(_, _, raw)| raw)
+        .collect();
+    (kept.join(" "), params)
+}
+
+/// `(key, value, the pair as written)` for each pair of a key=value
+/// string, read as libpq (and tokio-postgres) read it: `key = value`,
+/// values optionally in single quotes, backslash escapes.
+fn key_values(s: &str) -> Option<Vec<(&str, String, &str)>> {
+    let mut out = Vec::new();
+    let mut it = s.char_indices().peekable();
+    loop {
+        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let Some(&(start, _)) = it.peek() else {
+            return Some(out);
+        };
+        let mut key_end = start;
+        while let Some((i, c)) = it.next_if(|(_, c)| !c.is_whitespace() && *c != '=') {
+            key_end = i + c.len_utf8();
+        }
+        let key = &s[start..key_end];
+        if key.is_empty() {
+            return None;
+        }
+        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        it.next_if(|(_, c)| *c == '=')?;
+        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let mut end = s.len();
+        if it.next_if(|(_, c)| *c == '\'').is_some() {
+            loop {
+                let (i, c) = it.next()?;
+                match c {
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    '\\' => value.push(it.next()?.1),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some((_, c)) = it.next_if(|(_, c)| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some((_, escaped)) = it.next() {
+                        value.push(escaped);
+                    }
+                } else {
+                    value.push(c);
+                }
+                end = it.peek().map_or(s.len(), |(j, _)| *j);
+            }
+            if value.is_empty() {
+                return None;
+            }
+        }
+        out.push((key, value, &s[start..end]));
+    }
+}
+
+/// Checks the TLS parameters as libpq would, and sets the mode
+/// tokio-postgres is to use.
+fn with_tls(mut config: Config, params: &TlsParams) -> Result<(Config, TlsSettings), DsnError> {
+    let root = params.get("sslrootcert").map(|r| match r {
+        "system" => RootCert::System,
+        path => RootCert::File(path.into()),
+    });
+    let mode = match params.get("sslmode") {
+        Some(m) => SslMode::parse(m).ok_or_else(|| {
+            DsnError::Tls(format!(
+                "sslmode={m} is not a mode libpq knows: set sslmode to one of {}",
+                SslMode::NAMES
+            ))
+        })?,
+        // libpq 16+: the system roots make verify-full the default.
+        None if root == Some(RootCert::System) => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    if root == Some(RootCert::System) && mode != SslMode::VerifyFull {
+        return Err(DsnError::Tls(format!(
+            "sslmode={mode} may not be used with sslrootcert=system, which trusts every public CA: \
+             set sslmode=verify-full (as libpq requires), or set sslrootcert to your CA's file"
+        )));
+    }
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root.is_none() {
+        return Err(DsnError::Tls(format!(
+            "sslmode={mode} checks the server's certificate, so it needs sslrootcert: set sslrootcert \
+             to the CA certificate (PEM) that signed it, or to system for the public CAs compiled into \
+             this binary; or set sslmode=require to encrypt without checking"
+        )));
+    }
+    let cert = params.get("sslcert").map(Into::into);
+    let key = params.get("sslkey").map(Into::into);
+    match (&cert, &key) {
+        (Some(_), None) => {
+            return Err(DsnError::Tls(
+                "sslcert is set but sslkey is not: set sslkey to the client certificate's private key file (PEM)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(DsnError::Tls(
+                "sslkey is set but sslcert is not: set sslcert to the client certificate file (PEM)".into(),
+            ));
+        }
+        _ => {}
+    }
+    let sni = match params.get("sslsni") {
+        None | Some("1") => true,
+        Some("0") => false,
+        Some(v) => {
+            return Err(DsnError::Tls(format!(
+                "sslsni={v} is not 0 or 1: set sslsni=1 to send the host name in the TLS handshake (the default) or sslsni=0 not to"
+            )));
+        }
+    };
+    config.ssl_mode(mode.tokio());
+    Ok((
+        config,
+        TlsSettings {
+            mode,
+            root,
+            cert,
+            key,
+            sni,
+        },
+    ))
 }
 
 /// Adds what every exporter session needs: a name, read-only transactions, a
@@ -210,10 +448,11 @@ pub fn database(config: &Config) -> String {
 pub fn probe_target(target: &str, base: Option<&Config>) -> Result<Config, DsnError> {
     let target = target.trim();
     let has_scheme = target.starts_with("postgres://") || target.starts_with("postgresql://");
-    let mut config = if !has_scheme && target.contains('=') && !target.contains('?') {
-        parse_dsn(target, "the probe target")?
+    let what = "the probe target";
+    let (mut config, tls) = if !has_scheme && target.contains('=') && !target.contains('?') {
+        split_dsn(target, what)?
     } else {
-        parse_uri(target, "the probe target")?
+        split_uri(target, what)?
     };
     if let Some(base) = base {
         if config.get_user().is_none() {
@@ -230,6 +469,7 @@ pub fn probe_target(target: &str, base: Option<&Config>) -> Result<Config, DsnEr
     if config.get_user().is_none() {
         return Err(DsnError::NoUser);
     }
+    crate::connect::register(&config, tls, what)?;
     Ok(config)
 }
 
@@ -320,12 +560,12 @@ mod tests {
     #[test]
     fn mistakes_read_as_sentences() {
         let err = vars(&[
-            ("DATA_SOURCE_URI", "localhost?sslmode=require"),
+            ("DATA_SOURCE_URI", "localhost?sslmode=verify-full"),
             ("DATA_SOURCE_USER", "u"),
         ])
         .config()
         .unwrap_err();
-        assert!(err.to_string().contains("sslmode=disable"), "{err}");
+        assert!(err.to_string().contains("set sslrootcert"), "{err}");
         let err = vars(&[("DATA_SOURCE_URI", "localhost")])
             .config()
             .unwrap_err();
@@ -361,5 +601,154 @@ mod tests {
         let c = probe_target("postgresql://other:x@db3/app", Some(&base)).unwrap();
         assert_eq!(c.get_user(), Some("other"));
         assert!(probe_target("db2", None).is_err());
+    }
+
+    fn tls_of(c: &Config) -> TlsSettings {
+        crate::connect::settings(c).settings.clone()
+    }
+
+    #[test]
+    fn tls_parameters_in_uris_key_values_and_data_source_uri() {
+        let c = vars(&[(
+            "DATA_SOURCE_NAME",
+            "postgresql://u:p%26w@tls-uri.example:5433/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem\
+             &application_name=app&sslcert=/c.pem&sslkey=/k.pem&sslsni=0",
+        )])
+        .config()
+        .unwrap();
+        assert_eq!(c.get_application_name(), Some("app"));
+        assert_eq!(c.get_password(), Some(&b"p&w"[..]));
+        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        let t = tls_of(&c);
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert_eq!(t.root, Some(RootCert::File("/etc/ca x.pem".into())));
+        assert_eq!(t.cert, Some("/c.pem".into()));
+        assert_eq!(t.key, Some("/k.pem".into()));
+        assert!(!t.sni);
+
+        let c = vars(&[(
+            "DATA_SOURCE_NAME",
+            "host=tls-kv.example user=u password='it\\'s = x' sslmode = verify-ca sslrootcert='/a b/ca.pem' dbname=d",
+        )])
+        .config()
+        .unwrap();
+        assert_eq!(c.get_password(), Some(&b"it's = x"[..]));
+        assert_eq!(describe(&c), "u@tls-kv.example:5432/d");
+        let t = tls_of(&c);
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        assert_eq!(t.root, Some(RootCert::File("/a b/ca.pem".into())));
+        assert!(t.sni);
+
+        // DATA_SOURCE_URI, with the user and password set after parsing.
+        let v = vars(&[
+            (
+                "DATA_SOURCE_URI",
+                "tls-dsu.example:5432/db?sslmode=require&sslrootcert=system&sslmode=verify-full",
+            ),
+            ("DATA_SOURCE_USER", "mon"),
+            ("DATA_SOURCE_PASS", "pw"),
+        ]);
+        let mut c = v.config().unwrap();
+        // What the exporter changes per session does not lose the settings.
+        harden(&mut c, Duration::from_secs(10), Duration::from_secs(3));
+        c.dbname("other");
+        let t = tls_of(&c);
+        assert_eq!(
+            (t.mode, t.root),
+            (SslMode::VerifyFull, Some(RootCert::System))
+        );
+    }
+
+    #[test]
+    fn libpq_defaults_for_tls() {
+        // No sslmode: prefer, as libpq; with the system roots: verify-full.
+        let c = parse_dsn("host=tls-default.example user=u", "x").unwrap();
+        assert_eq!(tls_of(&c).mode, SslMode::Prefer);
+        let c = parse_dsn("host=tls-default.example user=u2 sslrootcert=system", "x").unwrap();
+        assert_eq!(tls_of(&c).mode, SslMode::VerifyFull);
+        for mode in ["disable", "allow", "prefer", "require"] {
+            let c = parse_dsn(
+                &format!("host=tls-modes.example user={mode} sslmode={mode}"),
+                "x",
+            )
+            .unwrap();
+            assert_eq!(tls_of(&c).mode.as_str(), mode);
+        }
+        // An empty value is no value.
+        let c = parse_dsn(
+            "postgresql://u@tls-empty.example/db?sslrootcert=&sslmode=require",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(tls_of(&c).root, None);
+    }
+
+    #[test]
+    fn tls_mistakes_name_the_setting_to_change() {
+        let cases = [
+            (
+                "host=h user=u sslmode=verify",
+                "set sslmode to one of disable, allow",
+            ),
+            ("host=h user=u sslmode=verify-ca", "needs sslrootcert"),
+            (
+                "host=h user=u sslmode=require sslrootcert=system",
+                "set sslmode=verify-full",
+            ),
+            ("host=h user=u sslcert=/c.pem", "set sslkey"),
+            ("host=h user=u sslkey=/k.pem", "set sslcert"),
+            ("host=h user=u sslsni=yes", "set sslsni=1"),
+        ];
+        for (dsn, says) in cases {
+            let err = parse_dsn(dsn, "x").unwrap_err();
+            assert!(err.to_string().contains(says), "{dsn}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_probe_cannot_weaken_another_sources_tls() {
+        let base = parse_dsn(
+            "host=tls-probe.example port=5432 user=mon password=pw sslmode=verify-full sslrootcert=/ca.pem",
+            "x",
+        )
+        .unwrap();
+        // The same server and credentials with other TLS settings: refused.
+        for target in [
+            "tls-probe.example:5432/app?sslmode=require",
+            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/other.pem",
+        ] {
+            let err = probe_target(target, Some(&base)).unwrap_err();
+            assert!(
+                err.to_string().contains("give both the same sslmode"),
+                "{err}"
+            );
+        }
+        // The same settings, or another server: fine.
+        let c = probe_target(
+            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/ca.pem",
+            Some(&base),
+        )
+        .unwrap();
+        assert_eq!(tls_of(&c).root, Some(RootCert::File("/ca.pem".into())));
+        let c = probe_target("tls-probe2.example/app?sslmode=require", Some(&base)).unwrap();
+        assert_eq!(tls_of(&c).mode, SslMode::Require);
+        assert_eq!(tls_of(&c).root, None);
+    }
+
+    #[test]
+    fn key_values_keep_what_tokio_postgres_reads() {
+        let (rest, params) = take_key_values(
+            "host=h  sslmode='verify-full' options='-c a=b' sslrootcert=/x\\ y.pem port = 5",
+        );
+        assert_eq!(rest, "host=h options='-c a=b' port = 5");
+        assert_eq!(params.get("sslmode"), Some("verify-full"));
+        assert_eq!(params.get("sslrootcert"), Some("/x y.pem"));
+        // What does not tokenize is left for tokio-postgres to explain.
+        let (rest, _) = take_key_values("host=h password='open");
+        assert_eq!(rest, "host=h password='open");
+        let (rest, params) = take_uri_params("postgresql://u:a?b@h/db?sslmode=allow");
+        assert_eq!(rest, "postgresql://u:a?b@h/db");
+        assert_eq!(params.get("sslmode"), Some("allow"));
+        assert_eq!(percent_decode("%2Fa%zz%4"), "/a%zz%4");
     }
 }

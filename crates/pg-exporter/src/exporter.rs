@@ -878,7 +878,9 @@ async fn open(
         .map(|t| tokio::time::Instant::now() + *t)
         .map_or(deadline, |t| t.min(deadline));
     let connecting = async {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| OpenError::db(&e))?;
+        let (client, connection) = crate::connect::connect(config)
+            .await
+            .map_err(|e| OpenError::db(&e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");

@@ -2,7 +2,8 @@
 //! for postgres_exporter's Pod spec, metric names and dashboards.
 //!
 //! Data flow: [`dsn`] turns postgres_exporter's environment variables into a
-//! connection config. On each scrape of the telemetry path, [`Exporter`]
+//! connection config; [`connect`] opens connections with libpq's `sslmode`
+//! semantics over rustls ([`tls`]). On each scrape of the telemetry path, [`Exporter`]
 //! checks that a fresh connection can be made (`pg_up`), reuses one
 //! long-lived, read-only connection per database (and a second one to the
 //! main database for the costly database sizes), runs every enabled
@@ -14,10 +15,12 @@
 #![forbid(unsafe_code)]
 
 pub mod collectors;
+pub mod connect;
 pub mod dsn;
 pub mod exporter;
 pub mod exposition;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 pub use exporter::{Exporter, Options};
