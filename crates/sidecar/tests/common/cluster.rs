@@ -31,6 +31,8 @@ use serde_norway::Value;
 use super::kube;
 pub use pod::{Pod, Running};
 use pod::{is_ours, parse_args, scalar, seq, str_at};
+#[allow(unused_imports)]
+// used by deploy.rs only; every other test binary compiles this module too
 pub use security::pod_security_level;
 
 /// The walk-through as the README gives it: each step's directories, applied
