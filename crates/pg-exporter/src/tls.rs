@@ -542,7 +542,9 @@ impl Hints {
                     CertificateError::NotValidForNameContext { presented, .. }
                         if !presented.is_empty() =>
                     {
-                        format!(" (it names {})", presented.join(", "))
+                        let names: Vec<&str> =
+                            presented.iter().map(|n| presented_name(n)).collect();
+                        format!(" (it names {})", names.join(", "))
                     }
                     _ => String::new(),
                 };
@@ -568,6 +570,15 @@ impl Hints {
 }
 
 type Prepared = Result<Arc<ClientConfig>, TlsError>;
+
+/// `localhost` for rustls' `DnsName("localhost")`, `127.0.0.1` for `IpAddress(127.0.0.1)`.
+fn presented_name(name: &str) -> &str {
+    let inner = name
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(name);
+    inner.trim_matches('"')
+}
 
 /// Makes TLS connectors for tokio-postgres.
 #[derive(Clone)]
@@ -800,4 +811,78 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     }
     let (contents, after) = rest.split_at(len);
     Some((tag, contents, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["db.test".to_string()]).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn channel_binding_hashes_follow_the_signature() {
+        let sha256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(end_point_hash(&sha256), Some(&ring::digest::SHA256));
+        let sha384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(end_point_hash(&sha384), Some(&ring::digest::SHA384));
+        assert_eq!(end_point_hash(&cert(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(end_point_hash(&sha256[..sha256.len() / 2]), None);
+        assert_eq!(end_point_hash(b"\x30\x84\xff\xff\xff\xff"), None);
+    }
+
+    #[test]
+    fn client_keys_in_pkcs8_and_sec1_and_mistakes_explained() {
+        let dir = tempfile_dir();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let cert_path = write("c.pem", cert.pem().as_bytes());
+        let settings = |key: &Path| TlsSettings {
+            cert: Some(cert_path.clone()),
+            key: Some(key.to_path_buf()),
+            ..TlsSettings::new(SslMode::Require)
+        };
+        let pkcs8 = write("k8.pem", key.serialize_pem().as_bytes());
+        assert!(Tls::new(settings(&pkcs8)).client_config().is_ok());
+        let encrypted = write(
+            "enc.pem",
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let err = Tls::new(settings(&encrypted)).client_config().unwrap_err();
+        assert!(err.to_string().contains("set sslkey"), "{err}");
+        let other = rcgen::KeyPair::generate().unwrap();
+        let wrong = write("wrong.pem", other.serialize_pem().as_bytes());
+        let err = Tls::new(settings(&wrong)).client_config().unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let empty = write("empty.pem", b"nothing here");
+        let err = Tls::new(TlsSettings {
+            root: Some(RootCert::File(empty)),
+            ..TlsSettings::new(SslMode::VerifyFull)
+        })
+        .client_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("set sslrootcert"), "{err}");
+        let system = Tls::new(TlsSettings {
+            root: Some(RootCert::System),
+            sni: false,
+            ..TlsSettings::new(SslMode::VerifyFull)
+        });
+        assert!(!system.client_config().unwrap().enable_sni);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

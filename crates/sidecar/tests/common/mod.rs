@@ -8,6 +8,7 @@ pub mod pg;
 pub mod prom;
 pub mod proxy;
 pub mod receiver;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
