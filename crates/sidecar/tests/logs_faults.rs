@@ -263,3 +263,50 @@ fn a_final_checkpoint_that_cannot_be_written_is_a_failed_exit() {
     );
     assert_eq!(p.stdout_bytes(), b"1\n2\n", "every line is still relayed");
 }
+
+/// A file rotated away twice before the relay opened it (found by name, as
+/// `app.log.1`) is still written to by a writer holding it open: those
+/// late lines are relayed too, for `--rotate-wait`, as for any rotated file.
+#[test]
+fn late_writes_to_a_file_the_relay_found_by_name_are_relayed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    fs::write(&log, lines("a", 5)).unwrap();
+    let mut p = relay(&[
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--rotate-wait",
+        "60s",
+        log.to_str().unwrap(),
+    ]);
+    p.wait_lines(5, LONG);
+    // Stopped, the relay misses B entirely: B is written, rotated to .1,
+    // and C takes the path, while a writer still holds B open.
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    let (one, two) = (dir.path().join("app.log.1"), dir.path().join("app.log.2"));
+    fs::rename(&log, &one).unwrap();
+    fs::write(&log, lines("b", 5)).unwrap();
+    let mut writer_of_b = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&one, &two).unwrap();
+    fs::rename(&log, &one).unwrap();
+    fs::write(&log, lines("c", 5)).unwrap();
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(15, LONG);
+    p.wait_stderr("was rotated away before the relay could follow it", LONG);
+    // The late lines, after the relay read B to its end.
+    writer_of_b
+        .write_all(lines("late-b", 5).as_bytes())
+        .unwrap();
+    p.wait_lines(20, Duration::from_secs(30));
+    assert!(stop(&mut p).success());
+    let out = String::from_utf8(p.stdout_bytes()).unwrap();
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = ["a", "b", "c", "late-b"]
+        .iter()
+        .flat_map(|g| lines(g, 5).lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every line exactly once:\n{out}");
+}
