@@ -7,7 +7,7 @@
 //! long-lived, read-only connection per database (and a second one to the
 //! main database for the costly database sizes), runs every enabled
 //! [`collectors`] query at once under one deadline, and renders the families
-//! ([`exposition`]) with upstream's names; [`server`] serves that, `/probe`,
+//! (`exposition`) with upstream's names; [`server`] serves that, `/probe`,
 //! `/`, `/live` and `/ready`. Scrapes that arrive during a collection share
 //! the next one instead of opening more connections.
 
@@ -15,9 +15,9 @@
 
 pub mod collectors;
 pub mod dsn;
-pub mod exporter;
-pub mod exposition;
+mod exporter;
+mod exposition;
 pub mod server;
-pub mod session;
+mod session;
 
-pub use exporter::{Exporter, Options};
+pub use exporter::{Exporter, Options, ProbeError};

@@ -1,0 +1,156 @@
+//! Opening and closing connections, and why a login failed.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio::time::timeout_at;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config, NoTls};
+
+use crate::session::Session;
+
+/// An open connection: its session and the task that drives it.
+pub(super) struct Conn {
+    pub session: Arc<Session>,
+    /// `server_version_num`, when it was asked for (else 0).
+    pub version: u32,
+    /// Drives the connection; aborted when the `Conn` is dropped.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Conn {
+    /// Ends the session politely (Terminate, then the socket closes) before
+    /// `deadline`, so the server has let go of it when this returns: a
+    /// role at its connection limit has the slot back for the next login.
+    pub async fn close(mut self, deadline: tokio::time::Instant) {
+        let task = self.task.take();
+        drop(self); // the last client handle: the connection says goodbye and ends
+        if let Some(task) = task {
+            let _ = timeout_at(deadline, task).await;
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What kept a session from logging in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server or the role is at its connection limit (SQLSTATE 53300):
+    /// another session of ours may be what takes the slot.
+    ConnectionLimit,
+    /// No answer before the connect timeout.
+    Timeout,
+    /// Anything else: refused, unknown host, authentication, a query failed.
+    Other,
+}
+
+/// Why a session could not be opened, with the text to log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{text}")]
+pub(crate) struct LoginFailure {
+    pub text: String,
+    pub refusal: Refusal,
+}
+
+impl LoginFailure {
+    fn db(e: &tokio_postgres::Error) -> Self {
+        let refusal = if e.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) {
+            Refusal::ConnectionLimit
+        } else {
+            Refusal::Other
+        };
+        Self {
+            text: db_error_text(e),
+            refusal,
+        }
+    }
+
+    /// The same failure, its text prefixed with what was being done.
+    pub fn context(self, doing: &str) -> Self {
+        Self {
+            text: format!("{doing}: {}", self.text),
+            ..self
+        }
+    }
+
+    pub fn at_connection_limit(&self) -> bool {
+        self.refusal == Refusal::ConnectionLimit
+    }
+}
+
+/// Opens a connection (reading the server version if `version`), all before `deadline`.
+pub(super) async fn open(
+    config: &Config,
+    deadline: tokio::time::Instant,
+    version: bool,
+) -> Result<Conn, LoginFailure> {
+    let limit = config
+        .get_connect_timeout()
+        .map(|t| tokio::time::Instant::now() + *t)
+        .map_or(deadline, |t| t.min(deadline));
+    let connecting = async {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| LoginFailure::db(&e))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("database connection ended: {e}");
+            }
+        });
+        let version = if version {
+            client
+                .query_one("SHOW server_version_num", &[])
+                .await
+                .map_err(|e| LoginFailure::db(&e))?
+                .get::<_, String>(0)
+                .parse()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Conn {
+            session: Arc::new(Session::new(client)),
+            version,
+            task: Some(task),
+        })
+    };
+    match timeout_at(limit, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(LoginFailure {
+            text: "the server did not answer in time (connect timeout)".into(),
+            refusal: Refusal::Timeout,
+        }),
+    }
+}
+
+/// The most useful text of a database error (the server's message when there is one).
+pub(super) fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+pub(super) fn version_text(num: u32) -> String {
+    format!("{}.{}", num / 10_000, num % 100)
+}
