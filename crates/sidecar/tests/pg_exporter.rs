@@ -828,3 +828,97 @@ fn configuration_mistakes_are_explained() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
 }
+
+/// The six states upstream v0.20's stat_activity query fills in for every database.
+const ACTIVITY_STATES: [&str; 6] = [
+    "active",
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+    "fastpath function call",
+    "disabled",
+];
+
+#[test]
+fn stat_activity_has_a_zero_series_for_every_state_of_a_database_without_sessions() {
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
+        .batch_execute("CREATE DATABASE quiet")
+        .unwrap();
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
+    let families = scrape(addr);
+    for family in ["pg_stat_activity_count", "pg_stat_activity_max_tx_duration"] {
+        for state in ACTIVITY_STATES {
+            // Upstream's zero rows carry datname and state, the other labels empty.
+            let labels = [
+                ("datname", "quiet"),
+                ("state", state),
+                ("usename", ""),
+                ("application_name", ""),
+                ("backend_type", ""),
+                ("wait_event_type", ""),
+                ("wait_event", ""),
+            ];
+            assert_eq!(
+                value(&families, family, &labels),
+                Some(0.0),
+                "{family} {state}: {:?}\n{}",
+                families.get(family).map(|f| &f.samples),
+                p.stderr_text()
+            );
+        }
+    }
+    // Every database has every state, template databases included (v0.20 joins pg_database).
+    for db in ["postgres", "template0", "template1"] {
+        for state in ACTIVITY_STATES {
+            assert!(
+                value(
+                    &families,
+                    "pg_stat_activity_count",
+                    &[("datname", db), ("state", state)]
+                )
+                .is_some(),
+                "{db} {state}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stat_activity_counts_no_background_process() {
+    let server = pg::start(&pg::default_bin_dir());
+    let env = superuser_env(&server, "postgres");
+    let (_p, addr) = exporter(&env_refs(&env), &[]);
+    let mut admin = pg::client(&server, "postgres");
+    // The server's own processes (checkpointer, background writer, walwriter,
+    // launchers) have no database: they are what must be left out.
+    let background: Vec<String> = admin
+        .query(
+            "SELECT DISTINCT backend_type FROM pg_stat_activity WHERE datname IS NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!background.is_empty(), "no background process to leave out");
+    let families = scrape(addr);
+    let samples = &families["pg_stat_activity_count"].samples;
+    let counted: Vec<_> = samples
+        .iter()
+        .filter(|(l, _)| l["datname"].is_empty() || background.contains(&l["backend_type"]))
+        .collect();
+    assert!(
+        counted.is_empty(),
+        "background processes counted: {counted:?}"
+    );
+    // What is left: client sessions (this test's; the exporter's own other
+    // sessions but the one collecting).
+    let clients: f64 = samples
+        .iter()
+        .filter(|(l, _)| l["backend_type"] == "client backend")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(clients >= 1.0, "{samples:?}");
+}

@@ -75,11 +75,23 @@ const ACTIVITY: Spec = Spec {
     ],
 };
 
-const ACTIVITY_SQL: &str = "SELECT COALESCE(datname, '')::text, COALESCE(state, '')::text, \
-    COALESCE(usename, '')::text, COALESCE(application_name, '')::text, COALESCE(backend_type, '')::text, \
-    COALESCE(wait_event_type, '')::text, COALESCE(wait_event, '')::text, count(*)::float8, \
-    COALESCE(max(EXTRACT(EPOCH FROM now() - xact_start)), 0)::float8 \
-    FROM pg_stat_activity WHERE pid <> pg_backend_pid() GROUP BY 1, 2, 3, 4, 5, 6, 7";
+/// Upstream v0.20's query: every database (templates too) times six states,
+/// with the sessions of that database and state grouped by user,
+/// application, backend type and wait event; a database and state without
+/// sessions is one series of 0 with the other labels empty. Processes
+/// without a database or state (checkpointer, background writer, walwriter,
+/// launchers, WAL senders streaming) match no pair and are not counted.
+const ACTIVITY_SQL: &str = "SELECT d.datname::text, s.state::text, COALESCE(a.usename, '')::text, \
+    COALESCE(a.application_name, '')::text, COALESCE(a.backend_type, '')::text, \
+    COALESCE(a.wait_event_type, '')::text, COALESCE(a.wait_event, '')::text, \
+    COALESCE(a.count, 0)::float8, COALESCE(a.max_tx_duration, 0)::float8 \
+    FROM (VALUES ('active'), ('idle'), ('idle in transaction'), ('idle in transaction (aborted)'), \
+    ('fastpath function call'), ('disabled')) AS s(state) CROSS JOIN pg_database d \
+    LEFT JOIN (SELECT datname, state, usename, application_name, backend_type, wait_event_type, wait_event, \
+    count(*) AS count, max(EXTRACT(EPOCH FROM now() - xact_start)) AS max_tx_duration \
+    FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+    GROUP BY datname, state, usename, application_name, backend_type, wait_event_type, wait_event) AS a \
+    ON a.state = s.state AND a.datname = d.datname";
 
 const LOCKS: Spec = Spec {
     family: "locks",
