@@ -922,3 +922,64 @@ fn stat_activity_counts_no_background_process() {
         .sum();
     assert!(clients >= 1.0, "{samples:?}");
 }
+
+#[test]
+fn pg_settings_show_what_the_server_configures_not_the_exporters_session_overrides() {
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
+        .batch_execute(
+            "CREATE ROLE mon LOGIN PASSWORD 'mon-pw'; GRANT pg_monitor TO mon;
+             ALTER ROLE mon SET lock_timeout = '3s';
+             ALTER ROLE mon SET log_statement = 'all';
+             ALTER ROLE mon IN DATABASE postgres SET default_transaction_read_only = on;
+             ALTER DATABASE postgres SET extra_float_digits = 2;",
+        )
+        .unwrap();
+    let setting =
+        |f: &BTreeMap<String, Family>, name: &str| value(f, &format!("pg_settings_{name}"), &[]);
+    // The exporter sets statement_timeout (the collection timeout), lock_timeout
+    // and default_transaction_read_only for its own sessions; none of that may show.
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(&env_refs(&env), &["--collection-timeout", "7s"]);
+    let plain = scrape(addr);
+    for (name, want) in [
+        ("statement_timeout_seconds", 0.0),
+        ("lock_timeout_seconds", 0.0),
+        ("default_transaction_read_only", 0.0),
+        ("transaction_read_only", 0.0),
+        ("extra_float_digits", 2.0),
+    ] {
+        assert_eq!(
+            setting(&plain, name),
+            Some(want),
+            "{name}\n{}",
+            p.stderr_text()
+        );
+    }
+    // A role and database that configure these: their values show.
+    let env = role_env(&server, "postgres", "mon", "mon-pw");
+    let (p, addr) = exporter(&env_refs(&env), &["--collection-timeout", "7s"]);
+    let configured = scrape(addr);
+    // ...while the exporter's sessions still run read-only and bounded.
+    assert!(
+        server.log().contains(
+            "SET default_transaction_read_only = on; SET statement_timeout = 7000; SET lock_timeout = 1750"
+        ),
+        "{}",
+        server.log()
+    );
+    for (name, want) in [
+        ("statement_timeout_seconds", 0.0),
+        ("lock_timeout_seconds", 3.0),
+        ("default_transaction_read_only", 1.0),
+        ("transaction_read_only", 1.0),
+        ("extra_float_digits", 2.0),
+    ] {
+        assert_eq!(
+            setting(&configured, name),
+            Some(want),
+            "{name}\n{}",
+            p.stderr_text()
+        );
+    }
+}

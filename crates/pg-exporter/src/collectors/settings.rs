@@ -1,4 +1,7 @@
-//! pg_settings as gauges, as upstream names and converts them.
+//! pg_settings as gauges, as upstream names and converts them, with the
+//! values the server, database and role configure: the exporter's own
+//! session settings (read-only, statement and lock timeouts, SET after login)
+//! do not show.
 
 use crate::exposition::{Families, Kind, sanitize_name};
 use crate::session::Session;
@@ -27,12 +30,7 @@ async fn read(
         out.merge(cached);
         return Ok(());
     }
-    let rows = client
-        .query(
-            "SELECT name, setting, COALESCE(unit, ''), short_desc, vartype FROM pg_settings \
-             WHERE vartype IN ('bool', 'integer', 'real')",
-        )
-        .await?;
+    let rows = client.query(SETTINGS_SQL).await?;
     let mut fresh = Families::new();
     for row in rows {
         let (name, setting, unit, desc, vartype): (String, String, String, String, String) =
@@ -46,6 +44,20 @@ async fn read(
     out.merge(fresh);
     Ok(())
 }
+
+/// The settings with the values a session without the exporter's overrides
+/// sees. What the exporter SETs (source `session`) shows its `reset_val`: the
+/// value at login, from the server's configuration, the database and the
+/// role (and the DSN's own options). `transaction_read_only` follows the
+/// transaction, which the exporter's default makes read-only: it shows what
+/// a transaction of a session without it gets (the configured
+/// `default_transaction_read_only`, or on during recovery).
+const SETTINGS_SQL: &str = "SELECT name, CASE \
+    WHEN name = 'transaction_read_only' THEN CASE WHEN pg_is_in_recovery() OR (SELECT reset_val \
+    FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on' THEN 'on' ELSE 'off' END \
+    WHEN source = 'session' THEN reset_val ELSE setting END, \
+    COALESCE(unit, ''), COALESCE(short_desc, ''), vartype FROM pg_settings \
+    WHERE vartype IN ('bool', 'integer', 'real')";
 
 /// A setting as upstream shows it: booleans 1/0, times in seconds, sizes in
 /// bytes (name suffix `_seconds`/`_bytes`), -1 kept as is. `None` for units

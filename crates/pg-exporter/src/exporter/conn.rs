@@ -1,11 +1,12 @@
 //! Opening and closing connections, and why a login failed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::{Config, NoTls, SimpleQueryMessage};
 
 use crate::session::Session;
 
@@ -85,11 +86,38 @@ impl LoginFailure {
     }
 }
 
-/// Opens a connection (reading the server version if `version`), all before `deadline`.
+/// What a connection is opened for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Purpose {
+    /// The login check behind `pg_up`: nothing runs on it.
+    Login,
+    /// Running collectors: the exporter's session settings are applied (see
+    /// [`session_settings`]) and the server version is read.
+    Collect { statement_timeout: Duration },
+}
+
+/// The exporter's own settings for a session that runs queries: read-only
+/// transactions, `statement_timeout` (the collection timeout) and a
+/// `lock_timeout` that leaves time for the other queries. They are SET after
+/// login rather than sent in the startup packet: startup options become the
+/// settings' reset values, while SET leaves `reset_val` in pg_settings at what
+/// the server, database and role configure, which the settings collector
+/// reports instead of these overrides.
+pub(super) fn session_settings(statement_timeout: Duration) -> String {
+    // A query waiting for a lock gives up early, leaving time for the others.
+    let lock_timeout = (statement_timeout / 4).min(Duration::from_secs(2));
+    format!(
+        "SET default_transaction_read_only = on; SET statement_timeout = {}; SET lock_timeout = {}",
+        statement_timeout.as_millis().max(1),
+        lock_timeout.as_millis().max(1)
+    )
+}
+
+/// Opens a connection for `purpose`, all before `deadline`.
 pub(super) async fn open(
     config: &Config,
     deadline: tokio::time::Instant,
-    version: bool,
+    purpose: Purpose,
 ) -> Result<Conn, LoginFailure> {
     let limit = config
         .get_connect_timeout()
@@ -105,16 +133,27 @@ pub(super) async fn open(
                 tracing::debug!("database connection ended: {e}");
             }
         });
-        let version = if version {
-            client
-                .query_one("SHOW server_version_num", &[])
-                .await
-                .map_err(|e| LoginFailure::db(&e))?
-                .get::<_, String>(0)
-                .parse()
-                .unwrap_or(0)
-        } else {
-            0
+        let version = match purpose {
+            Purpose::Login => 0,
+            Purpose::Collect { statement_timeout } => {
+                // One round trip: the settings, then the version.
+                let sql = format!(
+                    "{}; SHOW server_version_num",
+                    session_settings(statement_timeout)
+                );
+                let messages = client
+                    .simple_query(&sql)
+                    .await
+                    .map_err(|e| LoginFailure::db(&e))?;
+                messages
+                    .iter()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => row.get(0),
+                        _ => None,
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            }
         };
         Ok(Conn {
             session: Arc::new(Session::new(client)),
@@ -153,4 +192,21 @@ pub(super) fn db_error_text(e: &tokio_postgres::Error) -> String {
 
 pub(super) fn version_text(num: u32) -> String {
     format!("{}.{}", num / 10_000, num % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_settings_are_read_only_with_statement_and_lock_timeouts() {
+        assert_eq!(
+            session_settings(Duration::from_secs(10)),
+            "SET default_transaction_read_only = on; SET statement_timeout = 10000; SET lock_timeout = 2000"
+        );
+        assert_eq!(
+            session_settings(Duration::from_millis(400)),
+            "SET default_transaction_read_only = on; SET statement_timeout = 400; SET lock_timeout = 100"
+        );
+    }
 }

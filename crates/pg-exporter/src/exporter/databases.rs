@@ -151,7 +151,7 @@ impl Exporter {
         }
         let mut config = base.clone();
         config.dbname(db);
-        let conn = open(&config, deadline, true)
+        let conn = open(&config, deadline, self.collecting())
             .await
             .map_err(|e| e.context(&format!("cannot connect to {}", dsn::describe(&config))))?;
         if key == dsn::database(base) {

@@ -28,7 +28,7 @@ mod databases;
 mod runs;
 mod side;
 
-use conn::{Conn, LoginFailure, open};
+use conn::{Conn, LoginFailure, Purpose, open};
 use runs::{add_collector_result, add_up, timed_all};
 use side::{Kept, SideRun};
 
@@ -129,7 +129,7 @@ pub struct Exporter {
 impl Exporter {
     pub fn new(opts: Options, base: Option<Config>) -> Self {
         let base = base.map(|mut c| {
-            dsn::harden(&mut c, opts.collection_timeout, opts.connect_timeout);
+            dsn::harden(&mut c, opts.connect_timeout);
             c
         });
         let server = base.as_ref().map(dsn::server_label).unwrap_or_default();
@@ -304,7 +304,7 @@ impl Exporter {
         // The last login's slot is free again before the next one is taken
         // (a role at its connection limit needs it back)...
         self.fresh_closed(deadline).await;
-        match open(base, deadline, false).await {
+        match open(base, deadline, Purpose::Login).await {
             Ok(conn) => {
                 self.forget_connect_warnings();
                 // ...but this scrape does not wait for the goodbye.
@@ -320,6 +320,13 @@ impl Exporter {
                 );
                 Err(e)
             }
+        }
+    }
+
+    /// How sessions that run collectors are opened.
+    fn collecting(&self) -> Purpose {
+        Purpose::Collect {
+            statement_timeout: self.opts.collection_timeout,
         }
     }
 
@@ -358,11 +365,7 @@ impl Exporter {
     /// opened for this request and closed after it.
     pub async fn probe(&self, target: &str) -> Result<String, ProbeError> {
         let mut config = dsn::probe_target(target, self.base.as_ref())?;
-        dsn::harden(
-            &mut config,
-            self.opts.collection_timeout,
-            self.opts.connect_timeout,
-        );
+        dsn::harden(&mut config, self.opts.connect_timeout);
         let _permit = tokio::time::timeout(self.opts.collection_timeout, self.probes.acquire())
             .await
             .map_err(|_| ProbeError::Busy)?
@@ -370,7 +373,7 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
         let p = &self.opts.prefix;
-        let up = match open(&config, deadline, true).await {
+        let up = match open(&config, deadline, self.collecting()).await {
             Ok(conn) => {
                 let ctx = Ctx {
                     server: dsn::server_label(&config),
