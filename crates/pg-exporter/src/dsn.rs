@@ -389,22 +389,13 @@ fn with_tls(mut config: Config, params: &TlsParams) -> Result<(Config, TlsSettin
     ))
 }
 
-/// Adds what every exporter session needs: a name, read-only transactions, a
-/// statement timeout, and a connect timeout when the DSN sets none.
-pub fn harden(config: &mut Config, statement_timeout: Duration, connect_timeout: Duration) {
+/// Adds what every exporter session needs at login: a name, and a connect
+/// timeout when the DSN sets none. The sessions that run queries also get
+/// read-only transactions and statement and lock timeouts, with `SET` after
+/// login (not here, in the startup packet), so that pg_settings still says
+/// what the server configures (see `exporter::conn`).
+pub fn harden(config: &mut Config, connect_timeout: Duration) {
     config.application_name(APPLICATION_NAME);
-    // A query waiting for a lock gives up early, leaving time for the others.
-    let lock_timeout = (statement_timeout / 4).min(Duration::from_secs(2));
-    let ours = format!(
-        "-c default_transaction_read_only=on -c statement_timeout={} -c lock_timeout={}",
-        statement_timeout.as_millis().max(1),
-        lock_timeout.as_millis().max(1)
-    );
-    let options = match config.get_options() {
-        Some(existing) if !existing.is_empty() => format!("{existing} {ours}"),
-        _ => ours,
-    };
-    config.options(options);
     match config.get_connect_timeout() {
         Some(t) if *t <= connect_timeout => {}
         _ => {
@@ -577,17 +568,15 @@ mod tests {
     }
 
     #[test]
-    fn hardening_adds_name_timeouts_and_read_only() {
+    fn hardening_adds_name_and_connect_timeout_and_keeps_the_options() {
         let mut c = parse_dsn("host=h user=u options='-c work_mem=1MB'", "x").unwrap();
-        harden(&mut c, Duration::from_secs(10), Duration::from_secs(3));
+        harden(&mut c, Duration::from_secs(3));
         assert_eq!(c.get_application_name(), Some(APPLICATION_NAME));
-        let options = c.get_options().unwrap();
-        assert!(options.starts_with("-c work_mem=1MB "), "{options}");
-        assert!(options.contains("default_transaction_read_only=on"));
-        assert!(options.contains("statement_timeout=10000"));
+        // The exporter's own settings are SET after login, not sent as options.
+        assert_eq!(c.get_options(), Some("-c work_mem=1MB"));
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
         let mut c = parse_dsn("host=h user=u connect_timeout=1", "x").unwrap();
-        harden(&mut c, Duration::from_secs(10), Duration::from_secs(3));
+        harden(&mut c, Duration::from_secs(3));
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(1)));
     }
 
@@ -650,7 +639,7 @@ mod tests {
         ]);
         let mut c = v.config().unwrap();
         // What the exporter changes per session does not lose the settings.
-        harden(&mut c, Duration::from_secs(10), Duration::from_secs(3));
+        harden(&mut c, Duration::from_secs(10));
         c.dbname("other");
         let t = tls_of(&c);
         assert_eq!(

@@ -115,19 +115,18 @@ impl Families {
     }
 
     /// Series dropped because they were already present.
+    #[cfg(test)]
     pub fn duplicates(&self) -> u64 {
         self.duplicates
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.families.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.families.is_empty()
-    }
-
-    /// The value of a series, for tests and the demo.
+    /// The value of a series.
+    #[cfg(test)]
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let family = self.families.get(name)?;
         family

@@ -8,19 +8,19 @@
 //! long-lived, read-only connection per database (and a second one to the
 //! main database for the costly database sizes), runs every enabled
 //! [`collectors`] query at once under one deadline, and renders the families
-//! ([`exposition`]) with upstream's names; [`server`] serves that, `/probe`,
+//! (`exposition`) with upstream's names; [`server`] serves that, `/probe`,
 //! `/`, `/live` and `/ready`. Scrapes that arrive during a collection share
 //! the next one instead of opening more connections.
 
 #![forbid(unsafe_code)]
 
 pub mod collectors;
-pub mod connect;
+pub(crate) mod connect;
 pub mod dsn;
-pub mod exporter;
-pub mod exposition;
+mod exporter;
+mod exposition;
 pub mod server;
-pub mod session;
-pub mod tls;
+mod session;
+pub(crate) mod tls;
 
-pub use exporter::{Exporter, Options};
+pub use exporter::{Exporter, Options, ProbeError};

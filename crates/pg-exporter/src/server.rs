@@ -1,4 +1,10 @@
 //! The exporter's HTTP endpoints: the telemetry path, `/probe`, `/`, `/live`, `/ready`.
+//!
+//! The exporter runs no admin server (`telemetry::admin`): like upstream it
+//! serves everything on one port (`--web.listen-address`, alias `--admin`),
+//! its metrics at the telemetry path with the `process_*` families appended,
+//! and `/live` and `/ready` answered as the admin server answers them
+//! ([`health_answer`]), from the `Health` that `telemetry::serve` hands it.
 
 use std::sync::Arc;
 
@@ -7,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use sidecar_telemetry::Health;
-use sidecar_telemetry::admin::encode_metrics;
+use sidecar_telemetry::admin::{encode_metrics, health_answer};
 use sidecar_telemetry::http::{self, Body, BoxFuture, Handler};
 
 use crate::exporter::{Exporter, ProbeError};
@@ -72,18 +78,12 @@ impl Handler for Endpoints {
                     "text/html; charset=utf-8",
                     landing(&telemetry_path, &exporter.describe()),
                 ),
-                "/live" | "/healthz" => http::text(StatusCode::OK, "ok\n"),
-                "/ready" | "/readyz" => {
-                    if health.is_ready() {
-                        http::text(StatusCode::OK, "ready\n")
-                    } else {
-                        http::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
-                _ => http::text(
-                    StatusCode::NOT_FOUND,
-                    format!("not found; metrics are at {telemetry_path}\n"),
-                ),
+                _ => health_answer(&health, &path).unwrap_or_else(|| {
+                    http::text(
+                        StatusCode::NOT_FOUND,
+                        format!("not found; metrics are at {telemetry_path}\n"),
+                    )
+                }),
             }
         })
     }

@@ -247,7 +247,7 @@ fn pod_security_levels_are_the_ones_the_readme_states() {
         .map(|p| {
             (
                 format!("{}/{}", p.ns, p.name),
-                cluster::pod_security_level(p).0,
+                cluster::security::pod_security_level(p).0,
             )
         })
         .collect();

@@ -263,3 +263,115 @@ fn a_final_checkpoint_that_cannot_be_written_is_a_failed_exit() {
     );
     assert_eq!(p.stdout_bytes(), b"1\n2\n", "every line is still relayed");
 }
+
+/// A file rotated away twice before the relay opened it (found by name, as
+/// `app.log.1`) is still written to by a writer holding it open: those
+/// late lines are relayed too, for `--rotate-wait`, as for any rotated file.
+#[test]
+fn late_writes_to_a_file_the_relay_found_by_name_are_relayed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    fs::write(&log, lines("a", 5)).unwrap();
+    let mut p = relay(&[
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--rotate-wait",
+        "60s",
+        log.to_str().unwrap(),
+    ]);
+    p.wait_lines(5, LONG);
+    // Stopped, the relay misses B entirely: B is written, rotated to .1,
+    // and C takes the path, while a writer still holds B open.
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    let (one, two) = (dir.path().join("app.log.1"), dir.path().join("app.log.2"));
+    fs::rename(&log, &one).unwrap();
+    fs::write(&log, lines("b", 5)).unwrap();
+    let mut writer_of_b = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&one, &two).unwrap();
+    fs::rename(&log, &one).unwrap();
+    fs::write(&log, lines("c", 5)).unwrap();
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(15, LONG);
+    p.wait_stderr("was rotated away before the relay could follow it", LONG);
+    // The late lines, after the relay read B to its end.
+    writer_of_b
+        .write_all(lines("late-b", 5).as_bytes())
+        .unwrap();
+    p.wait_lines(20, Duration::from_secs(30));
+    assert!(stop(&mut p).success());
+    let out = String::from_utf8(p.stdout_bytes()).unwrap();
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = ["a", "b", "c", "late-b"]
+        .iter()
+        .flat_map(|g| lines(g, 5).lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every line exactly once:\n{out}");
+}
+
+/// A file the relay follows but has not read yet is renamed away, and the
+/// file after it too: the newer file comes after it, not before (it is not
+/// taken for an older copy).
+#[test]
+fn a_newer_rotated_file_never_comes_before_one_not_read_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut p = relay(&["--rotate-wait", "60s", log.to_str().unwrap()]);
+    p.wait_stderr("does not exist yet", LONG);
+    // The app creates its log empty; the relay follows it from offset 0.
+    fs::write(&log, "").unwrap();
+    p.wait_stderr("following", LONG);
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    append(&log, b"line 1\nline 2\n");
+    let one = dir.path().join("app.log.1");
+    fs::rename(&log, &one).unwrap();
+    append(&log, b"line 3\nline 4\n");
+    fs::rename(&log, &one).unwrap();
+    append(&log, b"line 5\n");
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(5, LONG);
+    assert!(stop(&mut p).success());
+    assert_eq!(
+        String::from_utf8(p.stdout_bytes()).unwrap(),
+        "line 1\nline 2\nline 3\nline 4\nline 5\n",
+        "{}",
+        p.stderr_text()
+    );
+}
+
+/// A file truncated and written again past the relay's offset, all within
+/// one clock tick (its mtime does not move), is read from its start: the
+/// first bytes are checked before every read.
+#[test]
+fn a_rewrite_that_keeps_the_mtime_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    fs::write(&log, lines("old", 5)).unwrap();
+    let mut p = relay(&[log.to_str().unwrap()]);
+    p.wait_lines(5, LONG);
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mtime = fs::metadata(&log).unwrap().modified().unwrap();
+    // Truncated and rewritten longer, with other first bytes; the mtime set
+    // back to what the relay saw, as a rewrite within one tick leaves it.
+    let file = fs::OpenOptions::new().write(true).open(&log).unwrap();
+    file.set_len(0).unwrap();
+    drop(file);
+    append(&log, lines("NEW", 8).as_bytes());
+    fs::File::options()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(13, LONG);
+    assert!(stop(&mut p).success());
+    assert_eq!(
+        String::from_utf8(p.stdout_bytes()).unwrap(),
+        lines("old", 5) + &lines("NEW", 8),
+        "{}",
+        p.stderr_text()
+    );
+}

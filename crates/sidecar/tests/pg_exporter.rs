@@ -828,3 +828,158 @@ fn configuration_mistakes_are_explained() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
 }
+
+/// The six states upstream v0.20's stat_activity query fills in for every database.
+const ACTIVITY_STATES: [&str; 6] = [
+    "active",
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+    "fastpath function call",
+    "disabled",
+];
+
+#[test]
+fn stat_activity_has_a_zero_series_for_every_state_of_a_database_without_sessions() {
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
+        .batch_execute("CREATE DATABASE quiet")
+        .unwrap();
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
+    let families = scrape(addr);
+    for family in ["pg_stat_activity_count", "pg_stat_activity_max_tx_duration"] {
+        for state in ACTIVITY_STATES {
+            // Upstream's zero rows carry datname and state, the other labels empty.
+            let labels = [
+                ("datname", "quiet"),
+                ("state", state),
+                ("usename", ""),
+                ("application_name", ""),
+                ("backend_type", ""),
+                ("wait_event_type", ""),
+                ("wait_event", ""),
+            ];
+            assert_eq!(
+                value(&families, family, &labels),
+                Some(0.0),
+                "{family} {state}: {:?}\n{}",
+                families.get(family).map(|f| &f.samples),
+                p.stderr_text()
+            );
+        }
+    }
+    // Every database has every state, template databases included (v0.20 joins pg_database).
+    for db in ["postgres", "template0", "template1"] {
+        for state in ACTIVITY_STATES {
+            assert!(
+                value(
+                    &families,
+                    "pg_stat_activity_count",
+                    &[("datname", db), ("state", state)]
+                )
+                .is_some(),
+                "{db} {state}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stat_activity_counts_no_background_process() {
+    let server = pg::start(&pg::default_bin_dir());
+    let env = superuser_env(&server, "postgres");
+    let (_p, addr) = exporter(&env_refs(&env), &[]);
+    let mut admin = pg::client(&server, "postgres");
+    // The server's own processes (checkpointer, background writer, walwriter,
+    // launchers) have no database: they are what must be left out.
+    let background: Vec<String> = admin
+        .query(
+            "SELECT DISTINCT backend_type FROM pg_stat_activity WHERE datname IS NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!background.is_empty(), "no background process to leave out");
+    let families = scrape(addr);
+    let samples = &families["pg_stat_activity_count"].samples;
+    let counted: Vec<_> = samples
+        .iter()
+        .filter(|(l, _)| l["datname"].is_empty() || background.contains(&l["backend_type"]))
+        .collect();
+    assert!(
+        counted.is_empty(),
+        "background processes counted: {counted:?}"
+    );
+    // What is left: client sessions (this test's; the exporter's own other
+    // sessions but the one collecting).
+    let clients: f64 = samples
+        .iter()
+        .filter(|(l, _)| l["backend_type"] == "client backend")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(clients >= 1.0, "{samples:?}");
+}
+
+#[test]
+fn pg_settings_show_what_the_server_configures_not_the_exporters_session_overrides() {
+    let server = pg::start(&pg::default_bin_dir());
+    pg::client(&server, "postgres")
+        .batch_execute(
+            "CREATE ROLE mon LOGIN PASSWORD 'mon-pw'; GRANT pg_monitor TO mon;
+             ALTER ROLE mon SET lock_timeout = '3s';
+             ALTER ROLE mon SET log_statement = 'all';
+             ALTER ROLE mon IN DATABASE postgres SET default_transaction_read_only = on;
+             ALTER DATABASE postgres SET extra_float_digits = 2;",
+        )
+        .unwrap();
+    let setting =
+        |f: &BTreeMap<String, Family>, name: &str| value(f, &format!("pg_settings_{name}"), &[]);
+    // The exporter sets statement_timeout (the collection timeout), lock_timeout
+    // and default_transaction_read_only for its own sessions; none of that may show.
+    let env = superuser_env(&server, "postgres");
+    let (p, addr) = exporter(&env_refs(&env), &["--collection-timeout", "7s"]);
+    let plain = scrape(addr);
+    for (name, want) in [
+        ("statement_timeout_seconds", 0.0),
+        ("lock_timeout_seconds", 0.0),
+        ("default_transaction_read_only", 0.0),
+        ("transaction_read_only", 0.0),
+        ("extra_float_digits", 2.0),
+    ] {
+        assert_eq!(
+            setting(&plain, name),
+            Some(want),
+            "{name}\n{}",
+            p.stderr_text()
+        );
+    }
+    // A role and database that configure these: their values show.
+    let env = role_env(&server, "postgres", "mon", "mon-pw");
+    let (p, addr) = exporter(&env_refs(&env), &["--collection-timeout", "7s"]);
+    let configured = scrape(addr);
+    // ...while the exporter's sessions still run read-only and bounded.
+    assert!(
+        server.log().contains(
+            "SET default_transaction_read_only = on; SET statement_timeout = 7000; SET lock_timeout = 1750"
+        ),
+        "{}",
+        server.log()
+    );
+    for (name, want) in [
+        ("statement_timeout_seconds", 0.0),
+        ("lock_timeout_seconds", 3.0),
+        ("default_transaction_read_only", 1.0),
+        ("transaction_read_only", 1.0),
+        ("extra_float_digits", 2.0),
+    ] {
+        assert_eq!(
+            setting(&configured, name),
+            Some(want),
+            "{name}\n{}",
+            p.stderr_text()
+        );
+    }
+}

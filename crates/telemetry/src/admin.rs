@@ -58,6 +58,25 @@ pub fn encode_metrics(registry: &Registry) -> String {
     out
 }
 
+/// The answer to `/live` (`/healthz`) and `/ready` (`/readyz`), `None` for
+/// other paths. Servers that serve these beside their own endpoints (the
+/// postgres exporter, on its one port) answer with it too.
+pub fn health_answer(health: &Health, path: &str) -> Option<Response<Body>> {
+    Some(match path {
+        "/live" | "/healthz" => http::text(StatusCode::OK, "ok\n"),
+        "/ready" | "/readyz" => {
+            if health.is_ready() {
+                http::text(StatusCode::OK, "ready\n")
+            } else if health.is_draining() {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                http::text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// The admin HTTP handler. Requests it does not know go to `fallback`, if any.
 pub struct Admin {
     registry: Arc<Registry>,
@@ -84,17 +103,10 @@ impl Admin {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
+        if let Some(resp) = health_answer(&self.health, path) {
+            return Some(resp);
+        }
         Some(match path {
-            "/live" | "/healthz" => http::text(StatusCode::OK, "ok\n"),
-            "/ready" | "/readyz" => {
-                if self.health.is_ready() {
-                    http::text(StatusCode::OK, "ready\n")
-                } else if self.health.is_draining() {
-                    http::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else {
-                    http::text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                }
-            }
             "/metrics" => http::response(
                 StatusCode::OK,
                 prometheus_text::CONTENT_TYPE,

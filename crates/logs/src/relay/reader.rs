@@ -287,8 +287,10 @@ impl Relay {
             }
             // The bytes count only if the file still starts as it did: otherwise
             // it was truncated and rewritten between two looks (copytruncate).
-            // Checked above before the first read of this wake.
-            if chunks > 0 && !r.fp.matches(&r.file).unwrap_or(true) {
+            // Checked before every read, the first of a wake too: the check
+            // above runs only when the mtime moved, and a truncation and
+            // rewrite within one clock tick leaves the mtime as it was.
+            if !r.fp.matches(&r.file).unwrap_or(true) {
                 self.truncated(i, now, out)?;
                 continue;
             }

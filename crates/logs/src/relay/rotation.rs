@@ -402,7 +402,18 @@ impl Relay {
         r.recheck_since = None;
         r.fp = fp.clone();
         let (label, id) = (Arc::clone(&r.label), r.id);
-        self.recover_missed(&label, since, Skip::CopiesOf(&fp), &[id], None, now, out)
+        // Anchored on this file: once the writer has renamed it away, files
+        // beside it may be newer than it, and wait until it is read (the
+        // next rotation of the label looks back to `since`).
+        self.recover_missed(
+            &label,
+            since,
+            Skip::CopiesOf(&fp),
+            &[id],
+            Some(id),
+            now,
+            out,
+        )
     }
 
     /// The file shrank or was rewritten in place. Finish its old content from

@@ -226,6 +226,8 @@ impl Relay {
 
     /// Relays a whole file of `label` that the relay did not follow: one
     /// `rotated` away before it could (else a short-lived file under a glob).
+    /// The file is then held, unattached, until it stays quiet for
+    /// `--rotate-wait`.
     pub(super) fn relay_file<W: Write>(
         &mut self,
         label: &Arc<str>,
@@ -273,10 +275,10 @@ impl Relay {
         self.readers.push(reader);
         let j = self.readers.len() - 1;
         self.drain_reader(j, now, out)?;
-        self.finish_reader(j, now, out)?;
-        if let Some(r) = self.readers.pop() {
-            self.forget_reader(r);
-        }
+        // Held like any rotated file: a writer that still has it open may
+        // add lines; `retire_quiet` lets go after `--rotate-wait` of quiet.
+        self.readers[j].last_data = now;
+        self.metrics.files_open.set(self.readers.len() as i64);
         Ok(())
     }
 

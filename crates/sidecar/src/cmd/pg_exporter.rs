@@ -116,7 +116,7 @@ impl FromArgMatches for CollectorFlags {
             let on = m.get_flag(&format!("collector.{}", c.name));
             let off = m.get_flag(&format!("no-collector.{}", c.name));
             if on || (c.default_on && !off) {
-                enabled.push(c.name);
+                enabled.push(c.name.as_ref());
             }
         }
         Ok(Self { enabled })

@@ -20,7 +20,7 @@
 
 mod checks;
 mod pod;
-mod security;
+pub mod security;
 mod seed;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,9 +31,6 @@ use serde_norway::Value;
 use super::kube;
 pub use pod::{Pod, Running};
 use pod::{is_ours, parse_args, scalar, seq, str_at};
-#[allow(unused_imports)]
-// used by deploy.rs only; every other test binary compiles this module too
-pub use security::pod_security_level;
 
 /// The walk-through as the README gives it: each step's directories, applied
 /// in order on top of everything before.

@@ -160,8 +160,23 @@ impl Proc {
         rest[..end].parse().unwrap()
     }
 
+    /// Sends `sig`. For SIGSTOP, also waits until every thread of the
+    /// process has stopped: the kill is asynchronous, and a test that writes
+    /// "while the relay is stopped" must not race a relay still running.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+        if sig == nix::sys::signal::Signal::SIGSTOP {
+            let tasks = format!("/proc/{}/task", self.pid());
+            wait_until("the process to stop", Duration::from_secs(10), || {
+                std::fs::read_dir(&tasks).unwrap().all(|t| {
+                    let stat =
+                        std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                })
+            });
+        }
     }
 
     pub fn terminate(&self) {

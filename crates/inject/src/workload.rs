@@ -1,0 +1,193 @@
+//! One workload: reads what its pod template asks for, builds our
+//! containers in a fixed order (exporter, proxy, logs) with the ports they
+//! take, stops on a port taken twice, gives the relay its mounts, then puts
+//! the sidecars first in `initContainers` (replacing an earlier injection)
+//! and adds the `prometheus.io/*` annotations.
+
+use serde_norway::Value;
+use sidecar_telemetry::ports;
+
+use crate::annotations::{
+    Asked, EXPORTER, EXPORTER_ADMIN_PORT, LOGS_ADMIN_PORT, PROXY, PROXY_ADMIN_PORT, PROXY_INBOUND,
+    check_name, misplaced_annotations, unused_annotations,
+};
+use crate::containers::{Options, exporter_container, logs_container, proxy_container};
+use crate::notes::Level;
+use crate::ports::{
+    ADMIN_ROLE, Claim, Fix, OurPorts, app_claims, check_ports, prometheus_annotations,
+};
+use crate::proxy_config::ProxyConfig;
+use crate::services::Route;
+use crate::template::{
+    EXPORTER_NAME, LOGS_NAME, PROXY_NAME, annotations_of, is_ours, template_path,
+};
+use crate::value::{kind_of, mapping_at, seq_at, str_at};
+use crate::volumes::{PROXY_DIR, ensure_proxy_volume, ensure_state_volume, log_mounts, state_dir};
+
+/// What injecting into one object did.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub(crate) changed: bool,
+    pub(crate) notes: Vec<(Level, String)>,
+    /// For the Services, when an inbound proxy was added.
+    pub(crate) route: Option<Route>,
+}
+
+/// `--admin=0.0.0.0:PORT` when the port was given by annotation.
+fn admin_arg(args: &mut Vec<String>, annotated: Option<u16>, port: u16) {
+    if annotated.is_some() {
+        args.push(format!("--admin={}", ports::all_interfaces(port)));
+    }
+}
+
+/// Injects into one object if it is a workload that asks for sidecars.
+pub(crate) fn inject_object(
+    obj: &mut Value,
+    opts: &Options,
+    configs: &[ProxyConfig],
+) -> Result<Outcome, String> {
+    let mut out = Outcome::default();
+    let Some(kind) = kind_of(obj).map(str::to_string) else {
+        return Ok(out);
+    };
+    let Some(path) = template_path(&kind) else {
+        return Ok(out);
+    };
+    let name = str_at(obj, &["metadata", "name"])
+        .unwrap_or("app")
+        .to_string();
+    let namespace = str_at(obj, &["metadata", "namespace"]).map(str::to_string);
+    let template_ann = path
+        .iter()
+        .try_fold(&*obj, |v, p| v.get(*p))
+        .map(annotations_of)
+        .unwrap_or_default();
+    misplaced_annotations(obj, &kind, path, &template_ann, &mut out.notes);
+    let Some(template) = path.iter().try_fold(obj, |v, p| v.get_mut(*p)) else {
+        return Ok(out);
+    };
+    if !template.is_mapping() {
+        return Ok(out);
+    }
+    unused_annotations(&template_ann, &mut out.notes);
+    let Some(asked) = Asked::read(&template_ann)? else {
+        return Ok(out);
+    };
+    out.changed = true;
+
+    // Our containers, and the ports they take, in a fixed order.
+    let mut sidecars = Vec::new();
+    let mut ours = OurPorts::default();
+    // Either proxy's admin port (the two are never both asked for).
+    let proxy_admin = |ours: &mut OurPorts, admin| {
+        ours.admin(
+            admin,
+            PROXY_NAME,
+            ADMIN_ROLE,
+            PROXY_ADMIN_PORT,
+            ports::PROXY_NAME,
+        );
+    };
+    if let Some(secret) = &asked.exporter {
+        check_name(EXPORTER, secret)?;
+        let p = asked.exporter_port.unwrap_or(ports::POSTGRES_EXPORTER);
+        let mut args = vec!["postgres-exporter".to_string()];
+        if asked.exporter_port.is_some() {
+            args.push(format!("--web.listen-address=:{p}"));
+        }
+        sidecars.push(exporter_container(opts, args, secret, p));
+        ours.admin(
+            p,
+            EXPORTER_NAME,
+            "serve its metrics",
+            EXPORTER_ADMIN_PORT,
+            ports::POSTGRES_EXPORTER_NAME,
+        );
+    }
+    if let Some(config_map) = &asked.proxy {
+        check_name(PROXY, config_map)?;
+        let config = ProxyConfig::find(configs, config_map, namespace.as_deref());
+        let admin = match (asked.proxy_port, config.admin) {
+            (Some(p), _) => p,
+            (None, Some(Some(p))) => p,
+            (None, Some(None)) => {
+                return Err(format!(
+                    "ConfigMap {config_map}'s proxy.yaml turns the admin server off (admin: off), but the probes need it; remove that line, or give the port with the annotation {PROXY_ADMIN_PORT}"
+                ));
+            }
+            (None, None) => ports::PROXY,
+        };
+        let mut args = vec![
+            "proxy".to_string(),
+            "--config".into(),
+            format!("{PROXY_DIR}/proxy.yaml"),
+        ];
+        admin_arg(&mut args, asked.proxy_port, admin);
+        sidecars.push(proxy_container(opts, args, None, admin, true));
+        ensure_proxy_volume(template, config_map)?;
+        proxy_admin(&mut ours, admin);
+        for (listener, port) in config.listeners {
+            ours.claims.push(Claim::ours(
+                port,
+                PROXY_NAME,
+                &format!("listen (listener `{listener}` of its proxy.yaml)"),
+                Fix::ConfigListener {
+                    listener,
+                    config_map: config_map.clone(),
+                },
+            ));
+        }
+    }
+    if let Some((listen, upstream)) = asked.inbound {
+        let admin = asked.proxy_port.unwrap_or(ports::PROXY);
+        let mut args = vec![
+            "proxy".to_string(),
+            format!("--listen=0.0.0.0:{listen}"),
+            format!("--upstream=127.0.0.1:{upstream}"),
+            format!("--service={name}"),
+            format!("--zipkin={}", asked.zipkin),
+        ];
+        admin_arg(&mut args, asked.proxy_port, admin);
+        sidecars.push(proxy_container(opts, args, Some(listen), admin, false));
+        proxy_admin(&mut ours, admin);
+        ours.claims.push(Claim::ours(
+            listen,
+            PROXY_NAME,
+            &format!("listen for inbound traffic (LISTEN_PORT of {PROXY_INBOUND})"),
+            Fix::InboundListen { app_port: upstream },
+        ));
+        out.route = Some(Route::new(template, namespace.clone(), listen, upstream));
+    }
+    let logs_port = asked.logs_port.unwrap_or(ports::LOGS);
+    if asked.logs.is_some() {
+        ours.admin(
+            logs_port,
+            LOGS_NAME,
+            ADMIN_ROLE,
+            LOGS_ADMIN_PORT,
+            ports::LOGS_NAME,
+        );
+    }
+    check_ports(
+        app_claims(template, asked.inbound.map(|(_, up)| up)),
+        ours.claims,
+    )?;
+    if let Some(paths) = asked.logs {
+        let mounts = log_mounts(template, &paths, &mut out.notes)?;
+        let state_dir = state_dir(&mounts)?;
+        let mut args = vec!["logs".to_string(), "--state-dir".into(), state_dir.into()];
+        admin_arg(&mut args, asked.logs_port, logs_port);
+        args.extend(paths);
+        sidecars.push(logs_container(opts, args, logs_port, &mounts, state_dir));
+        ensure_state_volume(template)?;
+    }
+    // Native sidecars first, in a fixed order, replacing earlier injections.
+    let spec = mapping_at(template, &["spec"])?;
+    let init = seq_at(spec, "initContainers")?;
+    init.retain(|c| !is_ours(c));
+    for (i, c) in sidecars.into_iter().enumerate() {
+        init.insert(i, c);
+    }
+    prometheus_annotations(template, &ours.metrics, &mut out.notes)?;
+    Ok(out)
+}
