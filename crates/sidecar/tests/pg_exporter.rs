@@ -812,13 +812,13 @@ fn listen_address_spellings() {
 fn configuration_mistakes_are_explained() {
     let out = Command::new(common::BIN)
         .args(["postgres-exporter", "--web.listen-address", "127.0.0.1:0"])
-        .env("DATA_SOURCE_URI", "localhost?sslmode=require")
+        .env("DATA_SOURCE_URI", "localhost?sslmode=verify-full")
         .env("DATA_SOURCE_USER", "u")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sslmode=disable"), "{err}");
+    assert!(err.contains("sslrootcert"), "{err}");
     let out = Command::new(common::BIN)
         .args(["postgres-exporter", "--web.listen-address", "127.0.0.1:0"])
         .env("DATA_SOURCE_PASS", "x")
