@@ -375,3 +375,143 @@ fn a_rewrite_that_keeps_the_mtime_is_read_from_its_start() {
         p.stderr_text()
     );
 }
+
+/// `copytruncate` while the writer appends: the relay read past the end of
+/// what the copy holds before the truncation. The copy starts like the file
+/// followed and is shorter than what was relayed: it was relayed in full,
+/// and nothing of it is relayed again (live, and after a restart).
+#[test]
+fn a_copy_shorter_than_what_was_relayed_is_not_relayed_again() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+        let state = dir.path().join("state");
+        let args = [
+            "--state-dir",
+            state.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ];
+        fs::write(&log, lines("before-copy", 50)).unwrap();
+        let mut p = relay(&args);
+        p.wait_lines(50, LONG);
+        fs::copy(&log, &copy).unwrap();
+        append(&log, lines("after-copy", 20).as_bytes());
+        p.wait_lines(70, LONG);
+        if restart {
+            assert!(stop(&mut p).success());
+        }
+        // The copy was finished after the writer's append (a slow copy, or
+        // the same clock tick): it counts as changed since that append.
+        fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut q = if restart {
+            relay(&args)
+        } else {
+            p.wait_stderr("was truncated", LONG);
+            p
+        };
+        append(&log, lines("new", 10).as_bytes());
+        let before = if restart { 0 } else { 70 };
+        q.wait_lines(before + 10, LONG);
+        let lost = format!(
+            "sidecar_logs_bytes_lost_total{{file=\"{}\"}}",
+            log.display()
+        );
+        assert_eq!(metric(&q, &lost), 0.0, "{}", q.stderr_text());
+        assert!(stop(&mut q).success());
+        let want = if restart {
+            lines("new", 10)
+        } else {
+            format!(
+                "{}{}{}",
+                lines("before-copy", 50),
+                lines("after-copy", 20),
+                lines("new", 10)
+            )
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&q.stdout_bytes()),
+            want,
+            "restart: {restart}\n{}",
+            q.stderr_text()
+        );
+    }
+}
+
+/// `copytruncate` while the writer appends: of the lines written after the
+/// copy, those the relay read are relayed once; those it saw (by the file's
+/// size) but had not read when the file was truncated are in no file any
+/// more, and counted in `sidecar_logs_bytes_lost_total`.
+#[test]
+fn bytes_written_after_a_copy_and_not_read_before_the_truncation_are_counted_lost() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let head = lines("before-copy", 50) + &lines("after-copy", 20);
+    fs::write(&log, lines("before-copy", 50)).unwrap();
+    let mut p = relay(&[log.to_str().unwrap()]);
+    p.wait_lines(50, LONG);
+    fs::copy(&log, &copy).unwrap();
+    append(&log, lines("after-copy", 20).as_bytes());
+    p.wait_lines(70, LONG);
+    // 16 MiB more, all there when the relay looks; it reads until stdout
+    // (not read meanwhile) is full, and is still far from the end when the
+    // file is truncated.
+    let relayed = format!("sidecar_logs_bytes_total{{file=\"{}\"}}", log.display());
+    let before = metric(&p, &relayed);
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    p.stdout_paused.store(true, Ordering::SeqCst);
+    let unread = lines("unread", 1_200_000);
+    append(&log, unread.as_bytes());
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_until("the relay reading the appended lines", LONG, || {
+        metric(&p, &relayed) > before
+    });
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    p.stdout_paused.store(false, Ordering::SeqCst);
+    p.wait_stderr("are lost", LONG);
+    append(&log, lines("new", 10).as_bytes());
+    wait_until("the new lines", LONG, || {
+        p.stdout_bytes().ends_with(lines("new", 10).as_bytes())
+    });
+    let lost = format!(
+        "sidecar_logs_bytes_lost_total{{file=\"{}\"}}",
+        log.display()
+    );
+    let lost = metric(&p, &lost) as usize;
+    assert!(stop(&mut p).success());
+    let out = p.stdout_bytes();
+    let stderr = p.stderr_text();
+    assert!(out.starts_with(head.as_bytes()), "{stderr}");
+    let mid = &out[head.len()..out.len() - lines("new", 10).len()];
+    // The last line read may be partial: relayed with a newline added.
+    let read = if unread.as_bytes().starts_with(mid) {
+        mid.len()
+    } else {
+        mid.len() - 1
+    };
+    assert_eq!(&mid[..read], &unread.as_bytes()[..read], "{stderr}");
+    assert!(read < unread.len() / 2, "read {read} bytes: {stderr}");
+    assert_eq!(lost, unread.len() - read, "{stderr}");
+}

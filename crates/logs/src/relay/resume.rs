@@ -50,7 +50,27 @@ impl Relay {
             let label: Arc<str> = Arc::from(entry.label.as_str());
             let by_inode = find_by_inode(&dir, entry.id, &fp, entry.offset);
             let by_copy = by_inode.is_none();
-            let located = by_inode.or_else(|| find_copy(&dir, &fp, entry.offset, entry.id));
+            let located = match by_inode {
+                Some(found) => Some(found),
+                None => match find_copy(&dir, &fp, entry.offset, entry.id) {
+                    Some(copy) if copy.len < entry.offset => {
+                        // Made before the writer's last lines, which were
+                        // relayed from the file itself before the stop.
+                        tracing::info!(
+                            "{label} was truncated while the relay was down; its copy {} holds only what was relayed already",
+                            copy.path.display()
+                        );
+                        let since = copy.file.metadata().and_then(|m| m.modified()).ok();
+                        self.remember_copy(&label, &copy.file, copy.path, copy.len);
+                        let since =
+                            since.unwrap_or_else(|| self.checkpoint_time.unwrap_or(self.started));
+                        note_after(&mut after, label, since, true);
+                        continue;
+                    }
+                    Some(copy) => Some((copy.file, copy.path)),
+                    None => None,
+                },
+            };
             let since = match located {
                 Some((file, path)) => {
                     let Ok(reader) = Reader::new(&label, path, file, entry.offset, &self.metrics)
@@ -85,13 +105,7 @@ impl Relay {
                     self.checkpoint_time.unwrap_or(self.started)
                 }
             };
-            match after.iter_mut().find(|(l, _, _)| *l == label) {
-                Some((_, t, c)) => {
-                    *t = (*t).max(since);
-                    *c |= by_copy;
-                }
-                None => after.push((label, since, by_copy)),
-            }
+            note_after(&mut after, label, since, by_copy);
         }
         for (label, since, by_copy) in after {
             let skip = if by_copy {
@@ -159,5 +173,22 @@ impl Relay {
                 Err(e)
             }
         }
+    }
+}
+
+/// Notes that files of `label` rotated after `since` come after its orphans
+/// (`by_copy`: an orphan was found as a copytruncate copy).
+fn note_after(
+    after: &mut Vec<(Arc<str>, SystemTime, bool)>,
+    label: Arc<str>,
+    since: SystemTime,
+    by_copy: bool,
+) {
+    match after.iter_mut().find(|(l, _, _)| *l == label) {
+        Some((_, t, c)) => {
+            *t = (*t).max(since);
+            *c |= by_copy;
+        }
+        None => after.push((label, since, by_copy)),
     }
 }

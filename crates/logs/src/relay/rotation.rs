@@ -444,54 +444,41 @@ impl Relay {
             find_copy(&dir, &old_fp, old_offset, id)
         };
         match copy {
-            Some((copy_file, copy_path)) => {
-                let copy_id = copy_file.metadata().map(|m| FileId::of(&m)).ok();
+            Some(copy) if copy.len < old_offset => {
+                // Made before the writer's last lines, which were read from
+                // the file itself: all of it was relayed.
+                tracing::info!(
+                    "{label} was truncated; its copy {} holds only what was relayed already",
+                    copy.path.display()
+                );
+                self.remember_copy(&label, &copy.file, copy.path, copy.len);
+                self.count_unread(i, seen_size, old_offset, None);
+            }
+            Some(copy) => {
+                let copy_id = copy.file.metadata().map(|m| FileId::of(&m)).ok();
                 let in_use = copy_id.is_some_and(|cid| self.readers.iter().any(|r| r.id == cid));
                 if in_use {
                     tracing::info!(
                         "{label} was truncated; its copy {} is already followed",
-                        copy_path.display()
+                        copy.path.display()
                     );
                 } else {
                     tracing::info!(
                         "{label} was truncated; finishing its old content from {}",
-                        copy_path.display()
+                        copy.path.display()
                     );
-                    let end = self.read_copy(i, &copy_file, old_offset, now, out)?;
+                    let end = self.read_copy(i, &copy.file, old_offset, now, out)?;
                     read_to = end;
                     // Bytes the live file was seen to hold past the copy's
                     // end were written after the copy was made and before the
                     // truncation: in neither file.
-                    let lost = seen_size.saturating_sub(end);
-                    if lost > 0 {
-                        self.readers[i].metrics.bytes_lost.inc_by(lost);
-                        tracing::warn!(
-                            "{label} was truncated after {} was copied from it: its last {lost} bytes, written in between, are in neither file and are lost",
-                            copy_path.display()
-                        );
-                    }
-                    if let Some(cid) = copy_id {
-                        let fp = Fingerprint::read(&copy_file, end).unwrap_or_default();
-                        self.remember(
-                            cid,
-                            Known {
-                                fp,
-                                offset: end,
-                                label: label.to_string(),
-                                path: copy_path,
-                            },
-                        );
-                    }
+                    self.count_unread(i, seen_size, end, Some(&copy.path));
+                    self.remember_copy(&label, &copy.file, copy.path, end);
                 }
             }
             None => {
-                let lost = seen_size.saturating_sub(old_offset);
-                if lost > 0 {
-                    self.readers[i].metrics.bytes_lost.inc_by(lost);
-                    tracing::warn!(
-                        "{label} was truncated before its last {lost} bytes could be read, and no copy of it was found in {}; those bytes are lost",
-                        dir.display()
-                    );
+                if seen_size > old_offset {
+                    self.count_unread(i, seen_size, old_offset, None);
                 } else {
                     tracing::info!("{label} was truncated; reading it from the start");
                 }
@@ -516,5 +503,45 @@ impl Relay {
         r.recheck_since = Some(old_mtime);
         self.dirty = true;
         Ok(())
+    }
+
+    /// A copy of a truncated file's content, relayed up to `end`: known,
+    /// so that no search for rotated files relays it again.
+    pub(super) fn remember_copy(&mut self, label: &str, copy: &File, path: PathBuf, end: u64) {
+        let Ok(meta) = copy.metadata() else {
+            return;
+        };
+        let fp = Fingerprint::read(copy, end).unwrap_or_default();
+        let known = Known {
+            fp,
+            offset: end,
+            label: label.to_string(),
+            path,
+        };
+        self.remember(FileId::of(&meta), known);
+    }
+
+    /// Reader `i`'s file was truncated when it was seen to hold `seen_size`
+    /// bytes and its content was relayed up to `relayed` (from the file, or
+    /// from its `copy`): the bytes in between are in no file any more.
+    fn count_unread(&mut self, i: usize, seen_size: u64, relayed: u64, copy: Option<&Path>) {
+        let lost = seen_size.saturating_sub(relayed);
+        if lost == 0 {
+            return;
+        }
+        let r = &self.readers[i];
+        r.metrics.bytes_lost.inc_by(lost);
+        match copy {
+            Some(copy) => tracing::warn!(
+                "{} was truncated after {} was copied from it: its last {lost} bytes, written in between, are in neither file and are lost",
+                r.label,
+                copy.display()
+            ),
+            None => tracing::warn!(
+                "{} was truncated before its last {lost} bytes could be read, and no copy in {} holds them; those bytes are lost",
+                r.label,
+                parent_dir(&r.path).display()
+            ),
+        }
     }
 }

@@ -116,24 +116,34 @@ pub(super) fn rotation_number(suffix: &str) -> Option<u64> {
     suffix.strip_prefix('.')?.parse().ok()
 }
 
+/// A copy of a truncated file's content, found beside it.
+pub(super) struct Copy {
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+    pub(super) len: u64,
+}
+
 /// Finds the copy of a truncated file: a regular file in `dir`, other than
-/// `exclude`, at least `min_len` long, that starts with `fp`. The most
-/// recently modified one wins.
+/// `exclude`, that starts with `fp`. The most recently modified one at least
+/// `min_len` long wins; if none is, the most recently modified shorter one
+/// (made before the writer's last lines, which the relay read from the file
+/// itself: its whole content was relayed already).
 pub(super) fn find_copy(
     dir: &Path,
     fp: &Fingerprint,
     min_len: u64,
     exclude: FileId,
-) -> Option<(File, PathBuf)> {
+) -> Option<Copy> {
     if fp.is_empty() {
         return None;
     }
-    let mut best: Option<(SystemTime, File, PathBuf)> = None;
+    // The best one long enough, and the best shorter one.
+    let mut best: [Option<(SystemTime, Copy)>; 2] = [None, None];
     for path in dir_entries(dir) {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
-        if !meta.is_file() || meta.len() < min_len || FileId::of(&meta) == exclude {
+        if !meta.is_file() || FileId::of(&meta) == exclude {
             continue;
         }
         let Ok((file, _)) = open_regular(&path) else {
@@ -143,11 +153,14 @@ pub(super) fn find_copy(
             continue;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if best.as_ref().is_none_or(|(t, _, _)| mtime > *t) {
-            best = Some((mtime, file, path));
+        let slot = &mut best[usize::from(meta.len() < min_len)];
+        if slot.as_ref().is_none_or(|(t, _)| mtime > *t) {
+            let len = meta.len();
+            *slot = Some((mtime, Copy { file, path, len }));
         }
     }
-    best.map(|(_, f, p)| (f, p))
+    let [long, short] = best;
+    long.or(short).map(|(_, c)| c)
 }
 
 impl Relay {
