@@ -88,7 +88,7 @@ impl Metrics {
             "bytes_lost",
             "Bytes known to be lost: truncated away before they could be read (copytruncate) and \
              in no copy, or in a file rotated away and deleted before it could be read (where its \
-             size was seen)",
+             size was seen), or left unread when the drain timeout passed at shutdown",
             m.bytes_lost.clone(),
         );
         r.register(

@@ -515,3 +515,72 @@ fn bytes_written_after_a_copy_and_not_read_before_the_truncation_are_counted_los
     assert!(read < unread.len() / 2, "read {read} bytes: {stderr}");
     assert_eq!(lost, unread.len() - read, "{stderr}");
 }
+
+/// SIGTERM while the relay reads a rotated file with hundreds of MiB left:
+/// it stops within `--drain-timeout`, exits 0, counts and reports what it
+/// left unread, and a restart goes on exactly where it stopped.
+#[test]
+fn sigterm_while_a_huge_rotated_file_is_read_stops_within_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--drain-timeout",
+        "100ms",
+        log.to_str().unwrap(),
+    ];
+    fs::write(&log, "first\n").unwrap();
+    let mut a = relay(&args);
+    a.wait_lines(1, LONG);
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    // 200 MiB more, then the file is rotated away and a new one created.
+    let line = format!("{:>99}\n", "x");
+    let chunk = line.repeat(10_000);
+    let mut big = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for _ in 0..210 {
+        std::io::Write::write_all(&mut big, chunk.as_bytes()).unwrap();
+    }
+    drop(big);
+    let total = 6 + 210 * chunk.len();
+    fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    fs::write(&log, "after\n").unwrap();
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    a.wait_stderr("was rotated", LONG);
+    let asked = Instant::now();
+    a.terminate();
+    let status = a.wait(LONG);
+    let took = asked.elapsed();
+    let stderr = a.stderr_text();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    let relayed = a.stdout_bytes().len();
+    assert!(
+        relayed < total,
+        "read on past the drain timeout: {relayed} of {total} bytes: {stderr}"
+    );
+    assert_eq!(relayed % line.len(), 6 % line.len(), "whole lines only");
+    // Unread: the rest of the rotated file, and the new file's line.
+    let left = total - relayed + 6;
+    assert!(
+        stderr.contains(&format!(
+            "stopping with {left} bytes of 2 file(s) not relayed"
+        )),
+        "{stderr}"
+    );
+    let mut b = relay(&args);
+    wait_until("the rest relayed", LONG, || {
+        b.stdout.lock().unwrap().ends_with(b"after\n")
+    });
+    assert!(stop(&mut b).success());
+    let mut out = a.stdout_bytes();
+    out.extend_from_slice(&b.stdout_bytes());
+    assert_eq!(out.len(), total + 6, "{}", b.stderr_text());
+    assert!(out.starts_with(b"first\n") && out.ends_with(b"after\n"));
+    assert!(
+        out[6..total]
+            .chunks(line.len())
+            .all(|l| l == line.as_bytes()),
+        "each line once, whole"
+    );
+}

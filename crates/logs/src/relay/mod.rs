@@ -225,6 +225,8 @@ pub struct Relay {
     /// Files that appeared at followed paths and files read (see `loss.rs`).
     ledger: Ledger,
     summary: Summary,
+    /// When the drain must end: set once a stop was asked for.
+    drain_deadline: Option<Instant>,
 }
 
 impl Relay {
@@ -300,6 +302,7 @@ impl Relay {
             early: Early::for_globs(cfg_globs),
             ledger: Ledger::default(),
             summary: Summary::default(),
+            drain_deadline: None,
         };
         Ok((relay, control))
     }
@@ -330,29 +333,22 @@ impl Relay {
 
         let mut last_glob = now;
         let mut last_look = now;
-        let mut drain_started: Option<Instant> = None;
         loop {
             let progress = self.read_all(now, out)?;
             out.flush().map_err(RelayError::Output)?;
             self.checkpoint_if_due(now);
 
-            if self.stop.load(Ordering::SeqCst) {
-                let started = *drain_started.get_or_insert_with(|| {
-                    tracing::info!(
-                        "stopping: relaying what is left (at most {})",
-                        humantime::format_duration(self.cfg.drain_timeout)
-                    );
-                    now
-                });
+            let draining = self.drain_deadline().is_some();
+            if draining {
                 let quiet =
                     !progress.budget_hit && now.duration_since(self.last_data_any) >= DRAIN_QUIET;
                 if quiet {
                     break;
                 }
-                if now.duration_since(started) >= self.cfg.drain_timeout {
+                if self.out_of_time() {
                     self.summary.drain_timed_out = true;
                     tracing::warn!(
-                        "drain timeout of {} passed while files were still being written; stopping anyway",
+                        "drain timeout of {} passed while files were still being read or written; stopping anyway",
                         humantime::format_duration(self.cfg.drain_timeout)
                     );
                     break;
@@ -361,12 +357,12 @@ impl Relay {
             let changes = if progress.budget_hit {
                 self.waiter.events()
             } else {
-                let wait = if drain_started.is_some() {
+                let wait = if draining {
                     Duration::from_millis(50)
                 } else {
                     self.cfg.poll_interval
                 };
-                self.waiter.wait(wait, drain_started.is_some())
+                self.waiter.wait(wait, draining)
             };
             // Files that appeared are opened at once (they may be short-lived).
             self.early.appeared(&changes.appeared);
@@ -392,10 +388,7 @@ impl Relay {
         }
 
         // Emit what is held (partial lines get their newline), then checkpoint.
-        let now = Instant::now();
-        for i in 0..self.readers.len() {
-            self.finish_reader(i, now, out)?;
-        }
+        self.finish_all(out)?;
         out.flush().map_err(RelayError::Output)?;
         self.dirty = true;
         // The last checkpoint must be written: else a restart relays again
@@ -404,6 +397,26 @@ impl Relay {
             .map_err(RelayError::FinalCheckpoint)?;
         self.metrics.files_open.set(0);
         Ok(self.summary)
+    }
+
+    /// When the drain must end, once a stop was asked for (the first call
+    /// that sees the stop starts the drain).
+    pub(super) fn drain_deadline(&mut self) -> Option<Instant> {
+        if self.drain_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
+            tracing::info!(
+                "stopping: relaying what is left (at most {})",
+                humantime::format_duration(self.cfg.drain_timeout)
+            );
+            self.drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+        }
+        self.drain_deadline
+    }
+
+    /// True once a stop was asked for and the drain timeout has passed:
+    /// every read loop, however much is left in its file, stops there.
+    pub(super) fn out_of_time(&mut self) -> bool {
+        self.drain_deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// Remembers a reader being let go, so the file is not read twice.

@@ -352,7 +352,7 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<u64, RelayError> {
-        loop {
+        while !self.out_of_time() {
             let n = match read_at(copy, &mut self.buf, offset) {
                 Ok(n) => n,
                 Err(e) => {
@@ -412,14 +412,54 @@ impl Relay {
         self.readers[i].flush(true, &self.rules, now, out, &mut self.summary)
     }
 
-    /// Reads reader `i` to the end of its file, whatever the tick budget.
+    /// Reads reader `i` to the end of its file, whatever the tick budget,
+    /// unless the drain timeout passes first (what is left is then counted
+    /// when the relay stops, see [`Relay::finish_all`]).
     pub(super) fn drain_reader<W: Write>(
         &mut self,
         i: usize,
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
-        while self.poll_reader(i, now, out)?.budget_hit {}
+        while !self.out_of_time() && self.poll_reader(i, now, out)?.budget_hit {}
+        Ok(())
+    }
+
+    /// At exit: emits what the framers hold (a partial last line gets its
+    /// newline). After a drain timeout, a file with bytes left unread keeps
+    /// its held line (it goes on in the unread bytes): the checkpoint
+    /// records where relaying stopped, and what is left is counted lost
+    /// for this run, with one warning.
+    pub(super) fn finish_all<W: Write>(&mut self, out: &mut Output<W>) -> Result<(), RelayError> {
+        let now = Instant::now();
+        let (mut left, mut files) = (0u64, 0usize);
+        for i in 0..self.readers.len() {
+            let r = &self.readers[i];
+            let size = r.file.metadata().map_or(r.size, |m| m.len());
+            let unread = if self.summary.drain_timed_out && size > r.offset {
+                size.saturating_sub(r.framer.committed())
+            } else {
+                0
+            };
+            if unread == 0 {
+                self.finish_reader(i, now, out)?;
+                continue;
+            }
+            r.metrics.bytes_lost.inc_by(unread);
+            left += unread;
+            files += 1;
+        }
+        if left > 0 {
+            let resume = if self.store.is_some() {
+                "a restart with the same --state-dir relays them from there"
+            } else {
+                "without --state-dir they are not relayed by anyone"
+            };
+            tracing::warn!(
+                "stopping with {left} bytes of {files} file(s) not relayed: the drain timeout of {} passed first; counted in sidecar_logs_bytes_lost_total ({resume})",
+                humantime::format_duration(self.cfg.drain_timeout)
+            );
+        }
         Ok(())
     }
 }

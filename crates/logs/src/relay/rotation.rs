@@ -469,10 +469,20 @@ impl Relay {
                     );
                     let end = self.read_copy(i, &copy.file, old_offset, now, out)?;
                     read_to = end;
-                    // Bytes the live file was seen to hold past the copy's
-                    // end were written after the copy was made and before the
-                    // truncation: in neither file.
-                    self.count_unread(i, seen_size, end, Some(&copy.path));
+                    if end < copy.len {
+                        // The drain timeout passed while the copy was read.
+                        let left = seen_size.max(copy.len) - end;
+                        self.readers[i].metrics.bytes_lost.inc_by(left);
+                        tracing::warn!(
+                            "the drain timeout passed while the old content of {label} was read from {}: its last {left} bytes are not relayed",
+                            copy.path.display()
+                        );
+                    } else {
+                        // Bytes the live file was seen to hold past the copy's
+                        // end were written after the copy was made and before
+                        // the truncation: in neither file.
+                        self.count_unread(i, seen_size, end, Some(&copy.path));
+                    }
                     self.remember_copy(&label, &copy.file, copy.path, end);
                 }
             }
