@@ -516,9 +516,10 @@ fn bytes_written_after_a_copy_and_not_read_before_the_truncation_are_counted_los
     assert_eq!(lost, unread.len() - read, "{stderr}");
 }
 
-/// SIGTERM while the relay reads a rotated file with hundreds of MiB left:
-/// it stops within `--drain-timeout`, exits 0, counts and reports what it
-/// left unread, and a restart goes on exactly where it stopped.
+/// SIGTERM while the relay reads a rotated file with hundreds of MiB left
+/// (live, and after a restart, finishing it as an orphan): it stops within
+/// `--drain-timeout`, exits 0, counts and reports what it left unread, and
+/// a restart goes on exactly where it stopped.
 #[test]
 fn sigterm_while_a_huge_rotated_file_is_read_stops_within_the_drain_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -568,14 +569,36 @@ fn sigterm_while_a_huge_rotated_file_is_read_stops_within_the_drain_timeout() {
         )),
         "{stderr}"
     );
-    let mut b = relay(&args);
+    // Stopped again while it finishes that file after the restart.
+    let mut all = vec!["logs", "--admin", "127.0.0.1:0"];
+    all.extend_from_slice(&args);
+    let mut b = Proc::start(&all);
+    b.wait_stderr("rotated while the relay was down", LONG);
+    let asked = Instant::now();
+    b.terminate();
+    let status = b.wait(LONG);
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}: {}", b.stderr_text());
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}: {}",
+        b.stderr_text()
+    );
+    let mut c = relay(&args);
     wait_until("the rest relayed", LONG, || {
-        b.stdout.lock().unwrap().ends_with(b"after\n")
+        c.stdout.lock().unwrap().ends_with(b"after\n")
     });
-    assert!(stop(&mut b).success());
+    assert!(stop(&mut c).success());
     let mut out = a.stdout_bytes();
     out.extend_from_slice(&b.stdout_bytes());
-    assert_eq!(out.len(), total + 6, "{}", b.stderr_text());
+    out.extend_from_slice(&c.stdout_bytes());
+    assert_eq!(
+        out.len(),
+        total + 6,
+        "{}\n{}",
+        b.stderr_text(),
+        c.stderr_text()
+    );
     assert!(out.starts_with(b"first\n") && out.ends_with(b"after\n"));
     assert!(
         out[6..total]

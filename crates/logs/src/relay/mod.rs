@@ -448,6 +448,8 @@ impl Relay {
 
     fn remember(&mut self, id: FileId, known: Known) {
         if self.known.insert(id, known).is_none() {
+            // Taken out of `known` earlier (resumed), it may still be listed.
+            self.known_order.retain(|o| *o != id);
             self.known_order.push_back(id);
         }
         while self.known.len() > KNOWN_FILES {

@@ -218,7 +218,7 @@ impl Relay {
         // same label wait, so lines keep their order across a rotation.
         let mut held_back: Vec<Arc<str>> = Vec::new();
         for i in 0..self.readers.len() {
-            if held_back.contains(&self.readers[i].label) {
+            if held_back.contains(&self.readers[i].label) || self.older_unread(i) {
                 progress.budget_hit = true;
                 continue;
             }
@@ -236,6 +236,18 @@ impl Relay {
         self.retire_quiet(now, out)?;
         self.update_lag();
         Ok(progress)
+    }
+
+    /// True when reader `i` follows a path while an older file of its label
+    /// (rotated away; after a stop half-way through it, maybe opened after
+    /// `i`) still has bytes left: `i` waits, so lines keep their order.
+    fn older_unread(&self, i: usize) -> bool {
+        let r = &self.readers[i];
+        r.attached
+            && self
+                .readers
+                .iter()
+                .any(|o| !o.attached && !o.error_noted && o.label == r.label && o.offset < o.size)
     }
 
     /// Reads what is new in one file.

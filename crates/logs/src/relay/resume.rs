@@ -90,6 +90,11 @@ impl Relay {
                     self.readers.push(reader);
                     let j = self.readers.len() - 1;
                     self.drain_reader(j, now, out)?;
+                    if self.out_of_time() {
+                        // Stopped half-way: kept open, what is left is
+                        // counted at exit and the checkpoint keeps it.
+                        continue;
+                    }
                     self.finish_reader(j, now, out)?;
                     if let Some(r) = self.readers.pop() {
                         self.forget_reader(r);
