@@ -23,7 +23,7 @@ use regex::bytes::Regex;
 
 use crate::checkpoint::{CheckpointError, Entry, Store};
 use crate::framer::Rules;
-use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::identity::{FileId, FingerprintHash, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
@@ -157,7 +157,7 @@ pub(super) enum Pattern {
 /// A file read before and let go (or saved in the checkpoint).
 #[derive(Debug, Clone)]
 pub(super) struct Known {
-    pub(super) fp: Fingerprint,
+    pub(super) fp: FingerprintHash,
     pub(super) offset: u64,
     pub(super) label: String,
     pub(super) path: PathBuf,
@@ -424,7 +424,7 @@ impl Relay {
         self.remember(
             r.id,
             Known {
-                fp: r.fp,
+                fp: FingerprintHash::of(&r.fp),
                 offset: r.offset,
                 label: r.label.to_string(),
                 path: r.path,

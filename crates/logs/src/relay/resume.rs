@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint::{CheckpointError, Entry};
+use crate::identity::FingerprintHash;
 use crate::output::Output;
 
 impl Relay {
@@ -147,7 +148,7 @@ impl Relay {
                 label: r.label.to_string(),
                 path: r.path.clone(),
                 id: r.id,
-                fingerprint: r.fp.to_hex(),
+                fingerprint: FingerprintHash::of(&r.fp).encode(),
                 offset: r.framer.committed(),
                 open: true,
             })
@@ -158,7 +159,7 @@ impl Relay {
                     label: k.label.clone(),
                     path: k.path.clone(),
                     id: *id,
-                    fingerprint: k.fp.to_hex(),
+                    fingerprint: k.fp.encode(),
                     offset: k.offset,
                     open: false,
                 });
@@ -167,7 +168,13 @@ impl Relay {
         // Files from the checkpoint not found yet stay in it.
         entries.extend(self.saved_open.iter().cloned());
         match store.save(entries) {
-            Ok(()) => {
+            Ok(dropped) => {
+                if dropped > 0 {
+                    tracing::debug!(
+                        "the checkpoint keeps the {} most recent of the files let go, not {dropped} older ones",
+                        self.known.len().saturating_sub(dropped)
+                    );
+                }
                 self.metrics.checkpoints.inc();
                 self.dirty = false;
                 Ok(())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
+use crate::identity::{FileId, Fingerprint, FingerprintHash, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -523,7 +523,7 @@ impl Relay {
         };
         let fp = Fingerprint::read(copy, end).unwrap_or_default();
         let known = Known {
-            fp,
+            fp: FingerprintHash::of(&fp),
             offset: end,
             label: label.to_string(),
             path,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
+use crate::identity::{FileId, Fingerprint, FirstBytes, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -73,7 +73,7 @@ pub(super) fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)>
 pub(super) fn find_by_inode(
     dir: &Path,
     id: FileId,
-    fp: &Fingerprint,
+    fp: &impl FirstBytes,
     len: u64,
 ) -> Option<(File, PathBuf)> {
     dir_entries(dir).into_iter().find_map(|p| {
@@ -82,7 +82,7 @@ pub(super) fn find_by_inode(
             return None;
         }
         let (f, _) = open_regular(&p).ok()?;
-        fp.matches(&f).ok()?.then_some((f, p))
+        fp.found_in(&f).ok()?.then_some((f, p))
     })
 }
 
@@ -130,11 +130,11 @@ pub(super) struct Copy {
 /// itself: its whole content was relayed already).
 pub(super) fn find_copy(
     dir: &Path,
-    fp: &Fingerprint,
+    fp: &impl FirstBytes,
     min_len: u64,
     exclude: FileId,
 ) -> Option<Copy> {
-    if fp.is_empty() {
+    if fp.covered() == 0 {
         return None;
     }
     // The best one long enough, and the best shorter one.
@@ -149,7 +149,7 @@ pub(super) fn find_copy(
         let Ok((file, _)) = open_regular(&path) else {
             continue;
         };
-        if !fp.matches(&file).unwrap_or(false) {
+        if !fp.found_in(&file).unwrap_or(false) {
             continue;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
