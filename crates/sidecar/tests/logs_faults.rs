@@ -607,3 +607,80 @@ fn sigterm_while_a_huge_rotated_file_is_read_stops_within_the_drain_timeout() {
         "each line once, whole"
     );
 }
+
+/// The followed path is a symlink into another directory (as Kubernetes'
+/// /var/log/containers links are): the writer rotates the target there,
+/// once and then twice while the relay is stopped, then while it is down.
+/// Every line comes out once, in order: the target's directory is watched
+/// and searched too.
+#[test]
+fn a_symlinked_path_whose_target_rotates_in_another_directory_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let (link, real) = (a.join("app.log"), b.join("real.log"));
+    let (one, two) = (b.join("real.log.1"), b.join("real.log.2"));
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    fs::write(&real, lines("f1", 3)).unwrap();
+    let state = dir.path().join("state");
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        link.to_str().unwrap(),
+    ];
+    let mut p = relay(&args);
+    p.wait_lines(3, LONG);
+    let rotate = |content: String| {
+        if one.exists() {
+            fs::rename(&one, &two).unwrap();
+        }
+        fs::rename(&real, &one).unwrap();
+        fs::write(&real, content).unwrap();
+    };
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    append(&real, lines("f1-unread", 2).as_bytes());
+    rotate(lines("f2", 3));
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(8, LONG);
+    // Twice: the file in between is only beside the target.
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    append(&real, lines("f2-unread", 2).as_bytes());
+    rotate(lines("f3", 3));
+    rotate(lines("f4", 3));
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    // New lines are seen without a poll: the target's directory is watched.
+    append(&real, lines("f4-more", 2).as_bytes());
+    let want = ["f1", "f1-unread", "f2", "f2-unread", "f3", "f4", "f4-more"]
+        .iter()
+        .map(|g| lines(g, if g.contains('-') { 2 } else { 3 }))
+        .collect::<String>();
+    wait_until("every line", Duration::from_secs(20), || {
+        p.stdout_bytes().len() >= want.len()
+    });
+    assert!(stop(&mut p).success());
+    assert_eq!(
+        String::from_utf8_lossy(&p.stdout_bytes()),
+        want,
+        "{}",
+        p.stderr_text()
+    );
+    // Rotated while no relay runs: the restarted one finds the old file
+    // beside the target, and goes on from where the first one stopped.
+    append(&real, lines("f4-down", 2).as_bytes());
+    rotate(lines("f5", 3));
+    let mut q = relay(&args);
+    let want = lines("f4-down", 2) + &lines("f5", 3);
+    wait_until(
+        "the lines written while down",
+        Duration::from_secs(20),
+        || q.stdout_bytes().len() >= want.len(),
+    );
+    assert!(stop(&mut q).success());
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout_bytes()),
+        want,
+        "{}",
+        q.stderr_text()
+    );
+}

@@ -227,6 +227,9 @@ pub struct Relay {
     summary: Summary,
     /// When the drain must end: set once a stop was asked for.
     drain_deadline: Option<Instant>,
+    /// What each followed path that is a symlink pointed to when its file
+    /// was last started (see [`Relay::rotation_places`]).
+    targets: HashMap<PathBuf, PathBuf>,
 }
 
 impl Relay {
@@ -303,6 +306,7 @@ impl Relay {
             ledger: Ledger::default(),
             summary: Summary::default(),
             drain_deadline: None,
+            targets: HashMap::new(),
         };
         Ok((relay, control))
     }

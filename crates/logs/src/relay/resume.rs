@@ -5,6 +5,7 @@ use super::reader::Reader;
 use super::siblings::{Skip, find_by_inode, find_copy};
 use super::{Known, Relay, RelayError, parent_dir};
 use std::io::Write;
+use std::path::Path;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -49,11 +50,12 @@ impl Relay {
             let fp = entry.fingerprint();
             let dir = parent_dir(&entry.path);
             let label: Arc<str> = Arc::from(entry.label.as_str());
-            let by_inode = find_by_inode(&dir, entry.id, &fp, entry.offset);
+            let dirs = self.rotation_dirs(Path::new(&entry.label), &dir);
+            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset);
             let by_copy = by_inode.is_none();
             let located = match by_inode {
                 Some(found) => Some(found),
-                None => match find_copy(&dir, &fp, entry.offset, entry.id) {
+                None => match find_copy(&dirs, &fp, entry.offset, entry.id) {
                     Some(copy) if copy.len < entry.offset => {
                         // Made before the writer's last lines, which were
                         // relayed from the file itself before the stop.

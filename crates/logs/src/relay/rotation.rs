@@ -295,7 +295,18 @@ impl Relay {
         self.readers.push(reader);
         self.metrics.files_open.set(self.readers.len() as i64);
         self.dirty = true;
-        self.watch_dir(parent_dir(path));
+        // A symlink's target may be rotated in its own directory: watched
+        // too, and remembered (the link may be pointed elsewhere later).
+        for (dir, _) in self.rotation_places(path) {
+            self.watch_dir(dir);
+        }
+        let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(target) = is_link.then(|| fs::canonicalize(path).ok()).flatten() {
+            if self.targets.len() >= super::KNOWN_FILES {
+                self.targets.clear();
+            }
+            self.targets.insert(path.to_path_buf(), target);
+        }
         Ok(())
     }
 
@@ -441,7 +452,8 @@ impl Relay {
         let copy = if old_fp.is_empty() {
             None
         } else {
-            find_copy(&dir, &old_fp, old_offset, id)
+            let dirs = self.rotation_dirs(Path::new(&*label), &dir);
+            find_copy(&dirs, &old_fp, old_offset, id)
         };
         match copy {
             Some(copy) if copy.len < old_offset => {

@@ -69,14 +69,14 @@ pub(super) fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)>
         .collect()
 }
 
-/// The file in `dir` with inode `id` that still starts with `fp` and has at least `len` bytes.
+/// The file in `dirs` with inode `id` that still starts with `fp` and has at least `len` bytes.
 pub(super) fn find_by_inode(
-    dir: &Path,
+    dirs: &[PathBuf],
     id: FileId,
     fp: &impl FirstBytes,
     len: u64,
 ) -> Option<(File, PathBuf)> {
-    dir_entries(dir).into_iter().find_map(|p| {
+    dirs.iter().flat_map(|d| dir_entries(d)).find_map(|p| {
         let m = fs::metadata(&p).ok()?;
         if !m.is_file() || FileId::of(&m) != id || m.len() < len {
             return None;
@@ -123,13 +123,13 @@ pub(super) struct Copy {
     pub(super) len: u64,
 }
 
-/// Finds the copy of a truncated file: a regular file in `dir`, other than
+/// Finds the copy of a truncated file: a regular file in `dirs`, other than
 /// `exclude`, that starts with `fp`. The most recently modified one at least
 /// `min_len` long wins; if none is, the most recently modified shorter one
 /// (made before the writer's last lines, which the relay read from the file
 /// itself: its whole content was relayed already).
 pub(super) fn find_copy(
-    dir: &Path,
+    dirs: &[PathBuf],
     fp: &impl FirstBytes,
     min_len: u64,
     exclude: FileId,
@@ -139,7 +139,7 @@ pub(super) fn find_copy(
     }
     // The best one long enough, and the best shorter one.
     let mut best: [Option<(SystemTime, Copy)>; 2] = [None, None];
-    for path in dir_entries(dir) {
+    for path in dirs.iter().flat_map(|d| dir_entries(d)) {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
@@ -303,15 +303,58 @@ impl Relay {
         current: Option<&Fingerprint>,
         exclude: &[FileId],
     ) -> Vec<Candidate> {
-        let base = file_name(label_path);
-        let Ok(entries) = fs::read_dir(parent_dir(label_path)) else {
-            return Vec::new();
-        };
         let mut found = Vec::new();
+        for (dir, base) in self.rotation_places(label_path) {
+            self.missed_in(&dir, &base, since, current, exclude, &mut found);
+        }
+        found
+    }
+
+    /// Where files rotated away from `label_path` are: beside it, and, when
+    /// it is a symlink, beside the file it points to now and the one it
+    /// pointed to when last followed (the writer rotates those).
+    pub(super) fn rotation_places(&self, label_path: &Path) -> Vec<(PathBuf, String)> {
+        let mut places = vec![(parent_dir(label_path), file_name(label_path))];
+        let is_link = fs::symlink_metadata(label_path).is_ok_and(|m| m.file_type().is_symlink());
+        let now = is_link.then(|| fs::canonicalize(label_path).ok()).flatten();
+        let before = self.targets.get(label_path);
+        for target in now.iter().chain(before) {
+            let place = (parent_dir(target), file_name(target));
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+        places
+    }
+
+    /// The directories [`Relay::rotation_places`] names, and `also` first.
+    pub(super) fn rotation_dirs(&self, label_path: &Path, also: &Path) -> Vec<PathBuf> {
+        let mut dirs = vec![also.to_path_buf()];
+        for (dir, _) in self.rotation_places(label_path) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+
+    /// The files named like `base` in `dir` for [`Relay::missed_candidates`].
+    fn missed_in(
+        &self,
+        dir: &Path,
+        base: &str,
+        since: SystemTime,
+        current: Option<&Fingerprint>,
+        exclude: &[FileId],
+        found: &mut Vec<Candidate>,
+    ) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
             let fname = entry.file_name().to_string_lossy().into_owned();
             if fname == base
-                || !fname.starts_with(&base)
+                || !fname.starts_with(base)
                 || COMPRESSED.iter().any(|c| fname.ends_with(c))
             {
                 continue;
@@ -327,6 +370,7 @@ impl Relay {
                 || exclude.contains(&id)
                 || self.pinned.iter().any(|p| p.2 == id)
                 || self.readers.iter().any(|r| r.id == id)
+                || found.iter().any(|c| c.id == id)
             {
                 continue;
             }
@@ -354,7 +398,6 @@ impl Relay {
                 file: None,
             });
         }
-        found
     }
 }
 
