@@ -47,6 +47,15 @@ impl Proc {
     }
 
     pub fn start_with(cmd: &mut Command) -> Self {
+        Self::start_reading(cmd, false)
+    }
+
+    /// Starts with stdout not read (see [`Proc::stdout_paused`]).
+    pub fn start_paused(args: &[&str]) -> Self {
+        Self::start_reading(Command::new(BIN).args(args), true)
+    }
+
+    fn start_reading(cmd: &mut Command, paused: bool) -> Self {
         let mut child = cmd
             // SIDECAR_TEST_LOG=debug shows more of what the binary does.
             .env(
@@ -63,7 +72,7 @@ impl Proc {
         let mut out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
         let newlines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let stdout_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stdout_paused = Arc::new(std::sync::atomic::AtomicBool::new(paused));
         let (o, e, nl, paused) = (
             Arc::clone(&stdout),
             Arc::clone(&stderr),
