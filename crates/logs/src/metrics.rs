@@ -94,7 +94,8 @@ impl Metrics {
         r.register(
             "files_lost",
             "Files that appeared at a followed path and were rotated away and deleted before the \
-             relay could open them",
+             relay could open them, or under a glob (labelled with the glob) and were gone before \
+             it could read them",
             m.files_lost.clone(),
         );
         r.register(

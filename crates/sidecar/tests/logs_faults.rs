@@ -680,3 +680,42 @@ fn a_symlinked_path_whose_target_rotates_in_another_directory_loses_nothing() {
         q.stderr_text()
     );
 }
+
+/// A burst of short-lived files under a glob while the relay is stopped:
+/// 150 files appear, half of them are deleted before it could open them.
+/// Those that stayed (more than it holds open ahead of their turn) are
+/// relayed whole; the others are counted lost, under the glob, with a
+/// warning, never silently.
+#[test]
+fn short_lived_files_under_a_glob_that_could_not_be_read_are_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = format!("{}/*.log", dir.path().display());
+    let mut p = relay(&[&pattern]);
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    for f in 0..150 {
+        let path = dir.path().join(format!("job-{f}.log"));
+        fs::write(&path, lines(&format!("job{f}"), 3)).unwrap();
+        if f % 2 == 1 {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    p.wait_lines(75 * 3, LONG);
+    let lost = format!("sidecar_logs_files_lost_total{{file=\"{pattern}\"}}");
+    wait_until("the lost files counted", Duration::from_secs(10), || {
+        metric(&p, &lost) >= 75.0
+    });
+    assert_eq!(metric(&p, &lost), 75.0);
+    assert!(stop(&mut p).success());
+    let stderr = p.stderr_text();
+    assert!(
+        stderr.contains(&format!("appeared under {pattern}")),
+        "{stderr}"
+    );
+    let out = String::from_utf8_lossy(&p.stdout_bytes()).to_string();
+    for f in (0..150).step_by(2) {
+        let want = lines(&format!("job{f}"), 3);
+        assert!(out.contains(&want), "job {f} missing: {stderr}");
+    }
+    assert_eq!(out.lines().count(), 75 * 3);
+}
