@@ -248,6 +248,22 @@ impl Tail {
     pub fn clear(&mut self) {
         self.0.clear();
     }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// True when `file` holds these bytes right before `offset`.
+    pub fn matches_at(&self, file: &File, offset: u64) -> io::Result<bool> {
+        let len = self.0.len() as u64;
+        if len > offset {
+            return Ok(false);
+        }
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let buf = &mut buf[..self.0.len()];
+        let got = read_full_at(file, buf, offset - len)?;
+        Ok(got == buf.len() && buf[..] == self.0[..])
+    }
 }
 
 /// Content that was relayed up to byte `end`, told apart by its first bytes

@@ -237,6 +237,37 @@ fn a_truncation_to_a_nonzero_size_repeats_nothing() {
     }
 }
 
+/// `truncate -s` past the first 256 bytes, and lines appended at once,
+/// before the relay looks: fewer than were cut, or more. The appended lines
+/// are relayed, and nothing twice: the relay finds where the file was cut
+/// from the line ends it read.
+#[test]
+fn a_cut_past_the_first_bytes_followed_at_once_by_appends_loses_nothing() {
+    for appended in [3, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let (kept, dropped) = (lines("kept", 40), lines("dropped", 10));
+        fs::write(&log, format!("{kept}{dropped}")).unwrap();
+        let mut p = relay(&[log.to_str().unwrap()]);
+        p.wait_lines(50, LONG);
+        p.signal(nix::sys::signal::Signal::SIGSTOP);
+        let f = fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(kept.len() as u64).unwrap();
+        drop(f);
+        let new = lines("new", appended);
+        append(&log, new.as_bytes());
+        p.signal(nix::sys::signal::Signal::SIGCONT);
+        p.wait_lines(50 + appended, LONG);
+        assert!(stop(&mut p).success());
+        assert_eq!(
+            String::from_utf8_lossy(&p.stdout_bytes()),
+            format!("{kept}{dropped}{new}"),
+            "{appended} appended: {}",
+            p.stderr_text()
+        );
+    }
+}
+
 #[test]
 fn a_final_checkpoint_that_cannot_be_written_is_a_failed_exit() {
     let dir = tempfile::tempdir().unwrap();

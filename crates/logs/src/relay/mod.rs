@@ -2,6 +2,7 @@
 //! paths (`watch`), handles what moved (`rotation`, `siblings`), reads every
 //! open file (`reader`) and checkpoints (`resume`).
 
+mod cut;
 mod inotify;
 mod loss;
 mod reader;

@@ -518,6 +518,7 @@ impl Relay {
         self.recover_missed(&label, old_mtime, Skip::CopiesOfPath, &[id], None, now, out)?;
         let r = &mut self.readers[i];
         r.framer.restart_at(0);
+        r.line_ends.clear();
         r.counted = 0;
         r.offset = 0;
         r.size = 0;
