@@ -156,7 +156,7 @@ impl Relay {
     /// The files rotated away from `label` since `since`, before `anchor`
     /// (the file at the path now) and not read yet, oldest first and opened:
     /// the files listed beside the path, with the `held` files (pinned there
-    /// earlier; those no longer beside it keep their order). `None`, with
+    /// earlier; those no longer beside it first, by their last change). `None`, with
     /// `held` pinned again, when `anchor` left the path while we listed (some
     /// files listed may then be newer than it), unless `force`.
     pub(super) fn rotated_before(
@@ -188,6 +188,15 @@ impl Relay {
                 None => unlisted.push((label_path.to_path_buf(), f)),
             }
         }
+        // Deleted, they are known by their last change only: the order they
+        // were pinned in is not always theirs (a file pinned by a look at
+        // the path, another by an inotify event, or pinned again after a
+        // listing that did not count).
+        unlisted.sort_by_key(|(_, f): &(PathBuf, File)| {
+            f.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
         unlisted.extend(open_candidates(found));
         Some(unlisted)
     }
@@ -566,5 +575,57 @@ impl Relay {
                 parent_dir(&r.path).display()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Config;
+    use std::io::Read;
+
+    /// Files deleted before the listing are relayed by their last change,
+    /// whatever order they were pinned in (a full-speed delete-and-recreate
+    /// writer once had its lines relayed out of order this way).
+    #[test]
+    fn deleted_held_files_come_oldest_first_whatever_their_pinning_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let label_path = dir.path().join("app.log");
+        let label: Arc<str> = Arc::from(label_path.to_string_lossy().as_ref());
+        let cfg = Config {
+            paths: vec![label.to_string()],
+            ..Config::default()
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (mut relay, _) = Relay::new(cfg, crate::Metrics::register(&mut registry)).unwrap();
+        let t0 = SystemTime::now() - std::time::Duration::from_secs(60);
+        let mut held = Vec::new();
+        for (name, age) in [("newer", 10), ("older", 20)] {
+            std::fs::write(&label_path, name).unwrap();
+            let f = File::open(&label_path).unwrap();
+            File::options()
+                .write(true)
+                .open(&label_path)
+                .unwrap()
+                .set_modified(t0 - std::time::Duration::from_secs(age))
+                .unwrap();
+            let id = FileId::of(&f.metadata().unwrap());
+            std::fs::remove_file(&label_path).unwrap();
+            held.push((f, id));
+        }
+        std::fs::write(&label_path, "now").unwrap();
+        let anchor = FileId::of(&std::fs::metadata(&label_path).unwrap());
+        let files = relay
+            .rotated_before(&label, SystemTime::UNIX_EPOCH, anchor, held, false)
+            .unwrap();
+        let contents: Vec<String> = files
+            .into_iter()
+            .map(|(_, mut f)| {
+                let mut s = String::new();
+                f.read_to_string(&mut s).unwrap();
+                s
+            })
+            .collect();
+        assert_eq!(contents, ["older", "newer"]);
     }
 }
