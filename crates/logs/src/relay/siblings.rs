@@ -382,11 +382,15 @@ impl Relay {
             if read_before {
                 continue;
             }
+            // A copy of what the path holds, or one just created and still
+            // empty (copytruncate's copy before its first bytes): the
+            // followed file's reader relays that content.
             if current.is_some_and(|current| {
                 !current.is_empty()
-                    && open_regular(&path)
-                        .map(|(f, _)| f)
-                        .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
+                    && (meta.len() == 0
+                        || open_regular(&path)
+                            .map(|(f, _)| f)
+                            .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false)))
             }) {
                 continue;
             }
@@ -404,6 +408,28 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copytruncate copy just created, still empty, is a copy in the
+    /// making: left to the followed file's reader, like a copy with content
+    /// (relaying it later from its start repeated the followed file's lines).
+    #[test]
+    fn an_empty_new_copy_is_not_taken_for_a_missed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "line 1\nline 2\n").unwrap();
+        std::fs::write(dir.path().join("app.log.1"), "").unwrap();
+        let cfg = super::super::Config {
+            paths: vec![log.to_string_lossy().into_owned()],
+            ..Default::default()
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (relay, _) = Relay::new(cfg, crate::Metrics::register(&mut registry)).unwrap();
+        let fp = Fingerprint::read(&File::open(&log).unwrap(), u64::MAX).unwrap();
+        let since = SystemTime::UNIX_EPOCH;
+        assert!(relay.list_missed(&log, since, Some(&fp), &[]).is_empty());
+        // Where no copy is expected, an empty rotated file is listed.
+        assert_eq!(relay.list_missed(&log, since, None, &[]).len(), 1);
+    }
 
     #[test]
     fn rotation_numbers_are_read_from_dot_suffixes_only() {
