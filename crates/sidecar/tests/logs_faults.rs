@@ -36,6 +36,19 @@ fn stop(p: &mut Proc) -> std::process::ExitStatus {
     p.wait(Duration::from_secs(30))
 }
 
+/// Stops the relay, which must exit 0, and asserts it relayed exactly
+/// `want`; on failure shows `what` and what the relay logged.
+fn assert_relayed(p: &mut Proc, want: &str, what: &str) {
+    let status = stop(p);
+    assert!(status.success(), "{what}: {status}: {}", p.stderr_text());
+    assert_eq!(
+        String::from_utf8_lossy(&p.stdout_bytes()),
+        want,
+        "{what}: {}",
+        p.stderr_text()
+    );
+}
+
 /// The value of a metric series (0 when absent).
 fn metric(p: &Proc, series: &str) -> f64 {
     http_get(p.admin_addr(), "/metrics")
@@ -102,14 +115,8 @@ fn a_rotated_file_that_reuses_a_freed_inode_is_relayed() {
 
     let mut second = relay(&args);
     second.wait_lines(10, LONG);
-    assert!(stop(&mut second).success());
-    let text = String::from_utf8_lossy(&second.stdout_bytes()).to_string();
-    assert_eq!(
-        text,
-        format!("{}{}", lines("c", 5), lines("d", 5)),
-        "relay log:\n{}",
-        second.stderr_text()
-    );
+    let want = format!("{}{}", lines("c", 5), lines("d", 5));
+    assert_relayed(&mut second, &want, "the second relay");
 }
 
 #[test]
@@ -222,18 +229,13 @@ fn a_truncation_to_a_nonzero_size_repeats_nothing() {
         }
         append(&log, lines("new", 5).as_bytes());
         p.wait_lines(kept_lines + 15, LONG);
-        assert!(stop(&mut p).success());
-        assert_eq!(
-            String::from_utf8_lossy(&p.stdout_bytes()),
-            format!("{first}{dropped}{}", lines("new", 5)),
-            "{what}: {}",
-            p.stderr_text()
-        );
         assert!(
             p.stderr_text().contains("was truncated to"),
             "{what}: {}",
             p.stderr_text()
         );
+        let want = format!("{first}{dropped}{}", lines("new", 5));
+        assert_relayed(&mut p, &want, what);
     }
 }
 
@@ -258,13 +260,8 @@ fn a_cut_past_the_first_bytes_followed_at_once_by_appends_loses_nothing() {
         append(&log, new.as_bytes());
         p.signal(nix::sys::signal::Signal::SIGCONT);
         p.wait_lines(50 + appended, LONG);
-        assert!(stop(&mut p).success());
-        assert_eq!(
-            String::from_utf8_lossy(&p.stdout_bytes()),
-            format!("{kept}{dropped}{new}"),
-            "{appended} appended: {}",
-            p.stderr_text()
-        );
+        let what = format!("{appended} appended");
+        assert_relayed(&mut p, &format!("{kept}{dropped}{new}"), &what);
     }
 }
 
@@ -363,13 +360,8 @@ fn a_newer_rotated_file_never_comes_before_one_not_read_yet() {
     append(&log, b"line 5\n");
     p.signal(nix::sys::signal::Signal::SIGCONT);
     p.wait_lines(5, LONG);
-    assert!(stop(&mut p).success());
-    assert_eq!(
-        String::from_utf8(p.stdout_bytes()).unwrap(),
-        "line 1\nline 2\nline 3\nline 4\nline 5\n",
-        "{}",
-        p.stderr_text()
-    );
+    let want = "line 1\nline 2\nline 3\nline 4\nline 5\n";
+    assert_relayed(&mut p, want, "in order");
 }
 
 /// A file truncated and written again past the relay's offset, all within
@@ -398,13 +390,8 @@ fn a_rewrite_that_keeps_the_mtime_is_read_from_its_start() {
         .unwrap();
     p.signal(nix::sys::signal::Signal::SIGCONT);
     p.wait_lines(13, LONG);
-    assert!(stop(&mut p).success());
-    assert_eq!(
-        String::from_utf8(p.stdout_bytes()).unwrap(),
-        lines("old", 5) + &lines("NEW", 8),
-        "{}",
-        p.stderr_text()
-    );
+    let want = lines("old", 5) + &lines("NEW", 8);
+    assert_relayed(&mut p, &want, "read again from its start");
 }
 
 /// `copytruncate` while the writer appends: the relay read past the end of
@@ -459,7 +446,6 @@ fn a_copy_shorter_than_what_was_relayed_is_not_relayed_again() {
             log.display()
         );
         assert_eq!(metric(&q, &lost), 0.0, "{}", q.stderr_text());
-        assert!(stop(&mut q).success());
         let want = if restart {
             lines("new", 10)
         } else {
@@ -470,12 +456,7 @@ fn a_copy_shorter_than_what_was_relayed_is_not_relayed_again() {
                 lines("new", 10)
             )
         };
-        assert_eq!(
-            String::from_utf8_lossy(&q.stdout_bytes()),
-            want,
-            "restart: {restart}\n{}",
-            q.stderr_text()
-        );
+        assert_relayed(&mut q, &want, &format!("restart: {restart}"));
     }
 }
 
@@ -685,13 +666,7 @@ fn a_symlinked_path_whose_target_rotates_in_another_directory_loses_nothing() {
     wait_until("every line", Duration::from_secs(20), || {
         p.stdout_bytes().len() >= want.len()
     });
-    assert!(stop(&mut p).success());
-    assert_eq!(
-        String::from_utf8_lossy(&p.stdout_bytes()),
-        want,
-        "{}",
-        p.stderr_text()
-    );
+    assert_relayed(&mut p, &want, "live");
     // Rotated while no relay runs: the restarted one finds the old file
     // beside the target, and goes on from where the first one stopped.
     append(&real, lines("f4-down", 2).as_bytes());
@@ -703,13 +678,7 @@ fn a_symlinked_path_whose_target_rotates_in_another_directory_loses_nothing() {
         Duration::from_secs(20),
         || q.stdout_bytes().len() >= want.len(),
     );
-    assert!(stop(&mut q).success());
-    assert_eq!(
-        String::from_utf8_lossy(&q.stdout_bytes()),
-        want,
-        "{}",
-        q.stderr_text()
-    );
+    assert_relayed(&mut q, &want, "after the restart");
 }
 
 /// A burst of short-lived files under a glob while the relay is stopped:

@@ -175,15 +175,8 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use super::super::reader::tests::file_with;
     use super::*;
-    use std::io::Write;
-
-    fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
-        let mut t = tempfile::NamedTempFile::new().unwrap();
-        t.write_all(content).unwrap();
-        let f = File::open(t.path()).unwrap();
-        (t, f)
-    }
 
     /// A reader of `content` that read `fp_of` (its first bytes) and
     /// remembers `ends`.

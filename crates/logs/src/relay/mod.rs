@@ -512,3 +512,15 @@ pub(super) fn file_name(path: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.to_string_lossy().into_owned())
 }
+
+/// A relay following `path`, for unit tests of its parts.
+#[cfg(test)]
+pub(super) fn test_relay(path: &Path) -> Relay {
+    let cfg = Config {
+        paths: vec![path.to_string_lossy().into_owned()],
+        ..Config::default()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (relay, _) = Relay::new(cfg, Metrics::register(&mut registry)).unwrap();
+    relay
+}

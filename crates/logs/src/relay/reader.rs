@@ -454,10 +454,11 @@ impl Relay {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
+    /// A temporary file holding `content`, and the file opened for reading.
+    pub(in crate::relay) fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut t = tempfile::NamedTempFile::new().unwrap();
         t.write_all(content).unwrap();
         let f = File::open(t.path()).unwrap();

@@ -581,7 +581,6 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::Config;
     use std::io::Read;
 
     /// Files deleted before the listing are relayed by their last change,
@@ -592,12 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let label_path = dir.path().join("app.log");
         let label: Arc<str> = Arc::from(label_path.to_string_lossy().as_ref());
-        let cfg = Config {
-            paths: vec![label.to_string()],
-            ..Config::default()
-        };
-        let mut registry = prometheus_client::registry::Registry::default();
-        let (mut relay, _) = Relay::new(cfg, crate::Metrics::register(&mut registry)).unwrap();
+        let mut relay = crate::relay::test_relay(&label_path);
         let t0 = SystemTime::now() - std::time::Duration::from_secs(60);
         let mut held = Vec::new();
         for (name, age) in [("newer", 10), ("older", 20)] {

@@ -418,12 +418,7 @@ mod tests {
         let log = dir.path().join("app.log");
         std::fs::write(&log, "line 1\nline 2\n").unwrap();
         std::fs::write(dir.path().join("app.log.1"), "").unwrap();
-        let cfg = super::super::Config {
-            paths: vec![log.to_string_lossy().into_owned()],
-            ..Default::default()
-        };
-        let mut registry = prometheus_client::registry::Registry::default();
-        let (relay, _) = Relay::new(cfg, crate::Metrics::register(&mut registry)).unwrap();
+        let relay = super::super::test_relay(&log);
         let fp = Fingerprint::read(&File::open(&log).unwrap(), u64::MAX).unwrap();
         let since = SystemTime::UNIX_EPOCH;
         assert!(relay.list_missed(&log, since, Some(&fp), &[]).is_empty());
