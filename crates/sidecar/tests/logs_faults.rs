@@ -719,3 +719,47 @@ fn short_lived_files_under_a_glob_that_could_not_be_read_are_counted_lost() {
     }
     assert_eq!(out.lines().count(), 75 * 3);
 }
+
+/// A checkpoint written before the compact format (version 1: pretty JSON,
+/// the first bytes in hex) is read: the relay resumes where it says, if the
+/// file still starts with those bytes, and else reads it from its start.
+#[test]
+fn a_checkpoint_in_the_version_1_format_is_resumed() {
+    for same_start in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+        let (done, rest) = (lines("relayed before", 40), lines("not yet", 5));
+        fs::write(&log, format!("{done}{rest}")).unwrap();
+        let meta = fs::metadata(&log).unwrap();
+        let first = if same_start {
+            done.clone()
+        } else {
+            done.replace("relayed", "RELAYED")
+        };
+        let hex: String = first.as_bytes()[..256]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let entry = format!(
+            r#"{{"label": {log:?}, "path": {log:?}, "dev": {}, "ino": {}, "fingerprint": "{hex}", "offset": {}, "open": true}}"#,
+            meta.dev(),
+            meta.ino(),
+            done.len()
+        );
+        fs::create_dir(&state).unwrap();
+        let v1 = format!("{{\n  \"version\": 1,\n  \"files\": [\n    {entry}\n  ]\n}}");
+        fs::write(state.join("sidecar-logs.state.json"), v1).unwrap();
+        let mut p = relay(&[
+            "--state-dir",
+            state.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ]);
+        let want = if same_start {
+            rest
+        } else {
+            format!("{done}{rest}")
+        };
+        p.wait_lines(want.lines().count(), LONG);
+        assert_relayed(&mut p, &want, &format!("same first bytes: {same_start}"));
+    }
+}
