@@ -130,6 +130,94 @@ impl Fingerprint {
     }
 }
 
+/// What tells a file by its first bytes: a [`Fingerprint`], or the
+/// [`FingerprintHash`] kept of it once the file is no longer read.
+pub trait FirstBytes {
+    /// How many first bytes it covers.
+    fn covered(&self) -> usize;
+    /// True when `file` starts with those bytes (always, when there are none).
+    fn found_in(&self, file: &File) -> io::Result<bool>;
+}
+
+impl FirstBytes for Fingerprint {
+    fn covered(&self) -> usize {
+        self.len()
+    }
+
+    fn found_in(&self, file: &File) -> io::Result<bool> {
+        self.matches(file)
+    }
+}
+
+/// A fingerprint as kept for files no longer read (and in the checkpoint):
+/// how many first bytes it covers and their SHA-256, 68 characters written
+/// out instead of up to 512.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FingerprintHash {
+    len: u16,
+    sha256: [u8; 32],
+}
+
+impl FingerprintHash {
+    pub fn of(fp: &Fingerprint) -> Self {
+        use sha2::Digest;
+        Self {
+            len: u16::try_from(fp.len()).unwrap_or(u16::MAX),
+            sha256: sha2::Sha256::digest(fp.as_bytes()).into(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `file` still starts with the bytes hashed.
+    pub fn matches(&self, file: &File) -> io::Result<bool> {
+        if self.is_empty() {
+            return Ok(true);
+        }
+        let fp = Fingerprint::read(file, u64::from(self.len))?;
+        Ok(fp.len() == self.len() && Self::of(&fp) == *self)
+    }
+
+    /// `<length>:<SHA-256 in hex>`, as the checkpoint holds it.
+    pub fn encode(&self) -> String {
+        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{hex}", self.len)
+    }
+
+    /// Reads [`FingerprintHash::encode`]'s form, or the hex of the bytes
+    /// themselves (checkpoints written before version 2).
+    pub fn decode(text: &str) -> Option<Self> {
+        let Some((len, hex)) = text.split_once(':') else {
+            return Fingerprint::from_hex(text).map(|fp| Self::of(&fp));
+        };
+        let len: u16 = len.parse().ok()?;
+        if hex.len() != 64 || usize::from(len) > FINGERPRINT_BYTES {
+            return None;
+        }
+        let mut sha256 = [0u8; 32];
+        for (i, b) in sha256.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self { len, sha256 })
+    }
+}
+
+impl FirstBytes for FingerprintHash {
+    fn covered(&self) -> usize {
+        self.len()
+    }
+
+    fn found_in(&self, file: &File) -> io::Result<bool> {
+        self.matches(file)
+    }
+}
+
 /// The last bytes read from a file (up to [`FINGERPRINT_BYTES`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tail(Vec<u8>);
@@ -159,6 +247,22 @@ impl Tail {
 
     pub fn clear(&mut self) {
         self.0.clear();
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// True when `file` holds these bytes right before `offset`.
+    pub fn matches_at(&self, file: &File, offset: u64) -> io::Result<bool> {
+        let len = self.0.len() as u64;
+        if len > offset {
+            return Ok(false);
+        }
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let buf = &mut buf[..self.0.len()];
+        let got = read_full_at(file, buf, offset - len)?;
+        Ok(got == buf.len() && buf[..] == self.0[..])
     }
 }
 
@@ -291,6 +395,30 @@ mod tests {
         // Too little to tell contents apart by.
         assert!(ReadContent::new(Fingerprint(b"ab".to_vec()), tail, end).is_none());
         assert!(ReadContent::new(head, Tail::default(), end).is_none());
+    }
+
+    #[test]
+    fn a_fingerprint_hash_matches_what_its_fingerprint_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, [b'a'; 300]).unwrap();
+        let f = File::open(&path).unwrap();
+        let fp = Fingerprint::read(&f, 300).unwrap();
+        let hash = FingerprintHash::of(&fp);
+        assert_eq!(hash.len(), FINGERPRINT_BYTES);
+        assert!(hash.matches(&f).unwrap());
+        let text = hash.encode();
+        assert_eq!(text.len(), 68);
+        assert_eq!(FingerprintHash::decode(&text), Some(hash));
+        // The old form (hex of the bytes) is read as the hash of those bytes.
+        assert_eq!(FingerprintHash::decode(&fp.to_hex()), Some(hash));
+        std::fs::write(&path, [b'b'; 300]).unwrap();
+        assert!(!hash.matches(&f).unwrap());
+        std::fs::write(&path, [b'a'; 100]).unwrap();
+        assert!(!hash.matches(&f).unwrap(), "shorter than the bytes hashed");
+        assert!(FingerprintHash::default().matches(&f).unwrap());
+        assert_eq!(FingerprintHash::decode("257:00"), None);
+        assert_eq!(FingerprintHash::decode("x:00"), None);
     }
 
     #[test]

@@ -88,13 +88,14 @@ impl Metrics {
             "bytes_lost",
             "Bytes known to be lost: truncated away before they could be read (copytruncate) and \
              in no copy, or in a file rotated away and deleted before it could be read (where its \
-             size was seen)",
+             size was seen), or left unread when the drain timeout passed at shutdown",
             m.bytes_lost.clone(),
         );
         r.register(
             "files_lost",
             "Files that appeared at a followed path and were rotated away and deleted before the \
-             relay could open them",
+             relay could open them, or under a glob (labelled with the glob) and were gone before \
+             it could read them",
             m.files_lost.clone(),
         );
         r.register(

@@ -2,6 +2,7 @@
 //! paths (`watch`), handles what moved (`rotation`, `siblings`), reads every
 //! open file (`reader`) and checkpoints (`resume`).
 
+mod cut;
 mod inotify;
 mod loss;
 mod reader;
@@ -23,7 +24,7 @@ use regex::bytes::Regex;
 
 use crate::checkpoint::{CheckpointError, Entry, Store};
 use crate::framer::Rules;
-use crate::identity::{FileId, Fingerprint, ReadContent};
+use crate::identity::{FileId, FingerprintHash, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
@@ -157,7 +158,7 @@ pub(super) enum Pattern {
 /// A file read before and let go (or saved in the checkpoint).
 #[derive(Debug, Clone)]
 pub(super) struct Known {
-    pub(super) fp: Fingerprint,
+    pub(super) fp: FingerprintHash,
     pub(super) offset: u64,
     pub(super) label: String,
     pub(super) path: PathBuf,
@@ -225,6 +226,11 @@ pub struct Relay {
     /// Files that appeared at followed paths and files read (see `loss.rs`).
     ledger: Ledger,
     summary: Summary,
+    /// When the drain must end: set once a stop was asked for.
+    drain_deadline: Option<Instant>,
+    /// What each followed path that is a symlink pointed to when its file
+    /// was last started (see [`Relay::rotation_places`]).
+    targets: HashMap<PathBuf, PathBuf>,
 }
 
 impl Relay {
@@ -300,6 +306,8 @@ impl Relay {
             early: Early::for_globs(cfg_globs),
             ledger: Ledger::default(),
             summary: Summary::default(),
+            drain_deadline: None,
+            targets: HashMap::new(),
         };
         Ok((relay, control))
     }
@@ -330,29 +338,22 @@ impl Relay {
 
         let mut last_glob = now;
         let mut last_look = now;
-        let mut drain_started: Option<Instant> = None;
         loop {
             let progress = self.read_all(now, out)?;
             out.flush().map_err(RelayError::Output)?;
             self.checkpoint_if_due(now);
 
-            if self.stop.load(Ordering::SeqCst) {
-                let started = *drain_started.get_or_insert_with(|| {
-                    tracing::info!(
-                        "stopping: relaying what is left (at most {})",
-                        humantime::format_duration(self.cfg.drain_timeout)
-                    );
-                    now
-                });
+            let draining = self.drain_deadline().is_some();
+            if draining {
                 let quiet =
                     !progress.budget_hit && now.duration_since(self.last_data_any) >= DRAIN_QUIET;
                 if quiet {
                     break;
                 }
-                if now.duration_since(started) >= self.cfg.drain_timeout {
+                if self.out_of_time() {
                     self.summary.drain_timed_out = true;
                     tracing::warn!(
-                        "drain timeout of {} passed while files were still being written; stopping anyway",
+                        "drain timeout of {} passed while files were still being read or written; stopping anyway",
                         humantime::format_duration(self.cfg.drain_timeout)
                     );
                     break;
@@ -361,12 +362,12 @@ impl Relay {
             let changes = if progress.budget_hit {
                 self.waiter.events()
             } else {
-                let wait = if drain_started.is_some() {
+                let wait = if draining {
                     Duration::from_millis(50)
                 } else {
                     self.cfg.poll_interval
                 };
-                self.waiter.wait(wait, drain_started.is_some())
+                self.waiter.wait(wait, draining)
             };
             // Files that appeared are opened at once (they may be short-lived).
             self.early.appeared(&changes.appeared);
@@ -392,10 +393,7 @@ impl Relay {
         }
 
         // Emit what is held (partial lines get their newline), then checkpoint.
-        let now = Instant::now();
-        for i in 0..self.readers.len() {
-            self.finish_reader(i, now, out)?;
-        }
+        self.finish_all(out)?;
         out.flush().map_err(RelayError::Output)?;
         self.dirty = true;
         // The last checkpoint must be written: else a restart relays again
@@ -406,12 +404,32 @@ impl Relay {
         Ok(self.summary)
     }
 
+    /// When the drain must end, once a stop was asked for (the first call
+    /// that sees the stop starts the drain).
+    pub(super) fn drain_deadline(&mut self) -> Option<Instant> {
+        if self.drain_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
+            tracing::info!(
+                "stopping: relaying what is left (at most {})",
+                humantime::format_duration(self.cfg.drain_timeout)
+            );
+            self.drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+        }
+        self.drain_deadline
+    }
+
+    /// True once a stop was asked for and the drain timeout has passed:
+    /// every read loop, however much is left in its file, stops there.
+    pub(super) fn out_of_time(&mut self) -> bool {
+        self.drain_deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
     /// Remembers a reader being let go, so the file is not read twice.
     fn forget_reader(&mut self, r: Reader) {
         self.remember(
             r.id,
             Known {
-                fp: r.fp,
+                fp: FingerprintHash::of(&r.fp),
                 offset: r.offset,
                 label: r.label.to_string(),
                 path: r.path,
@@ -435,6 +453,8 @@ impl Relay {
 
     fn remember(&mut self, id: FileId, known: Known) {
         if self.known.insert(id, known).is_none() {
+            // Taken out of `known` earlier (resumed), it may still be listed.
+            self.known_order.retain(|o| *o != id);
             self.known_order.push_back(id);
         }
         while self.known.len() > KNOWN_FILES {
@@ -491,4 +511,16 @@ pub(super) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.to_string_lossy().into_owned())
+}
+
+/// A relay following `path`, for unit tests of its parts.
+#[cfg(test)]
+pub(super) fn test_relay(path: &Path) -> Relay {
+    let cfg = Config {
+        paths: vec![path.to_string_lossy().into_owned()],
+        ..Config::default()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (relay, _) = Relay::new(cfg, Metrics::register(&mut registry)).unwrap();
+    relay
 }

@@ -1,5 +1,6 @@
 //! One open file: its state, and reading what is new in it through the framer.
 
+use super::cut::{AsRead, LineEnds, kept_prefix};
 use super::{Progress, Relay, RelayError, Summary, TICK_BUDGET, file_name};
 use std::fs::File;
 use std::io::{self, Write};
@@ -10,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::framer::{Framer, Rules};
 use crate::identity::{FileId, Fingerprint, Tail, read_full_at};
-use crate::metrics::{FileMetrics, Metrics, RotationKind};
+use crate::metrics::{FileMetrics, Metrics};
 use crate::output::Output;
 
 /// One open file.
@@ -42,6 +43,8 @@ pub(super) struct Reader {
     /// Times the file at the path moved on while the files rotated before it
     /// were listed (see [`Relay::rotated_before`]).
     pub(super) rotation_tries: u32,
+    /// The last line ends read, to find where the file was cut (`cut.rs`).
+    pub(super) line_ends: LineEnds,
     /// Set when the reader starts a file at offset 0 after the first scan
     /// (with the time since which missed files count): before relaying the
     /// content, copies that later `copytruncate`s made meanwhile are
@@ -76,6 +79,7 @@ impl Reader {
             counted: offset,
             error_noted: false,
             rotation_tries: 0,
+            line_ends: LineEnds::default(),
             recheck_since: None,
             file,
         })
@@ -111,6 +115,7 @@ impl Reader {
     ) -> Result<(), RelayError> {
         self.error_noted = false;
         self.fp.extend(self.offset, data);
+        self.line_ends.note(self.offset, data, self.tail.as_bytes());
         self.frame(data, rules, now, out, summary)?;
         self.offset += data.len() as u64;
         self.size = self.size.max(self.offset);
@@ -167,23 +172,6 @@ pub(super) fn account(r: &mut Reader, summary: &mut Summary) {
     }
 }
 
-/// Where a file of `size` bytes that starts as it did (`fp`) was cut, if it
-/// was cut and not rewritten: at `size` when its whole fingerprint is still
-/// there; in a file no longer than the fingerprint, at the last line end of
-/// what it still shares with it (bytes appended since the cut may follow).
-/// None when its first bytes changed (a rewrite, or a copytruncate).
-pub(super) fn kept_prefix(fp: &Fingerprint, file: &File, size: u64) -> Option<u64> {
-    if fp.is_empty() {
-        return None;
-    }
-    if fp.len() as u64 <= size {
-        return fp.matches(file).ok()?.then_some(size);
-    }
-    let shared = fp.common_prefix(file).ok()?;
-    let line_end = fp.as_bytes()[..shared].iter().rposition(|b| *b == b'\n')? + 1;
-    Some(line_end as u64)
-}
-
 pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     loop {
@@ -218,7 +206,7 @@ impl Relay {
         // same label wait, so lines keep their order across a rotation.
         let mut held_back: Vec<Arc<str>> = Vec::new();
         for i in 0..self.readers.len() {
-            if held_back.contains(&self.readers[i].label) {
+            if held_back.contains(&self.readers[i].label) || self.older_unread(i) {
                 progress.budget_hit = true;
                 continue;
             }
@@ -236,6 +224,18 @@ impl Relay {
         self.retire_quiet(now, out)?;
         self.update_lag();
         Ok(progress)
+    }
+
+    /// True when reader `i` follows a path while an older file of its label
+    /// (rotated away; after a stop half-way through it, maybe opened after
+    /// `i`) still has bytes left: `i` waits, so lines keep their order.
+    fn older_unread(&self, i: usize) -> bool {
+        let r = &self.readers[i];
+        r.attached
+            && self
+                .readers
+                .iter()
+                .any(|o| !o.attached && !o.error_noted && o.label == r.label && o.offset < o.size)
     }
 
     /// Reads what is new in one file.
@@ -260,7 +260,7 @@ impl Relay {
         // Shorter, but still starting as it did: cut to a non-zero size
         // (`truncate -s`). What it keeps was relayed already.
         if let Some(cut) = (size < r.offset && size > 0)
-            .then(|| kept_prefix(&r.fp, &r.file, size))
+            .then(|| kept_prefix(r, size))
             .flatten()
         {
             self.cut_short(i, cut);
@@ -285,14 +285,24 @@ impl Relay {
             if n == 0 {
                 break;
             }
-            // The bytes count only if the file still starts as it did: otherwise
-            // it was truncated and rewritten between two looks (copytruncate).
+            // The bytes count only if the file still holds what was read:
+            // otherwise it was truncated and rewritten between two looks
+            // (copytruncate), or cut and written past the old end since.
             // Checked before every read, the first of a wake too: the check
             // above runs only when the mtime moved, and a truncation and
             // rewrite within one clock tick leaves the mtime as it was.
-            if !r.fp.matches(&r.file).unwrap_or(true) {
-                self.truncated(i, now, out)?;
-                continue;
+            match r.as_read() {
+                AsRead::Same => {}
+                AsRead::Rewritten => {
+                    self.truncated(i, now, out)?;
+                    continue;
+                }
+                AsRead::Cut => {
+                    let size = r.file.metadata().map_or(r.offset, |m| m.len());
+                    let cut = kept_prefix(r, size).unwrap_or(r.offset);
+                    self.cut_short(i, cut);
+                    continue;
+                }
             }
             self.readers[i].take(&self.buf[..n], &self.rules, now, out, &mut self.summary)?;
             budget -= n;
@@ -313,27 +323,6 @@ impl Relay {
         Ok(progress)
     }
 
-    /// Reader `i`'s file was cut to `size` bytes, its first bytes unchanged:
-    /// reading goes on from there (or from the line held unfinished, if it
-    /// began before), so nothing is written twice.
-    pub(super) fn cut_short(&mut self, i: usize, size: u64) {
-        let r = &mut self.readers[i];
-        let resume = size.min(r.framer.committed());
-        self.metrics.rotation(&r.label, RotationKind::Truncate);
-        tracing::info!(
-            "{} was truncated to {size} bytes; what it keeps was relayed already, so relaying goes on from byte {resume}",
-            r.label
-        );
-        r.framer.restart_at(resume);
-        r.offset = resume;
-        r.counted = resume;
-        r.size = size;
-        r.tail = Tail::read(&r.file, resume).unwrap_or_default();
-        // What the file starts with now (it may have grown since the cut).
-        r.fp = Fingerprint::read(&r.file, resume).unwrap_or_default();
-        self.dirty = true;
-    }
-
     pub(super) fn read_error(&mut self, i: usize, e: &io::Error) {
         let r = &mut self.readers[i];
         r.metrics.read_errors.inc();
@@ -352,7 +341,7 @@ impl Relay {
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<u64, RelayError> {
-        loop {
+        while !self.out_of_time() {
             let n = match read_at(copy, &mut self.buf, offset) {
                 Ok(n) => n,
                 Err(e) => {
@@ -412,44 +401,68 @@ impl Relay {
         self.readers[i].flush(true, &self.rules, now, out, &mut self.summary)
     }
 
-    /// Reads reader `i` to the end of its file, whatever the tick budget.
+    /// Reads reader `i` to the end of its file, whatever the tick budget,
+    /// unless the drain timeout passes first (what is left is then counted
+    /// when the relay stops, see [`Relay::finish_all`]).
     pub(super) fn drain_reader<W: Write>(
         &mut self,
         i: usize,
         now: Instant,
         out: &mut Output<W>,
     ) -> Result<(), RelayError> {
-        while self.poll_reader(i, now, out)?.budget_hit {}
+        while !self.out_of_time() && self.poll_reader(i, now, out)?.budget_hit {}
+        Ok(())
+    }
+
+    /// At exit: emits what the framers hold (a partial last line gets its
+    /// newline). After a drain timeout, a file with bytes left unread keeps
+    /// its held line (it goes on in the unread bytes): the checkpoint
+    /// records where relaying stopped, and what is left is counted lost
+    /// for this run, with one warning.
+    pub(super) fn finish_all<W: Write>(&mut self, out: &mut Output<W>) -> Result<(), RelayError> {
+        let now = Instant::now();
+        let (mut left, mut files) = (0u64, 0usize);
+        for i in 0..self.readers.len() {
+            let r = &self.readers[i];
+            let size = r.file.metadata().map_or(r.size, |m| m.len());
+            let unread = if self.summary.drain_timed_out && size > r.offset {
+                size.saturating_sub(r.framer.committed())
+            } else {
+                0
+            };
+            if unread == 0 {
+                self.finish_reader(i, now, out)?;
+                continue;
+            }
+            r.metrics.bytes_lost.inc_by(unread);
+            left += unread;
+            files += 1;
+        }
+        if left > 0 {
+            let resume = if self.store.is_some() {
+                "a restart with the same --state-dir relays them from there"
+            } else {
+                "without --state-dir they are not relayed by anyone"
+            };
+            tracing::warn!(
+                "stopping with {left} bytes of {files} file(s) not relayed: the drain timeout of {} passed first; counted in sidecar_logs_bytes_lost_total ({resume})",
+                humantime::format_duration(self.cfg.drain_timeout)
+            );
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
+    /// A temporary file holding `content`, and the file opened for reading.
+    pub(in crate::relay) fn file_with(content: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut t = tempfile::NamedTempFile::new().unwrap();
         t.write_all(content).unwrap();
         let f = File::open(t.path()).unwrap();
         (t, f)
-    }
-
-    #[test]
-    fn a_cut_is_found_where_the_kept_part_ends() {
-        // A short file: cut after "b\n", then "x\n" appended.
-        let (_t, f) = file_with(b"a\nb\nx\n");
-        let fp = Fingerprint::read(&file_with(b"a\nb\nc\nd\n").1, u64::MAX).unwrap();
-        assert_eq!(kept_prefix(&fp, &f, 6), Some(4));
-        // Rewritten from the start: not a cut.
-        let (_t, f) = file_with(b"z\n");
-        assert_eq!(kept_prefix(&fp, &f, 2), None);
-        // A long file whose whole fingerprint is still there: cut at its size.
-        let long: Vec<u8> = (0..600).map(|i| b'a' + (i % 26) as u8).collect();
-        let fp = Fingerprint::read(&file_with(&long).1, u64::MAX).unwrap();
-        let (_t, f) = file_with(&long[..400]);
-        assert_eq!(kept_prefix(&fp, &f, 400), Some(400));
-        assert_eq!(kept_prefix(&Fingerprint::default(), &f, 400), None);
     }
 
     #[test]

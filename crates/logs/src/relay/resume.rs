@@ -5,11 +5,13 @@ use super::reader::Reader;
 use super::siblings::{Skip, find_by_inode, find_copy};
 use super::{Known, Relay, RelayError, parent_dir};
 use std::io::Write;
+use std::path::Path;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint::{CheckpointError, Entry};
+use crate::identity::FingerprintHash;
 use crate::output::Output;
 
 impl Relay {
@@ -48,9 +50,30 @@ impl Relay {
             let fp = entry.fingerprint();
             let dir = parent_dir(&entry.path);
             let label: Arc<str> = Arc::from(entry.label.as_str());
-            let by_inode = find_by_inode(&dir, entry.id, &fp, entry.offset);
+            let dirs = self.rotation_dirs(Path::new(&entry.label), &dir);
+            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset);
             let by_copy = by_inode.is_none();
-            let located = by_inode.or_else(|| find_copy(&dir, &fp, entry.offset, entry.id));
+            let located = match by_inode {
+                Some(found) => Some(found),
+                None => match find_copy(&dirs, &fp, entry.offset, entry.id) {
+                    Some(copy) if copy.len < entry.offset => {
+                        // Made before the writer's last lines, which were
+                        // relayed from the file itself before the stop.
+                        tracing::info!(
+                            "{label} was truncated while the relay was down; its copy {} holds only what was relayed already",
+                            copy.path.display()
+                        );
+                        let since = copy.file.metadata().and_then(|m| m.modified()).ok();
+                        self.remember_copy(&label, &copy.file, copy.path, copy.len);
+                        let since =
+                            since.unwrap_or_else(|| self.checkpoint_time.unwrap_or(self.started));
+                        note_after(&mut after, label, since, true);
+                        continue;
+                    }
+                    Some(copy) => Some((copy.file, copy.path)),
+                    None => None,
+                },
+            };
             let since = match located {
                 Some((file, path)) => {
                     let Ok(reader) = Reader::new(&label, path, file, entry.offset, &self.metrics)
@@ -70,6 +93,11 @@ impl Relay {
                     self.readers.push(reader);
                     let j = self.readers.len() - 1;
                     self.drain_reader(j, now, out)?;
+                    if self.out_of_time() {
+                        // Stopped half-way: kept open, what is left is
+                        // counted at exit and the checkpoint keeps it.
+                        continue;
+                    }
                     self.finish_reader(j, now, out)?;
                     if let Some(r) = self.readers.pop() {
                         self.forget_reader(r);
@@ -85,13 +113,7 @@ impl Relay {
                     self.checkpoint_time.unwrap_or(self.started)
                 }
             };
-            match after.iter_mut().find(|(l, _, _)| *l == label) {
-                Some((_, t, c)) => {
-                    *t = (*t).max(since);
-                    *c |= by_copy;
-                }
-                None => after.push((label, since, by_copy)),
-            }
+            note_after(&mut after, label, since, by_copy);
         }
         for (label, since, by_copy) in after {
             let skip = if by_copy {
@@ -128,7 +150,7 @@ impl Relay {
                 label: r.label.to_string(),
                 path: r.path.clone(),
                 id: r.id,
-                fingerprint: r.fp.to_hex(),
+                fingerprint: FingerprintHash::of(&r.fp).encode(),
                 offset: r.framer.committed(),
                 open: true,
             })
@@ -139,7 +161,7 @@ impl Relay {
                     label: k.label.clone(),
                     path: k.path.clone(),
                     id: *id,
-                    fingerprint: k.fp.to_hex(),
+                    fingerprint: k.fp.encode(),
                     offset: k.offset,
                     open: false,
                 });
@@ -148,7 +170,13 @@ impl Relay {
         // Files from the checkpoint not found yet stay in it.
         entries.extend(self.saved_open.iter().cloned());
         match store.save(entries) {
-            Ok(()) => {
+            Ok(dropped) => {
+                if dropped > 0 {
+                    tracing::debug!(
+                        "the checkpoint keeps the {} most recent of the files let go, not {dropped} older ones",
+                        self.known.len().saturating_sub(dropped)
+                    );
+                }
                 self.metrics.checkpoints.inc();
                 self.dirty = false;
                 Ok(())
@@ -159,5 +187,22 @@ impl Relay {
                 Err(e)
             }
         }
+    }
+}
+
+/// Notes that files of `label` rotated after `since` come after its orphans
+/// (`by_copy`: an orphan was found as a copytruncate copy).
+fn note_after(
+    after: &mut Vec<(Arc<str>, SystemTime, bool)>,
+    label: Arc<str>,
+    since: SystemTime,
+    by_copy: bool,
+) {
+    match after.iter_mut().find(|(l, _, _)| *l == label) {
+        Some((_, t, c)) => {
+            *t = (*t).max(since);
+            *c |= by_copy;
+        }
+        None => after.push((label, since, by_copy)),
     }
 }

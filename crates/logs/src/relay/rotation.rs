@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
+use crate::identity::{FileId, Fingerprint, FingerprintHash, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -156,7 +156,7 @@ impl Relay {
     /// The files rotated away from `label` since `since`, before `anchor`
     /// (the file at the path now) and not read yet, oldest first and opened:
     /// the files listed beside the path, with the `held` files (pinned there
-    /// earlier; those no longer beside it keep their order). `None`, with
+    /// earlier; those no longer beside it first, by their last change). `None`, with
     /// `held` pinned again, when `anchor` left the path while we listed (some
     /// files listed may then be newer than it), unless `force`.
     pub(super) fn rotated_before(
@@ -188,6 +188,15 @@ impl Relay {
                 None => unlisted.push((label_path.to_path_buf(), f)),
             }
         }
+        // Deleted, they are known by their last change only: the order they
+        // were pinned in is not always theirs (a file pinned by a look at
+        // the path, another by an inotify event, or pinned again after a
+        // listing that did not count).
+        unlisted.sort_by_key(|(_, f): &(PathBuf, File)| {
+            f.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
         unlisted.extend(open_candidates(found));
         Some(unlisted)
     }
@@ -295,7 +304,18 @@ impl Relay {
         self.readers.push(reader);
         self.metrics.files_open.set(self.readers.len() as i64);
         self.dirty = true;
-        self.watch_dir(parent_dir(path));
+        // A symlink's target may be rotated in its own directory: watched
+        // too, and remembered (the link may be pointed elsewhere later).
+        for (dir, _) in self.rotation_places(path) {
+            self.watch_dir(dir);
+        }
+        let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(target) = is_link.then(|| fs::canonicalize(path).ok()).flatten() {
+            if self.targets.len() >= super::KNOWN_FILES {
+                self.targets.clear();
+            }
+            self.targets.insert(path.to_path_buf(), target);
+        }
         Ok(())
     }
 
@@ -441,57 +461,55 @@ impl Relay {
         let copy = if old_fp.is_empty() {
             None
         } else {
-            find_copy(&dir, &old_fp, old_offset, id)
+            let dirs = self.rotation_dirs(Path::new(&*label), &dir);
+            find_copy(&dirs, &old_fp, old_offset, id)
         };
         match copy {
-            Some((copy_file, copy_path)) => {
-                let copy_id = copy_file.metadata().map(|m| FileId::of(&m)).ok();
+            Some(copy) if copy.len < old_offset => {
+                // Made before the writer's last lines, which were read from
+                // the file itself: all of it was relayed.
+                tracing::info!(
+                    "{label} was truncated; its copy {} holds only what was relayed already",
+                    copy.path.display()
+                );
+                self.remember_copy(&label, &copy.file, copy.path, copy.len);
+                self.count_unread(i, seen_size, old_offset, None);
+            }
+            Some(copy) => {
+                let copy_id = copy.file.metadata().map(|m| FileId::of(&m)).ok();
                 let in_use = copy_id.is_some_and(|cid| self.readers.iter().any(|r| r.id == cid));
                 if in_use {
                     tracing::info!(
                         "{label} was truncated; its copy {} is already followed",
-                        copy_path.display()
+                        copy.path.display()
                     );
                 } else {
                     tracing::info!(
                         "{label} was truncated; finishing its old content from {}",
-                        copy_path.display()
+                        copy.path.display()
                     );
-                    let end = self.read_copy(i, &copy_file, old_offset, now, out)?;
+                    let end = self.read_copy(i, &copy.file, old_offset, now, out)?;
                     read_to = end;
-                    // Bytes the live file was seen to hold past the copy's
-                    // end were written after the copy was made and before the
-                    // truncation: in neither file.
-                    let lost = seen_size.saturating_sub(end);
-                    if lost > 0 {
-                        self.readers[i].metrics.bytes_lost.inc_by(lost);
+                    if end < copy.len {
+                        // The drain timeout passed while the copy was read.
+                        let left = seen_size.max(copy.len) - end;
+                        self.readers[i].metrics.bytes_lost.inc_by(left);
                         tracing::warn!(
-                            "{label} was truncated after {} was copied from it: its last {lost} bytes, written in between, are in neither file and are lost",
-                            copy_path.display()
+                            "the drain timeout passed while the old content of {label} was read from {}: its last {left} bytes are not relayed",
+                            copy.path.display()
                         );
+                    } else {
+                        // Bytes the live file was seen to hold past the copy's
+                        // end were written after the copy was made and before
+                        // the truncation: in neither file.
+                        self.count_unread(i, seen_size, end, Some(&copy.path));
                     }
-                    if let Some(cid) = copy_id {
-                        let fp = Fingerprint::read(&copy_file, end).unwrap_or_default();
-                        self.remember(
-                            cid,
-                            Known {
-                                fp,
-                                offset: end,
-                                label: label.to_string(),
-                                path: copy_path,
-                            },
-                        );
-                    }
+                    self.remember_copy(&label, &copy.file, copy.path, end);
                 }
             }
             None => {
-                let lost = seen_size.saturating_sub(old_offset);
-                if lost > 0 {
-                    self.readers[i].metrics.bytes_lost.inc_by(lost);
-                    tracing::warn!(
-                        "{label} was truncated before its last {lost} bytes could be read, and no copy of it was found in {}; those bytes are lost",
-                        dir.display()
-                    );
+                if seen_size > old_offset {
+                    self.count_unread(i, seen_size, old_offset, None);
                 } else {
                     tracing::info!("{label} was truncated; reading it from the start");
                 }
@@ -509,6 +527,7 @@ impl Relay {
         self.recover_missed(&label, old_mtime, Skip::CopiesOfPath, &[id], None, now, out)?;
         let r = &mut self.readers[i];
         r.framer.restart_at(0);
+        r.line_ends.clear();
         r.counted = 0;
         r.offset = 0;
         r.size = 0;
@@ -516,5 +535,91 @@ impl Relay {
         r.recheck_since = Some(old_mtime);
         self.dirty = true;
         Ok(())
+    }
+
+    /// A copy of a truncated file's content, relayed up to `end`: known,
+    /// so that no search for rotated files relays it again.
+    pub(super) fn remember_copy(&mut self, label: &str, copy: &File, path: PathBuf, end: u64) {
+        let Ok(meta) = copy.metadata() else {
+            return;
+        };
+        let fp = Fingerprint::read(copy, end).unwrap_or_default();
+        let known = Known {
+            fp: FingerprintHash::of(&fp),
+            offset: end,
+            label: label.to_string(),
+            path,
+        };
+        self.remember(FileId::of(&meta), known);
+    }
+
+    /// Reader `i`'s file was truncated when it was seen to hold `seen_size`
+    /// bytes and its content was relayed up to `relayed` (from the file, or
+    /// from its `copy`): the bytes in between are in no file any more.
+    fn count_unread(&mut self, i: usize, seen_size: u64, relayed: u64, copy: Option<&Path>) {
+        let lost = seen_size.saturating_sub(relayed);
+        if lost == 0 {
+            return;
+        }
+        let r = &self.readers[i];
+        r.metrics.bytes_lost.inc_by(lost);
+        match copy {
+            Some(copy) => tracing::warn!(
+                "{} was truncated after {} was copied from it: its last {lost} bytes, written in between, are in neither file and are lost",
+                r.label,
+                copy.display()
+            ),
+            None => tracing::warn!(
+                "{} was truncated before its last {lost} bytes could be read, and no copy in {} holds them; those bytes are lost",
+                r.label,
+                parent_dir(&r.path).display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Files deleted before the listing are relayed by their last change,
+    /// whatever order they were pinned in (a full-speed delete-and-recreate
+    /// writer once had its lines relayed out of order this way).
+    #[test]
+    fn deleted_held_files_come_oldest_first_whatever_their_pinning_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let label_path = dir.path().join("app.log");
+        let label: Arc<str> = Arc::from(label_path.to_string_lossy().as_ref());
+        let mut relay = crate::relay::test_relay(&label_path);
+        let t0 = SystemTime::now() - std::time::Duration::from_secs(60);
+        let mut held = Vec::new();
+        for (name, age) in [("newer", 10), ("older", 20)] {
+            std::fs::write(&label_path, name).unwrap();
+            let f = File::open(&label_path).unwrap();
+            File::options()
+                .write(true)
+                .open(&label_path)
+                .unwrap()
+                .set_modified(t0 - std::time::Duration::from_secs(age))
+                .unwrap();
+            let id = FileId::of(&f.metadata().unwrap());
+            std::fs::remove_file(&label_path).unwrap();
+            held.push((f, id));
+        }
+        std::fs::write(&label_path, "now").unwrap();
+        let anchor = FileId::of(&std::fs::metadata(&label_path).unwrap());
+        let files = relay
+            .rotated_before(&label, SystemTime::UNIX_EPOCH, anchor, held, false)
+            .unwrap();
+        let contents: Vec<String> = files
+            .into_iter()
+            .map(|(_, mut f)| {
+                let mut s = String::new();
+                f.read_to_string(&mut s).unwrap();
+                s
+            })
+            .collect();
+        assert_eq!(contents, ["older", "newer"]);
     }
 }

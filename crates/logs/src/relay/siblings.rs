@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, ReadContent, open_regular};
+use crate::identity::{FileId, Fingerprint, FirstBytes, ReadContent, open_regular};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -69,20 +69,20 @@ pub(super) fn open_candidates(mut found: Vec<Candidate>) -> Vec<(PathBuf, File)>
         .collect()
 }
 
-/// The file in `dir` with inode `id` that still starts with `fp` and has at least `len` bytes.
+/// The file in `dirs` with inode `id` that still starts with `fp` and has at least `len` bytes.
 pub(super) fn find_by_inode(
-    dir: &Path,
+    dirs: &[PathBuf],
     id: FileId,
-    fp: &Fingerprint,
+    fp: &impl FirstBytes,
     len: u64,
 ) -> Option<(File, PathBuf)> {
-    dir_entries(dir).into_iter().find_map(|p| {
+    dirs.iter().flat_map(|d| dir_entries(d)).find_map(|p| {
         let m = fs::metadata(&p).ok()?;
         if !m.is_file() || FileId::of(&m) != id || m.len() < len {
             return None;
         }
         let (f, _) = open_regular(&p).ok()?;
-        fp.matches(&f).ok()?.then_some((f, p))
+        fp.found_in(&f).ok()?.then_some((f, p))
     })
 }
 
@@ -116,38 +116,51 @@ pub(super) fn rotation_number(suffix: &str) -> Option<u64> {
     suffix.strip_prefix('.')?.parse().ok()
 }
 
-/// Finds the copy of a truncated file: a regular file in `dir`, other than
-/// `exclude`, at least `min_len` long, that starts with `fp`. The most
-/// recently modified one wins.
+/// A copy of a truncated file's content, found beside it.
+pub(super) struct Copy {
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+    pub(super) len: u64,
+}
+
+/// Finds the copy of a truncated file: a regular file in `dirs`, other than
+/// `exclude`, that starts with `fp`. The most recently modified one at least
+/// `min_len` long wins; if none is, the most recently modified shorter one
+/// (made before the writer's last lines, which the relay read from the file
+/// itself: its whole content was relayed already).
 pub(super) fn find_copy(
-    dir: &Path,
-    fp: &Fingerprint,
+    dirs: &[PathBuf],
+    fp: &impl FirstBytes,
     min_len: u64,
     exclude: FileId,
-) -> Option<(File, PathBuf)> {
-    if fp.is_empty() {
+) -> Option<Copy> {
+    if fp.covered() == 0 {
         return None;
     }
-    let mut best: Option<(SystemTime, File, PathBuf)> = None;
-    for path in dir_entries(dir) {
+    // The best one long enough, and the best shorter one.
+    let mut best: [Option<(SystemTime, Copy)>; 2] = [None, None];
+    for path in dirs.iter().flat_map(|d| dir_entries(d)) {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
-        if !meta.is_file() || meta.len() < min_len || FileId::of(&meta) == exclude {
+        if !meta.is_file() || FileId::of(&meta) == exclude {
             continue;
         }
         let Ok((file, _)) = open_regular(&path) else {
             continue;
         };
-        if !fp.matches(&file).unwrap_or(false) {
+        if !fp.found_in(&file).unwrap_or(false) {
             continue;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if best.as_ref().is_none_or(|(t, _, _)| mtime > *t) {
-            best = Some((mtime, file, path));
+        let slot = &mut best[usize::from(meta.len() < min_len)];
+        if slot.as_ref().is_none_or(|(t, _)| mtime > *t) {
+            let len = meta.len();
+            *slot = Some((mtime, Copy { file, path, len }));
         }
     }
-    best.map(|(_, f, p)| (f, p))
+    let [long, short] = best;
+    long.or(short).map(|(_, c)| c)
 }
 
 impl Relay {
@@ -290,15 +303,58 @@ impl Relay {
         current: Option<&Fingerprint>,
         exclude: &[FileId],
     ) -> Vec<Candidate> {
-        let base = file_name(label_path);
-        let Ok(entries) = fs::read_dir(parent_dir(label_path)) else {
-            return Vec::new();
-        };
         let mut found = Vec::new();
+        for (dir, base) in self.rotation_places(label_path) {
+            self.missed_in(&dir, &base, since, current, exclude, &mut found);
+        }
+        found
+    }
+
+    /// Where files rotated away from `label_path` are: beside it, and, when
+    /// it is a symlink, beside the file it points to now and the one it
+    /// pointed to when last followed (the writer rotates those).
+    pub(super) fn rotation_places(&self, label_path: &Path) -> Vec<(PathBuf, String)> {
+        let mut places = vec![(parent_dir(label_path), file_name(label_path))];
+        let is_link = fs::symlink_metadata(label_path).is_ok_and(|m| m.file_type().is_symlink());
+        let now = is_link.then(|| fs::canonicalize(label_path).ok()).flatten();
+        let before = self.targets.get(label_path);
+        for target in now.iter().chain(before) {
+            let place = (parent_dir(target), file_name(target));
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+        places
+    }
+
+    /// The directories [`Relay::rotation_places`] names, and `also` first.
+    pub(super) fn rotation_dirs(&self, label_path: &Path, also: &Path) -> Vec<PathBuf> {
+        let mut dirs = vec![also.to_path_buf()];
+        for (dir, _) in self.rotation_places(label_path) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+
+    /// The files named like `base` in `dir` for [`Relay::missed_candidates`].
+    fn missed_in(
+        &self,
+        dir: &Path,
+        base: &str,
+        since: SystemTime,
+        current: Option<&Fingerprint>,
+        exclude: &[FileId],
+        found: &mut Vec<Candidate>,
+    ) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten().take(DIR_SEARCH_LIMIT) {
             let fname = entry.file_name().to_string_lossy().into_owned();
             if fname == base
-                || !fname.starts_with(&base)
+                || !fname.starts_with(base)
                 || COMPRESSED.iter().any(|c| fname.ends_with(c))
             {
                 continue;
@@ -314,6 +370,7 @@ impl Relay {
                 || exclude.contains(&id)
                 || self.pinned.iter().any(|p| p.2 == id)
                 || self.readers.iter().any(|r| r.id == id)
+                || found.iter().any(|c| c.id == id)
             {
                 continue;
             }
@@ -325,11 +382,15 @@ impl Relay {
             if read_before {
                 continue;
             }
+            // A copy of what the path holds, or one just created and still
+            // empty (copytruncate's copy before its first bytes): the
+            // followed file's reader relays that content.
             if current.is_some_and(|current| {
                 !current.is_empty()
-                    && open_regular(&path)
-                        .map(|(f, _)| f)
-                        .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false))
+                    && (meta.len() == 0
+                        || open_regular(&path)
+                            .map(|(f, _)| f)
+                            .is_ok_and(|f| current.shares_start_with(&f).unwrap_or(false)))
             }) {
                 continue;
             }
@@ -341,13 +402,29 @@ impl Relay {
                 file: None,
             });
         }
-        found
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copytruncate copy just created, still empty, is a copy in the
+    /// making: left to the followed file's reader, like a copy with content
+    /// (relaying it later from its start repeated the followed file's lines).
+    #[test]
+    fn an_empty_new_copy_is_not_taken_for_a_missed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "line 1\nline 2\n").unwrap();
+        std::fs::write(dir.path().join("app.log.1"), "").unwrap();
+        let relay = super::super::test_relay(&log);
+        let fp = Fingerprint::read(&File::open(&log).unwrap(), u64::MAX).unwrap();
+        let since = SystemTime::UNIX_EPOCH;
+        assert!(relay.list_missed(&log, since, Some(&fp), &[]).is_empty());
+        // Where no copy is expected, an empty rotated file is listed.
+        assert_eq!(relay.list_missed(&log, since, None, &[]).len(), 1);
+    }
 
     #[test]
     fn rotation_numbers_are_read_from_dot_suffixes_only() {

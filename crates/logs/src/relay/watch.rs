@@ -29,6 +29,18 @@ pub(super) struct Early {
     recent: Vec<(PathBuf, FileId)>,
     /// A file matching a glob appeared: scan the globs at once.
     glob_hit: bool,
+    /// Files that appeared and are not held: gone before they could be
+    /// opened (under a glob), or beyond [`MAX_PINNED`]. Each must be read
+    /// by the relay, or is lost (see [`Relay::settle_unheld`]).
+    unheld: Vec<Unheld>,
+}
+
+/// A file that appeared and was not held open (see [`Early::unheld`]).
+#[derive(Debug)]
+pub(super) struct Unheld {
+    path: PathBuf,
+    /// None when it was gone already.
+    id: Option<FileId>,
 }
 
 /// Most appearances waiting to be settled; most recent identities kept.
@@ -53,7 +65,11 @@ impl Early {
             }
             self.glob_hit |= globbed;
             // Never blocks (a FIFO opens at once) and takes regular files only.
-            let opened = open_regular(path).ok();
+            let opened = open_regular(path);
+            let gone = opened
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            let opened = opened.ok();
             let id = opened.as_ref().map(|(_, m)| FileId::of(m));
             if followed {
                 // A file already seen at this path: the event was for a
@@ -73,12 +89,40 @@ impl Early {
                     self.recent.push((path.clone(), id));
                 }
             }
-            if let (Some((file, _)), Some(id)) = (opened, id) {
-                if self.files.len() < MAX_PINNED && !self.files.iter().any(|f| f.2 == id) {
-                    self.files.push((path.clone(), file, id));
+            match (opened, id) {
+                (Some((file, _)), Some(id)) => {
+                    if self.files.iter().any(|f| f.2 == id) {
+                        continue;
+                    }
+                    if self.files.len() < MAX_PINNED {
+                        self.files.push((path.clone(), file, id));
+                    } else {
+                        self.unheld(path.clone(), Some(id));
+                    }
                 }
+                // Gone already; at a followed path, the loss ledger knows it.
+                _ if gone && !followed => self.unheld(path.clone(), None),
+                _ => {}
             }
         }
+    }
+
+    fn unheld(&mut self, path: PathBuf, id: Option<FileId>) {
+        if self.unheld.len() < MAX_APPEARED {
+            self.unheld.push(Unheld { path, id });
+        }
+    }
+
+    /// What lost files that appeared at `path` are counted under: the glob
+    /// it matches (one series for any number of files), else the path.
+    fn label_for(&self, path: &Path) -> String {
+        self.globs
+            .iter()
+            .find(|g| g.matches_path(path))
+            .map_or_else(
+                || path.to_string_lossy().into_owned(),
+                |g| g.as_str().to_string(),
+            )
     }
 }
 
@@ -132,12 +176,55 @@ impl Relay {
             self.ledger.appeared(a);
         }
         for (path, file, id) in opened {
-            if self.pinned.len() < MAX_PINNED
-                && !self.pinned.iter().any(|p| p.2 == id)
-                && !self.readers.iter().any(|r| r.id == id)
-            {
-                self.pinned.push((path, file, id));
+            if self.pinned.iter().any(|p| p.2 == id) || self.readers.iter().any(|r| r.id == id) {
+                continue;
             }
+            if self.pinned.len() < MAX_PINNED {
+                self.pinned.push((path, file, id));
+            } else {
+                self.early.unheld(path, Some(id));
+            }
+        }
+    }
+
+    /// Files that appeared and were not held (see [`Early::unheld`]): those
+    /// read, or read before (by inode, or by path for one gone at once), are
+    /// done; those still in place wait for the scan that finds them; the
+    /// others are lost: counted in `sidecar_logs_files_lost_total`, under
+    /// the glob they matched, with one warning per look that finds any.
+    fn settle_unheld(&mut self) {
+        let mut lost: Vec<(String, u64)> = Vec::new();
+        for u in std::mem::take(&mut self.early.unheld) {
+            let read = match u.id {
+                Some(id) => self.readers.iter().any(|r| r.id == id) || self.known.contains_key(&id),
+                None => {
+                    self.readers.iter().any(|r| r.path == u.path)
+                        || self.known.values().any(|k| k.path == u.path)
+                }
+            };
+            if read {
+                continue;
+            }
+            if u.id.is_some_and(|id| at_path(&u.path, id)) {
+                self.early.unheld.push(u);
+                continue;
+            }
+            let label = self.early.label_for(&u.path);
+            match lost.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => lost.push((label, 1)),
+            }
+        }
+        for (label, n) in lost {
+            self.metrics
+                .files_lost
+                .get_or_create(&crate::metrics::FileLabel {
+                    file: label.clone(),
+                })
+                .inc_by(n);
+            tracing::warn!(
+                "{n} file(s) that appeared under {label} were gone before the relay could read them (deleted or renamed away at once, or more at once than the {MAX_PINNED} it holds open ahead of their turn); their lines are lost"
+            );
         }
     }
 
@@ -188,7 +275,9 @@ impl Relay {
         for path in &paths {
             self.check_path(path, now, out)?;
         }
-        self.relay_short_lived(&paths, now, out)
+        self.relay_short_lived(&paths, now, out)?;
+        self.settle_unheld();
+        Ok(())
     }
 
     /// True when a file matching a glob appeared since the last call: the
@@ -293,5 +382,32 @@ mod tests {
         // Unfollowed, unmatched paths are ignored.
         early.appeared(&[dir.path().join("other.log")]);
         assert_eq!(early.appeared.len(), 2);
+        // A FIFO or a directory is not a file gone before it could be read.
+        assert!(early.unheld.is_empty());
+    }
+
+    #[test]
+    fn files_beyond_the_ones_held_and_files_gone_at_once_are_kept_unheld() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut early = Early::for_globs(vec![
+            glob::Pattern::new(&format!("{}/*.log", dir.path().display())).unwrap(),
+        ]);
+        let paths: Vec<PathBuf> = (0..MAX_PINNED + 3)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.log"));
+                std::fs::write(&p, "x\n").unwrap();
+                p
+            })
+            .collect();
+        std::fs::create_dir(dir.path().join("dir.log")).unwrap();
+        early.appeared(&paths);
+        early.appeared(&[dir.path().join("gone.log"), dir.path().join("dir.log")]);
+        assert_eq!(early.files.len(), MAX_PINNED);
+        let unheld: Vec<bool> = early.unheld.iter().map(|u| u.id.is_some()).collect();
+        assert_eq!(unheld, [true, true, true, false]);
+        assert_eq!(
+            early.label_for(&dir.path().join("gone.log")),
+            format!("{}/*.log", dir.path().display())
+        );
     }
 }

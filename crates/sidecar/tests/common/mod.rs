@@ -37,6 +37,8 @@ pub struct Proc {
     pub stdout: Arc<Mutex<Vec<u8>>>,
     newlines: Arc<std::sync::atomic::AtomicUsize>,
     pub stderr: Arc<Mutex<String>>,
+    /// While set, stdout is not read: the relay's writes block once the pipe is full.
+    pub stdout_paused: Arc<std::sync::atomic::AtomicBool>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -46,6 +48,15 @@ impl Proc {
     }
 
     pub fn start_with(cmd: &mut Command) -> Self {
+        Self::start_reading(cmd, false)
+    }
+
+    /// Starts with stdout not read (see [`Proc::stdout_paused`]).
+    pub fn start_paused(args: &[&str]) -> Self {
+        Self::start_reading(Command::new(BIN).args(args), true)
+    }
+
+    fn start_reading(cmd: &mut Command, paused: bool) -> Self {
         let mut child = cmd
             // SIDECAR_TEST_LOG=debug shows more of what the binary does.
             .env(
@@ -62,15 +73,20 @@ impl Proc {
         let mut out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
         let newlines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (o, e, nl) = (
+        let stdout_paused = Arc::new(std::sync::atomic::AtomicBool::new(paused));
+        let (o, e, nl, paused) = (
             Arc::clone(&stdout),
             Arc::clone(&stderr),
             Arc::clone(&newlines),
+            Arc::clone(&stdout_paused),
         );
         let readers = vec![
             std::thread::spawn(move || {
                 let mut buf = vec![0; 256 * 1024];
                 loop {
+                    while paused.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     match out.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
@@ -95,6 +111,7 @@ impl Proc {
             stdout,
             newlines,
             stderr,
+            stdout_paused,
             readers,
         }
     }
