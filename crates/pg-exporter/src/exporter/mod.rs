@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 use tokio_postgres::Config;
 
+use crate::collectors::custom::Queries;
 use crate::collectors::{self, COLLECTORS, Collector, Ctx, Scope};
 use crate::dsn;
 use crate::exposition::Families;
@@ -58,6 +59,9 @@ pub struct Options {
     /// limits) are reused before the next scrape reads them again; zero
     /// reads them on every scrape.
     pub database_interval: Duration,
+    /// The custom queries file (`--extend.query-path`): its namespaces run
+    /// as collectors beside the enabled built-in ones.
+    pub queries: Option<Queries>,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             statements_limit: 100,
             max_probes: 4,
             database_interval: Duration::from_secs(60),
+            queries: None,
         }
     }
 }
@@ -134,9 +139,11 @@ impl Exporter {
         });
         let server = base.as_ref().map(dsn::server_label).unwrap_or_default();
         let probes = Semaphore::new(opts.max_probes.max(1));
+        let custom = opts.queries.iter().flat_map(|q| q.entries());
         let collectors = COLLECTORS
             .iter()
             .filter(|c| opts.collectors.iter().any(|name| *name == c.name))
+            .chain(custom)
             .cloned()
             .collect();
         Self {
