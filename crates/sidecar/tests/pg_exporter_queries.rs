@@ -380,6 +380,43 @@ fn with_statements(upstream: &str) -> String {
     out
 }
 
+/// Every family the built-in collectors write is one they declare (the
+/// names a custom query may not take): all collectors on, each family
+/// claimed by its collector's table entry.
+fn builtin_families_are_declared_on(server: &PgServer) {
+    use sidecar_pg_exporter::collectors::COLLECTORS;
+    let mut c = pg::client(server, "postgres");
+    let _ = c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    let all: Vec<String> = COLLECTORS
+        .iter()
+        .map(|c| format!("--collector.{}", c.name))
+        .collect();
+    let args: Vec<&str> = all.iter().map(String::as_str).collect();
+    let p = Proc::start_with(&mut command(&env(server), &args));
+    let f = scrape(p.logged_addr(" on http://"));
+    let own = ["pg_up", "pg_static"];
+    let own_prefixes = ["pg_exporter_", "pg_scrape_collector_", "process_"];
+    let mut unclaimed = Vec::new();
+    for name in f.keys() {
+        if own.contains(&name.as_str()) || own_prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let owners: Vec<&str> = COLLECTORS
+            .iter()
+            .filter(|c| c.writes("pg", name))
+            .map(|c| c.name.as_ref())
+            .collect();
+        if owners.len() != 1 {
+            unclaimed.push(format!("{name}: {owners:?}"));
+        }
+    }
+    assert!(
+        unclaimed.is_empty(),
+        "families without exactly one declaring collector:\n{}",
+        unclaimed.join("\n")
+    );
+}
+
 fn upstream_file_on(server: &PgServer) {
     let upstream = std::fs::read_to_string(UPSTREAM_QUERIES).unwrap();
     let host = format!("127.0.0.1:{}", server.port);
@@ -505,7 +542,7 @@ fn upstream_file_on(server: &PgServer) {
 }
 
 #[test]
-fn upstreams_example_file_and_runonserver_on_every_available_version() {
+fn upstreams_example_file_runonserver_and_builtin_names_on_every_available_version() {
     let dirs = pg::bin_dirs();
     assert!(
         !dirs.is_empty(),
@@ -514,6 +551,7 @@ fn upstreams_example_file_and_runonserver_on_every_available_version() {
     for dir in dirs {
         let server = pg::start(&dir);
         eprintln!("checking {}", server.version);
+        builtin_families_are_declared_on(&server);
         upstream_file_on(&server);
     }
 }

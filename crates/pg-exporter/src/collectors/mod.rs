@@ -123,7 +123,7 @@ impl Collector {
     /// Whether this collector writes the family `name` (with metric prefix
     /// `prefix`): one of its specs' names, or any name under a spec without
     /// a metric list (`<prefix>_settings_*`).
-    pub(crate) fn writes(&self, prefix: &str, name: &str) -> bool {
+    pub fn writes(&self, prefix: &str, name: &str) -> bool {
         self.specs.iter().any(|spec| {
             let family = format!("{prefix}_{}", spec.family);
             if spec.metrics.is_empty() {
