@@ -7,12 +7,15 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::exporter::{self, command, scrape, scrape_text, value};
 use common::pg::{self, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 use common::prom::{self, Family};
-use common::{Proc, http_get, wait_until};
+use common::{Proc, wait_until};
+
+/// No data source: only the custom queries file is read.
+const NO_ENV: &[(&str, &str)] = &[];
 
 /// Upstream's example file (tests/data/queries.yaml, Apache-2.0).
 const UPSTREAM_QUERIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/queries.yaml");
@@ -26,26 +29,6 @@ fn env(server: &PgServer) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn command(env: &[(&'static str, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("postgres-exporter")
-        .args(["--web.listen-address", "127.0.0.1:0"])
-        .args(args);
-    for var in [
-        "DATA_SOURCE_NAME",
-        "DATA_SOURCE_URI",
-        "DATA_SOURCE_USER",
-        "DATA_SOURCE_PASS",
-        "PG_EXPORTER_EXTEND_QUERY_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
 /// An exporter with the custom queries file `queries` (given by the
 /// environment variable, as a Pod spec would).
 fn exporter(server: &PgServer, queries: &Path, args: &[&str]) -> (Proc, SocketAddr) {
@@ -54,9 +37,7 @@ fn exporter(server: &PgServer, queries: &Path, args: &[&str]) -> (Proc, SocketAd
         "PG_EXPORTER_EXTEND_QUERY_PATH",
         queries.display().to_string(),
     ));
-    let p = Proc::start_with(&mut command(&env, args));
-    let addr = p.logged_addr(" on http://");
-    (p, addr)
+    exporter::start(&env, args)
 }
 
 /// A queries file in a directory that lives as long as the returned guard.
@@ -65,25 +46,6 @@ fn queries_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("queries.yaml");
     std::fs::write(&path, text).unwrap();
     (dir, path)
-}
-
-fn scrape_text(addr: SocketAddr) -> String {
-    let (status, _, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn scrape(addr: SocketAddr) -> BTreeMap<String, Family> {
-    prom::parse(&scrape_text(addr))
-}
-
-fn value(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    families.get(name)?.samples.iter().find_map(|(l, v)| {
-        labels
-            .iter()
-            .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
-            .then_some(*v)
-    })
 }
 
 fn success(families: &BTreeMap<String, Family>, namespace: &str) -> Option<f64> {
@@ -261,18 +223,7 @@ fn every_usage_kind_with_upstreams_names_labels_types_and_values() {
 
     // /probe runs them too, labelled with the probed server.
     let target = format!("127.0.0.1:{}/postgres?sslmode=disable", server.port);
-    let (status, _, body) = http_get(
-        addr,
-        &format!(
-            "/probe?target={}",
-            target
-                .replace('/', "%2F")
-                .replace('?', "%3F")
-                .replace('=', "%3D")
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
-    let probed = prom::parse(&body);
+    let probed = common::exporter::probe(addr, &target);
     assert_eq!(value(&probed, "pg_custom_hits", &a), Some(7.0));
     p.terminate();
     assert!(p.wait(Duration::from_secs(10)).success());
@@ -543,17 +494,10 @@ fn upstream_file_on(server: &PgServer) {
 
 #[test]
 fn upstreams_example_file_runonserver_and_builtin_names_on_every_available_version() {
-    let dirs = pg::bin_dirs();
-    assert!(
-        !dirs.is_empty(),
-        "no PostgreSQL binaries; run ./scripts/test"
-    );
-    for dir in dirs {
-        let server = pg::start(&dir);
-        eprintln!("checking {}", server.version);
-        builtin_families_are_declared_on(&server);
-        upstream_file_on(&server);
-    }
+    pg::each_version(|server| {
+        builtin_families_are_declared_on(server);
+        upstream_file_on(server);
+    });
 }
 
 #[test]
@@ -600,9 +544,12 @@ fn a_failing_query_fails_its_namespace_only_and_warns_once_per_episode() {
 /// start, and say so on stderr.
 fn refused(text: &str) -> String {
     let (_dir, path) = queries_file(text);
-    let out = command(&[], &["--extend.query-path", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = command(
+        &[] as &[(&str, &str)],
+        &["--extend.query-path", path.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success(), "started with:\n{text}");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains(path.to_str().unwrap()), "{err}");
@@ -692,9 +639,12 @@ fn bad_files_are_refused_at_start_naming_the_line_and_the_fix() {
             "expected {line}: {what}, got: {err}"
         );
     }
-    let out = command(&[], &["--extend.query-path", "/nonexistent/queries.yaml"])
-        .output()
-        .unwrap();
+    let out = command(
+        &[] as &[(&str, &str)],
+        &["--extend.query-path", "/nonexistent/queries.yaml"],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -708,7 +658,7 @@ fn bad_files_are_refused_at_start_naming_the_line_and_the_fix() {
             .replace("- x:", "- size_bytes:"),
     );
     let mut p = Proc::start_with(&mut command(
-        &[],
+        NO_ENV,
         &[
             "--extend.query-path",
             path.to_str().unwrap(),

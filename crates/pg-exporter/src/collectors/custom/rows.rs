@@ -146,28 +146,9 @@ impl Query {
                 self.name
             ))
         };
-        let bounds: Vec<f64> = match bounds {
-            Value::Null => Vec::new(),
-            v => array(&v.label())
-                .and_then(|items| {
-                    items
-                        .iter()
-                        .map(|i| parse_float(i))
-                        .collect::<Option<Vec<f64>>>()
-                })
-                .ok_or_else(|| bad_array("", "bucket bounds"))?,
-        };
-        let counts: Vec<i64> = match buckets {
-            Value::Null => Vec::new(),
-            v => array(&v.label())
-                .and_then(|items| {
-                    items
-                        .iter()
-                        .map(|i| i.parse().ok())
-                        .collect::<Option<Vec<i64>>>()
-                })
-                .ok_or_else(|| bad_array("_bucket", "integer counts"))?,
-        };
+        let bounds = elements(bounds, parse_float).ok_or_else(|| bad_array("", "bucket bounds"))?;
+        let counts = elements(buckets, |i| i.parse::<i64>().ok())
+            .ok_or_else(|| bad_array("_bucket", "integer counts"))?;
         let (Some(sum), Some(count)) = (sum.number(), count.count()) else {
             self.warn_once(format!("{column}:sum"), || {
                 format!(
@@ -214,5 +195,14 @@ impl Query {
                 )
             }),
         }
+    }
+}
+
+/// An array column's elements, each read by `parse`; NULL has none. `None`
+/// when it is no one-dimensional array or an element does not read.
+fn elements<T>(value: &Value<'_>, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    match value {
+        Value::Null => Some(Vec::new()),
+        v => array(&v.label())?.iter().map(|i| parse(i)).collect(),
     }
 }
