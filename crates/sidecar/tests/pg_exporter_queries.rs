@@ -506,7 +506,9 @@ fn a_failing_query_fails_its_namespace_only_and_warns_once_per_episode() {
     let (_dir, path) = queries_file(
         "pg_flaky:\n  query: SELECT count(*) AS rows FROM flaky\n  metrics:\n    - rows:\n        usage: GAUGE\n        description: Rows\n\
          pg_steady:\n  query: SELECT 1 AS one\n  metrics:\n    - one:\n        usage: GAUGE\n        description: One\n\
-         pg_notarray:\n  query: SELECT 1 AS h, '{1}'::int[] AS h_bucket, 1 AS h_sum, 1 AS h_count\n  metrics:\n    - h:\n        usage: HISTOGRAM\n        description: H\n",
+         pg_notarray:\n  query: SELECT 1 AS h, '{1}'::int[] AS h_bucket, 1 AS h_sum, 1 AS h_count\n  metrics:\n    - h:\n        usage: HISTOGRAM\n        description: H\n\
+         pg_twice:\n  query: SELECT 1 AS one; SELECT 2 AS one\n  metrics:\n    - one:\n        usage: GAUGE\n        description: One\n\
+         pg_set:\n  query: SET default_transaction_read_only = off\n  metrics: []\n",
     );
     let (p, addr) = exporter(&server, &path, &[]);
     let warning = "collector pg_flaky failed";
@@ -521,10 +523,18 @@ fn a_failing_query_fails_its_namespace_only_and_warns_once_per_episode() {
     }
     p.wait_stderr(warning, Duration::from_secs(10));
     assert_eq!(p.stderr_text().matches(warning).count(), 1);
-    assert!(
-        p.stderr_text()
-            .contains("pg_notarray: column h must hold a one-dimensional array")
+    let soon = Duration::from_secs(10);
+    p.wait_stderr(
+        "pg_notarray: column h must hold a one-dimensional array",
+        soon,
     );
+    // One statement per namespace, and one that returns rows: no SET
+    // undoes the session's read-only default.
+    p.wait_stderr("pg_twice: the query holds several statements", soon);
+    p.wait_stderr("pg_set: the query returns no columns", soon);
+    let f = scrape(addr);
+    assert_eq!(success(&f, "pg_twice"), Some(0.0));
+    assert_eq!(success(&f, "pg_set"), Some(0.0));
 
     let mut c = pg::client(&server, "postgres");
     c.batch_execute("CREATE TABLE flaky (id int); INSERT INTO flaky VALUES (1), (2)")

@@ -190,6 +190,24 @@ impl Query {
     }
 }
 
+impl Query {
+    /// Why the query could not be prepared; several statements are named
+    /// as such (the server only says it cannot prepare them).
+    fn prepare_failure(&self, e: tokio_postgres::Error) -> Failure {
+        let several = e
+            .as_db_error()
+            .is_some_and(|db| db.message().contains("multiple commands"));
+        if several {
+            return Failure::Rows(format!(
+                "custom query {}: the query holds several statements; keep one per namespace \
+                 (a namespace per statement)",
+                self.name
+            ));
+        }
+        Failure::Query(e)
+    }
+}
+
 impl Defined for Query {
     fn run<'a>(
         &'a self,
@@ -213,7 +231,17 @@ impl Defined for Query {
             // Prepared once per session for the column types; run with the
             // simple protocol for the values as text, as upstream's driver
             // gets them. A file of several statements fails the prepare.
-            let statement = session.prepared(&self.sql).await?;
+            let statement = session
+                .prepared(&self.sql)
+                .await
+                .map_err(|e| self.prepare_failure(e))?;
+            if statement.columns().is_empty() {
+                return Err(Failure::Rows(format!(
+                    "custom query {}: the query returns no columns; make it one SELECT (or \
+                     another statement that returns rows)",
+                    self.name
+                )));
+            }
             let messages = session.client().simple_query(&self.sql).await?;
             let mut fresh = Families::new();
             self.rows(statement.columns(), &messages, ctx, &mut fresh)?;
