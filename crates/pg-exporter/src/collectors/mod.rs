@@ -397,7 +397,21 @@ mod tests {
         assert_eq!(names.len(), COLLECTORS.len());
     }
 
-    /// A collector defined at run time, as custom queries will be.
+    #[test]
+    fn builtin_entries_say_which_families_they_write() {
+        let by = |n: &str| COLLECTORS.iter().find(|c| c.name == n).unwrap();
+        assert!(by("database").writes("pg", "pg_database_size_bytes"));
+        assert!(by("database").writes("pg", "pg_database_connection_limit"));
+        assert!(!by("database").writes("pg", "pg_database_size"));
+        assert!(!by("database").writes("pg", "pg_database_wraparound_age_datfrozenxid_seconds"));
+        assert!(by("settings").writes("pg", "pg_settings_max_connections"));
+        assert!(!by("settings").writes("pg", "pg_settingsx"));
+        assert!(by("long_running_transactions").writes("pg", "pg_long_running_transactions"));
+        assert!(by("wal").writes("my", "my_wal_segments"));
+        assert!(!by("wal").writes("pg", "my_wal_segments"));
+    }
+
+    /// A collector defined at run time, as custom queries are.
     struct Fixed;
 
     impl Defined for Fixed {
