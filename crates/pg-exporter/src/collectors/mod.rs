@@ -11,7 +11,8 @@
 //! statements), [`databases`] (sizes, limits, per-database statistics, roles),
 //! [`replication`] (replicas, slots, WAL, archiver), [`processes`] (background
 //! writer, checkpointer, vacuum progress, postmaster), [`tables`] (per-table
-//! statistics), [`settings`] (pg_settings); [`spec`] maps rows to families.
+//! statistics), [`settings`] (pg_settings); [`spec`] maps rows to families;
+//! [`custom`] reads a custom queries file into entries of the table.
 
 use std::borrow::Cow;
 use std::sync::Arc;
