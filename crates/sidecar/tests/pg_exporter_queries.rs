@@ -679,3 +679,45 @@ fn bad_files_are_refused_at_start_naming_the_line_and_the_fix() {
     p.terminate();
     assert!(p.wait(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn queries_run_read_only_and_within_the_collection_timeout() {
+    let server = pg::start(&pg::default_bin_dir());
+    let mut c = pg::client(&server, "postgres");
+    c.batch_execute("CREATE TABLE audit (id int)").unwrap();
+    let (_dir, path) = queries_file(
+        "pg_write:\n  query: WITH w AS (INSERT INTO audit VALUES (1) RETURNING id) SELECT count(*) AS n FROM w\n  metrics:\n    - n:\n        usage: GAUGE\n        description: N\n\
+         pg_quick:\n  query: SELECT 1 AS x\n  metrics:\n    - x:\n        usage: GAUGE\n        description: X\n\
+         pg_slow:\n  query: SELECT 1 AS x FROM pg_sleep(5)\n  metrics:\n    - x:\n        usage: GAUGE\n        description: X\n",
+    );
+    let (p, addr) = exporter(&server, &path, &["--collection-timeout", "1s"]);
+    let started = Instant::now();
+    let f = scrape(addr);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(success(&f, "pg_write"), Some(0.0));
+    assert_eq!(success(&f, "pg_slow"), Some(0.0));
+    // A database's queries run in turn on its session (as upstream runs
+    // them on its one connection): the built-in collectors go first, then
+    // the namespaces in file order, so a slow one delays only those after it.
+    assert_eq!(success(&f, "pg_quick"), Some(1.0));
+    assert_eq!(value(&f, "pg_quick_x", &[]), Some(1.0));
+    for builtin in ["stat_database", "settings", "stat_user_tables"] {
+        assert_eq!(success(&f, builtin), Some(1.0), "{builtin}");
+    }
+    assert_eq!(value(&f, "pg_up", &[]), Some(1.0));
+    let soon = Duration::from_secs(10);
+    p.wait_stderr(
+        "pg_write failed on postgres: ERROR: cannot execute SELECT in a read-only transaction",
+        soon,
+    );
+    p.wait_stderr("collector pg_slow", soon);
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM audit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}

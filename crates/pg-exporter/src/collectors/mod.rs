@@ -121,6 +121,11 @@ impl Collector {
         }
     }
 
+    /// Whether it is defined at run time (a custom query).
+    pub(crate) fn is_defined(&self) -> bool {
+        matches!(self.run, Run::Defined(_))
+    }
+
     /// Whether this collector writes the family `name` (with metric prefix
     /// `prefix`): one of its specs' names, or any name under a spec without
     /// a metric list (`<prefix>_settings_*`).

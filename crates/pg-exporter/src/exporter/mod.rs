@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
@@ -386,11 +385,8 @@ impl Exporter {
                     server: dsn::server_label(&config),
                     ..self.ctx(conn.version)
                 };
-                let runs = self
-                    .collectors
-                    .iter()
-                    .map(|c| runs::timed(c, &conn.session, &ctx, deadline));
-                for run in join_all(runs).await {
+                let all: Vec<&Collector> = self.collectors.iter().collect();
+                for run in runs::timed_phased(&all, &conn.session, &ctx, deadline).await {
                     add_collector_result(
                         &mut out,
                         p,

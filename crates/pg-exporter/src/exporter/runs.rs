@@ -63,6 +63,22 @@ pub(super) async fn timed(
     }
 }
 
+/// Runs `collectors` on one session: the built-in ones at once
+/// (pipelined), then the defined ones (custom queries) at once, so a slow
+/// custom query holds up no built-in collector (`/probe`).
+pub(super) async fn timed_phased(
+    collectors: &[&Collector],
+    session: &Session,
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+) -> Vec<Timed> {
+    let (defined, builtin): (Vec<&Collector>, Vec<&Collector>) =
+        collectors.iter().partition(|c| c.is_defined());
+    let mut runs = timed_all(&builtin, session, ctx, deadline).await;
+    runs.extend(timed_all(&defined, session, ctx, deadline).await);
+    runs
+}
+
 /// Runs `collectors` at once on `session` (pipelined).
 pub(super) async fn timed_all(
     collectors: &[&Collector],
