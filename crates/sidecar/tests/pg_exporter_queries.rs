@@ -225,6 +225,10 @@ fn every_usage_kind_with_upstreams_names_labels_types_and_values() {
     let target = format!("127.0.0.1:{}/postgres?sslmode=disable", server.port);
     let probed = common::exporter::probe(addr, &target);
     assert_eq!(value(&probed, "pg_custom_hits", &a), Some(7.0));
+    assert_eq!(
+        value(&probed, "pg_exporter_user_queries_load_error", &[]),
+        Some(0.0)
+    );
     p.terminate();
     assert!(p.wait(Duration::from_secs(10)).success());
 }

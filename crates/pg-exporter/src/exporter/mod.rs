@@ -409,6 +409,9 @@ impl Exporter {
             }
         };
         add_up(&mut out, p, up);
+        if let Some(queries) = &self.opts.queries {
+            queries.add_load_status(&mut out, p);
+        }
         let mut text = String::new();
         out.render(&mut text);
         Ok(text)
