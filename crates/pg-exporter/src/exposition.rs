@@ -11,6 +11,8 @@ pub enum Kind {
     Counter,
     Gauge,
     Untyped,
+    /// Series are [`Histogram`]s, written as `_bucket`, `_sum` and `_count` lines.
+    Histogram,
 }
 
 impl Kind {
@@ -19,6 +21,7 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Untyped => "untyped",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -26,11 +29,27 @@ impl Kind {
 /// Label pairs of one series.
 pub type Labels = Vec<(String, String)>;
 
+/// One histogram series: cumulative bucket counts by upper bound (`le`),
+/// the sum and the count of the observations, as a query reported them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// A series' value: one number, or a histogram (boxed: most series are numbers).
+#[derive(Debug, Clone)]
+enum Value {
+    Number(f64),
+    Histogram(Box<Histogram>),
+}
+
 #[derive(Debug, Clone)]
 struct Family {
     help: String,
     kind: Kind,
-    series: BTreeMap<Labels, f64>,
+    series: BTreeMap<Labels, Value>,
 }
 
 /// A set of families being collected for one scrape.
@@ -44,7 +63,7 @@ pub struct Families {
 }
 
 /// Adds a series unless present (the first value wins): false if it was.
-fn insert_series(series: &mut BTreeMap<Labels, f64>, labels: Labels, value: f64) -> bool {
+fn insert_series(series: &mut BTreeMap<Labels, Value>, labels: Labels, value: Value) -> bool {
     match series.entry(labels) {
         std::collections::btree_map::Entry::Occupied(_) => false,
         std::collections::btree_map::Entry::Vacant(slot) => {
@@ -61,6 +80,21 @@ impl Families {
 
     /// Adds one sample (the family name is copied only for a new family).
     pub fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels, value: f64) {
+        self.insert(name, help, kind, labels, Value::Number(value));
+    }
+
+    /// Adds one histogram series to a family of [`Kind::Histogram`].
+    pub fn add_histogram(&mut self, name: &str, help: &str, labels: Labels, value: Histogram) {
+        self.insert(
+            name,
+            help,
+            Kind::Histogram,
+            labels,
+            Value::Histogram(Box::new(value)),
+        );
+    }
+
+    fn insert(&mut self, name: &str, help: &str, kind: Kind, labels: Labels, value: Value) {
         if let Some(family) = self.families.get_mut(name) {
             if !insert_series(&mut family.series, labels, value) {
                 self.duplicates += 1;
@@ -137,7 +171,10 @@ impl Families {
                     .iter()
                     .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map(|(_, v)| *v)
+            .and_then(|(_, v)| match v {
+                Value::Number(v) => Some(*v),
+                Value::Histogram(_) => None,
+            })
     }
 
     /// Writes the text exposition.
@@ -146,26 +183,66 @@ impl Families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
             let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
             for (labels, value) in &family.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        out.push_str(k);
-                        out.push_str("=\"");
-                        escape_label_value(v, out);
-                        out.push('"');
-                    }
-                    out.push('}');
+                match value {
+                    Value::Number(v) => sample(out, name, "", labels, None, *v),
+                    Value::Histogram(h) => render_histogram(out, name, labels, h),
                 }
-                out.push(' ');
-                format_value(*value, out);
-                out.push('\n');
             }
         }
     }
+}
+
+/// One sample line: `name` + `suffix`, the labels (and `le`), the value.
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &Labels, le: Option<f64>, v: f64) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label_value(v, out);
+            out.push('"');
+        }
+        if let Some(le) = le {
+            if !labels.is_empty() {
+                out.push(',');
+            }
+            out.push_str("le=\"");
+            format_value(le, out);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    format_value(v, out);
+    out.push('\n');
+}
+
+/// A histogram as the Prometheus client libraries write one: the buckets by
+/// ascending bound, a `+Inf` bucket holding the count (unless the query gave
+/// one), the sum, the count.
+fn render_histogram(out: &mut String, name: &str, labels: &Labels, h: &Histogram) {
+    let mut buckets = h.buckets.clone();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (le, n) in &buckets {
+        sample(out, name, "_bucket", labels, Some(*le), *n as f64);
+    }
+    if buckets.last().is_none_or(|(le, _)| *le != f64::INFINITY) {
+        sample(
+            out,
+            name,
+            "_bucket",
+            labels,
+            Some(f64::INFINITY),
+            h.count as f64,
+        );
+    }
+    sample(out, name, "_sum", labels, None, h.sum);
+    sample(out, name, "_count", labels, None, h.count as f64);
 }
 
 fn escape_help(help: &str) -> String {
@@ -270,6 +347,32 @@ mod tests {
         assert_eq!(a.get("pg_y", &[("k", "1")]), Some(4.0));
         assert_eq!(a.len(), 3);
         assert_eq!(a.duplicates(), 1);
+    }
+
+    #[test]
+    fn histograms_render_buckets_by_bound_then_inf_sum_and_count() {
+        let mut f = Families::new();
+        f.add_histogram(
+            "pg_idle_seconds",
+            "Idle",
+            l(&[("app", "a")]),
+            Histogram {
+                buckets: vec![(5.0, 3), (1.0, 1)],
+                sum: 7.5,
+                count: 4,
+            },
+        );
+        let mut out = String::new();
+        f.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP pg_idle_seconds Idle\n# TYPE pg_idle_seconds histogram\n\
+             pg_idle_seconds_bucket{app=\"a\",le=\"1\"} 1\n\
+             pg_idle_seconds_bucket{app=\"a\",le=\"5\"} 3\n\
+             pg_idle_seconds_bucket{app=\"a\",le=\"+Inf\"} 4\n\
+             pg_idle_seconds_sum{app=\"a\"} 7.5\n\
+             pg_idle_seconds_count{app=\"a\"} 4\n"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! checks that a fresh connection can be made (`pg_up`), reuses one
 //! long-lived, read-only connection per database (and a second one to the
 //! main database for the costly database sizes), runs every enabled
-//! [`collectors`] query at once under one deadline, and renders the families
+//! [`collectors`] query at once under one deadline (the namespaces of a
+//! custom queries file, [`collectors::custom`], among them), and renders the families
 //! (`exposition`) with upstream's names; [`server`] serves that, `/probe`,
 //! `/`, `/live` and `/ready`. Scrapes that arrive during a collection share
 //! the next one instead of opening more connections.

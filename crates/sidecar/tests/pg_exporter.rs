@@ -9,29 +9,13 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::exporter::{scrape, value};
 use common::pg::{self, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 use common::prom::{self, Family};
 use common::{Proc, http_get, wait_until};
 
 fn exporter(env: &[(&str, &str)], args: &[&str]) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("postgres-exporter")
-        .args(["--web.listen-address", "127.0.0.1:0"])
-        .args(args);
-    for var in [
-        "DATA_SOURCE_NAME",
-        "DATA_SOURCE_URI",
-        "DATA_SOURCE_USER",
-        "DATA_SOURCE_PASS",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let p = Proc::start_with(&mut cmd);
-    let addr = p.logged_addr(" on http://");
-    (p, addr)
+    common::exporter::start(env, args)
 }
 
 fn superuser_env(server: &PgServer, db: &str) -> Vec<(&'static str, String)> {
@@ -54,21 +38,6 @@ fn role_env(
 
 fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-fn scrape(addr: SocketAddr) -> BTreeMap<String, Family> {
-    let (status, _, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    prom::parse(&body)
-}
-
-fn value(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    families.get(name)?.samples.iter().find_map(|(l, v)| {
-        labels
-            .iter()
-            .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
-            .then_some(*v)
-    })
 }
 
 /// Families every default scrape must carry, with their type and labels
@@ -333,16 +302,9 @@ fn every_default_family_on(server: &PgServer) {
 
 #[test]
 fn every_default_family_with_type_and_labels_on_every_available_version() {
-    let dirs = pg::bin_dirs();
-    assert!(
-        !dirs.is_empty(),
-        "no PostgreSQL binaries; run ./scripts/test"
-    );
-    for dir in dirs {
-        let server = pg::start(&dir);
-        eprintln!("checking {}", server.version);
-        every_default_family_on(&server);
-    }
+    pg::each_version(|server| {
+        every_default_family_on(server);
+    });
 }
 
 #[test]
@@ -723,18 +685,7 @@ fn auto_discovery_labels_every_database_without_duplicates_and_probe_works() {
 
     // /probe: another target, credentials from the exporter's environment.
     let target = format!("127.0.0.1:{}/app2?sslmode=disable", server.port);
-    let (status, _, body) = http_get(
-        addr,
-        &format!(
-            "/probe?target={}",
-            target
-                .replace('/', "%2F")
-                .replace('?', "%3F")
-                .replace('=', "%3D")
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
-    let probed = prom::parse(&body);
+    let probed = common::exporter::probe(addr, &target);
     assert_eq!(value(&probed, "pg_up", &[]), Some(1.0));
     assert!(
         value(

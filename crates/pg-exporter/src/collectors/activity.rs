@@ -54,7 +54,7 @@ pub(super) fn statements<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families
     })
 }
 
-const ACTIVITY: Spec = Spec {
+pub(super) const ACTIVITY: Spec = Spec {
     family: "stat_activity",
     labels: &[
         "datname",
@@ -93,7 +93,7 @@ const ACTIVITY_SQL: &str = "SELECT d.datname::text, s.state::text, COALESCE(a.us
     GROUP BY datname, state, usename, application_name, backend_type, wait_event_type, wait_event) AS a \
     ON a.state = s.state AND a.datname = d.datname";
 
-const LOCKS: Spec = Spec {
+pub(super) const LOCKS: Spec = Spec {
     family: "locks",
     labels: &["datname", "mode"],
     metrics: &[m("count", G, "Number of locks")],
@@ -105,7 +105,7 @@ const LOCKS_SQL: &str = "SELECT d.datname::text, tmp.mode::text, COALESCE(l.coun
     CROSS JOIN pg_database d LEFT JOIN (SELECT database, lower(mode) AS mode, count(*) AS count FROM pg_locks \
     WHERE database IS NOT NULL GROUP BY database, lower(mode)) AS l ON tmp.mode = l.mode AND d.oid = l.database";
 
-const LONG_TX: Spec = Spec {
+pub(super) const LONG_TX: Spec = Spec {
     family: "long_running_transactions",
     labels: &[],
     metrics: &[
@@ -118,7 +118,7 @@ const LONG_TX: Spec = Spec {
     ],
 };
 
-const STATEMENTS: Spec = Spec {
+pub(super) const STATEMENTS: Spec = Spec {
     family: "stat_statements",
     labels: &["user", "datname", "queryid"],
     metrics: &[

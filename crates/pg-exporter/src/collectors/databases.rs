@@ -84,7 +84,7 @@ pub(super) fn wraparound<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families
     ))
 }
 
-const DATABASE: Spec = Spec {
+pub(super) const DATABASE: Spec = Spec {
     family: "database",
     labels: &["datname"],
     metrics: &[
@@ -97,7 +97,7 @@ const DATABASE: Spec = Spec {
     ],
 };
 
-const ROLES: Spec = Spec {
+pub(super) const ROLES: Spec = Spec {
     family: "roles",
     labels: &["rolname"],
     metrics: &[m(
@@ -107,7 +107,7 @@ const ROLES: Spec = Spec {
     )],
 };
 
-const STAT_DATABASE: Spec = Spec {
+pub(super) const STAT_DATABASE: Spec = Spec {
     family: "stat_database",
     labels: &["datid", "datname"],
     metrics: &[
@@ -252,7 +252,7 @@ const STAT_DATABASE: Spec = Spec {
     ],
 };
 
-const CONFLICTS: Spec = Spec {
+pub(super) const CONFLICTS: Spec = Spec {
     family: "stat_database_conflicts",
     labels: &["datid", "datname", "server"],
     metrics: &[
@@ -284,7 +284,7 @@ const CONFLICTS: Spec = Spec {
     ],
 };
 
-const WRAPAROUND: Spec = Spec {
+pub(super) const WRAPAROUND: Spec = Spec {
     family: "database_wraparound",
     labels: &["datname"],
     metrics: &[

@@ -11,7 +11,8 @@
 //! statements), [`databases`] (sizes, limits, per-database statistics, roles),
 //! [`replication`] (replicas, slots, WAL, archiver), [`processes`] (background
 //! writer, checkpointer, vacuum progress, postmaster), [`tables`] (per-table
-//! statistics), [`settings`] (pg_settings); [`spec`] maps rows to families.
+//! statistics), [`settings`] (pg_settings); [`spec`] maps rows to families;
+//! [`custom`] reads a custom queries file into entries of the table.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -20,8 +21,10 @@ use futures_util::future::BoxFuture;
 
 use crate::exposition::{Families, Kind};
 use crate::session::Session;
+use spec::Spec;
 
 mod activity;
+pub mod custom;
 mod databases;
 mod processes;
 mod replication;
@@ -48,17 +51,36 @@ pub(crate) type Pending<'a> = BoxFuture<'a, Result<(), tokio_postgres::Error>>;
 /// A built-in collector's function.
 pub(crate) type RunFn = for<'a> fn(&'a Session, &'a Ctx, &'a mut Families) -> Pending<'a>;
 
+/// Why a collector run failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    /// A query failed (or the session did).
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// The rows do not read as the collector defines them (a custom query's
+    /// histogram column that holds no array, say); the text says what to fix.
+    #[error("{0}")]
+    Rows(String),
+}
+
+/// What a defined collector's run comes to.
+pub(crate) type DefinedPending<'a> = BoxFuture<'a, Result<(), Failure>>;
+
 /// A collector defined at run time (custom queries): it holds its queries.
 pub(crate) trait Defined: Send + Sync {
-    fn run<'a>(&'a self, session: &'a Session, ctx: &'a Ctx, out: &'a mut Families) -> Pending<'a>;
+    fn run<'a>(
+        &'a self,
+        session: &'a Session,
+        ctx: &'a Ctx,
+        out: &'a mut Families,
+    ) -> DefinedPending<'a>;
 }
 
 /// How a collector runs.
 #[derive(Clone)]
 pub(crate) enum Run {
     Builtin(RunFn),
-    /// Filled by the custom-queries file (`--extend.query-path`), once it is read.
-    #[allow(dead_code)]
+    /// A namespace of the custom-queries file (`--extend.query-path`).
     Defined(Arc<dyn Defined>),
 }
 
@@ -70,6 +92,9 @@ pub struct Collector {
     pub scope: Scope,
     pub about: Cow<'static, str>,
     pub(crate) run: Run,
+    /// The families a built-in collector writes (`spec::Spec`s); none for
+    /// a defined one, whose names are checked against these at start.
+    pub(crate) specs: &'static [&'static Spec],
 }
 
 impl std::fmt::Debug for Collector {
@@ -84,16 +109,41 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     /// Runs the collector on `session`, adding its samples to `out`.
-    pub(crate) fn run<'a>(
-        &'a self,
-        session: &'a Session,
-        ctx: &'a Ctx,
-        out: &'a mut Families,
-    ) -> Pending<'a> {
+    pub(crate) async fn run(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        out: &mut Families,
+    ) -> Result<(), Failure> {
         match &self.run {
-            Run::Builtin(run) => run(session, ctx, out),
-            Run::Defined(defined) => defined.run(session, ctx, out),
+            Run::Builtin(run) => run(session, ctx, out).await.map_err(Failure::Query),
+            Run::Defined(defined) => defined.run(session, ctx, out).await,
         }
+    }
+
+    /// Whether it is defined at run time (a custom query).
+    pub(crate) fn is_defined(&self) -> bool {
+        matches!(self.run, Run::Defined(_))
+    }
+
+    /// Whether this collector writes the family `name` (with metric prefix
+    /// `prefix`): one of its specs' names, or any name under a spec without
+    /// a metric list (`<prefix>_settings_*`).
+    pub fn writes(&self, prefix: &str, name: &str) -> bool {
+        self.specs.iter().any(|spec| {
+            let family = format!("{prefix}_{}", spec.family);
+            if spec.metrics.is_empty() {
+                return name
+                    .strip_prefix(&family)
+                    .is_some_and(|rest| rest.starts_with('_'));
+            }
+            spec.metrics.iter().any(|m| match m.name {
+                "" => name == family,
+                metric => {
+                    name.strip_prefix(&family).and_then(|r| r.strip_prefix('_')) == Some(metric)
+                }
+            })
+        })
     }
 }
 
@@ -104,6 +154,7 @@ const fn builtin(
     scope: Scope,
     about: &'static str,
     run: RunFn,
+    specs: &'static [&'static Spec],
 ) -> Collector {
     Collector {
         name: Cow::Borrowed(name),
@@ -111,6 +162,7 @@ const fn builtin(
         scope,
         about: Cow::Borrowed(about),
         run: Run::Builtin(run),
+        specs,
     }
 }
 
@@ -125,6 +177,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Side,
         "database sizes and connection limits",
         databases::database,
+        &[&databases::DATABASE],
     ),
     builtin(
         "locks",
@@ -132,6 +185,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "locks by database and mode",
         activity::locks,
+        &[&activity::LOCKS],
     ),
     builtin(
         "replication",
@@ -139,6 +193,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "replica lag",
         replication::replication,
+        &[&replication::REPLICATION],
     ),
     builtin(
         "replication_slots",
@@ -146,6 +201,11 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "replication slot positions and state",
         replication::slots,
+        &[
+            &replication::SLOTS_LEGACY,
+            &replication::SLOTS,
+            &replication::SLOTS_STATUS,
+        ],
     ),
     builtin(
         "roles",
@@ -153,6 +213,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "role connection limits",
         databases::roles,
+        &[&databases::ROLES],
     ),
     builtin(
         "settings",
@@ -160,6 +221,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "pg_settings as the server configures them, units converted to seconds and bytes",
         settings::settings,
+        &[&settings::SETTINGS],
     ),
     builtin(
         "stat_activity",
@@ -167,6 +229,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "client sessions by database, state, user, application and wait event",
         activity::stat_activity,
+        &[&activity::ACTIVITY],
     ),
     builtin(
         "stat_archiver",
@@ -174,6 +237,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "WAL archiver",
         replication::archiver,
+        &[&replication::ARCHIVER],
     ),
     builtin(
         "stat_bgwriter",
@@ -181,6 +245,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "background writer (and checkpoints before PostgreSQL 17)",
         processes::bgwriter,
+        &[&processes::BGWRITER, &processes::BGWRITER_17],
     ),
     builtin(
         "stat_database",
@@ -188,6 +253,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "per-database transactions, blocks, tuples, conflicts",
         databases::stat_database,
+        &[&databases::STAT_DATABASE, &databases::CONFLICTS],
     ),
     builtin(
         "stat_progress_vacuum",
@@ -195,6 +261,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "running vacuums",
         processes::progress_vacuum,
+        &[&processes::VACUUM, &processes::VACUUM_PHASE],
     ),
     builtin(
         "stat_replication",
@@ -202,6 +269,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "connected replicas",
         replication::stat_replication,
+        &[&replication::STAT_REPLICATION],
     ),
     builtin(
         "stat_user_tables",
@@ -209,6 +277,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Database,
         "per-table scans, tuples, vacuum and sizes",
         tables::user_tables,
+        &[&tables::USER_TABLES],
     ),
     builtin(
         "statio_user_tables",
@@ -216,6 +285,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Database,
         "per-table block reads and hits",
         tables::statio,
+        &[&tables::STATIO],
     ),
     builtin(
         "wal",
@@ -223,6 +293,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "WAL segments and size",
         replication::wal,
+        &[&replication::WAL],
     ),
     builtin(
         "database_wraparound",
@@ -230,6 +301,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "transaction ID age per database",
         databases::wraparound,
+        &[&databases::WRAPAROUND],
     ),
     builtin(
         "long_running_transactions",
@@ -237,6 +309,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "open transactions and the oldest one's age",
         activity::long_running_transactions,
+        &[&activity::LONG_TX],
     ),
     builtin(
         "postmaster",
@@ -244,6 +317,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "server start time",
         processes::postmaster,
+        &[&processes::POSTMASTER],
     ),
     builtin(
         "stat_checkpointer",
@@ -251,6 +325,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "checkpoints on PostgreSQL 17 and later",
         processes::checkpointer,
+        &[&processes::CHECKPOINTER],
     ),
     builtin(
         "stat_statements",
@@ -258,6 +333,7 @@ pub static COLLECTORS: &[Collector] = &[
         Scope::Server,
         "top statements by total time (needs pg_stat_statements)",
         activity::statements,
+        &[&activity::STATEMENTS],
     ),
 ];
 
@@ -327,11 +403,30 @@ mod tests {
         assert_eq!(names.len(), COLLECTORS.len());
     }
 
-    /// A collector defined at run time, as custom queries will be.
+    #[test]
+    fn builtin_entries_say_which_families_they_write() {
+        let by = |n: &str| COLLECTORS.iter().find(|c| c.name == n).unwrap();
+        assert!(by("database").writes("pg", "pg_database_size_bytes"));
+        assert!(by("database").writes("pg", "pg_database_connection_limit"));
+        assert!(!by("database").writes("pg", "pg_database_size"));
+        assert!(!by("database").writes("pg", "pg_database_wraparound_age_datfrozenxid_seconds"));
+        assert!(by("settings").writes("pg", "pg_settings_max_connections"));
+        assert!(!by("settings").writes("pg", "pg_settingsx"));
+        assert!(by("long_running_transactions").writes("pg", "pg_long_running_transactions"));
+        assert!(by("wal").writes("my", "my_wal_segments"));
+        assert!(!by("wal").writes("pg", "my_wal_segments"));
+    }
+
+    /// A collector defined at run time, as custom queries are.
     struct Fixed;
 
     impl Defined for Fixed {
-        fn run<'a>(&'a self, _: &'a Session, ctx: &'a Ctx, out: &'a mut Families) -> Pending<'a> {
+        fn run<'a>(
+            &'a self,
+            _: &'a Session,
+            ctx: &'a Ctx,
+            out: &'a mut Families,
+        ) -> DefinedPending<'a> {
             Box::pin(async move {
                 out.add(
                     &format!("{}_fixed", ctx.prefix),
@@ -353,6 +448,7 @@ mod tests {
             scope: Scope::Database,
             about: Cow::Owned("from a file".to_string()),
             run: Run::Defined(Arc::new(Fixed)),
+            specs: &[],
         };
         let mut table: Vec<Collector> = COLLECTORS.to_vec();
         table.push(entry);

@@ -85,7 +85,7 @@ pub(super) fn postmaster<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families
     ))
 }
 
-const BGWRITER: Spec = Spec {
+pub(super) const BGWRITER: Spec = Spec {
     family: "stat_bgwriter",
     labels: &[],
     metrics: &[
@@ -143,7 +143,7 @@ const BGWRITER: Spec = Spec {
     ],
 };
 
-const BGWRITER_17: Spec = Spec {
+pub(super) const BGWRITER_17: Spec = Spec {
     family: "stat_bgwriter",
     labels: &[],
     metrics: &[
@@ -166,7 +166,7 @@ const BGWRITER_17: Spec = Spec {
     ],
 };
 
-const CHECKPOINTER: Spec = Spec {
+pub(super) const CHECKPOINTER: Spec = Spec {
     family: "stat_checkpointer",
     labels: &[],
     metrics: &[
@@ -218,7 +218,7 @@ const CHECKPOINTER: Spec = Spec {
     ],
 };
 
-const VACUUM: Spec = Spec {
+pub(super) const VACUUM: Spec = Spec {
     family: "stat_progress_vacuum",
     labels: &["datname", "relname"],
     metrics: &[
@@ -243,7 +243,7 @@ const VACUUM: Spec = Spec {
     ],
 };
 
-const VACUUM_PHASE: Spec = Spec {
+pub(super) const VACUUM_PHASE: Spec = Spec {
     family: "stat_progress_vacuum",
     labels: &["datname", "relname", "phase"],
     metrics: &[m(
@@ -259,7 +259,7 @@ const VACUUM_PHASE_SQL: &str = "SELECT d.datname::text, COALESCE(c.relname, ''):
     ('vacuuming indexes'), ('vacuuming heap'), ('cleaning up indexes'), ('truncating heap'), \
     ('performing final cleanup')) AS ph(phase)";
 
-const POSTMASTER: Spec = Spec {
+pub(super) const POSTMASTER: Spec = Spec {
     family: "postmaster",
     labels: &[],
     metrics: &[m(

@@ -77,7 +77,7 @@ pub(super) fn wal<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families) -> Pe
     ))
 }
 
-const REPLICATION: Spec = Spec {
+pub(super) const REPLICATION: Spec = Spec {
     family: "replication",
     labels: &[],
     metrics: &[
@@ -93,7 +93,7 @@ const REPLICATION_SQL: &str = "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 \
     CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END::float8, \
     GREATEST(0, EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())))::float8";
 
-const SLOTS_LEGACY: Spec = Spec {
+pub(super) const SLOTS_LEGACY: Spec = Spec {
     family: "replication_slots",
     labels: &["slot_name", "database"],
     metrics: &[
@@ -102,7 +102,7 @@ const SLOTS_LEGACY: Spec = Spec {
     ],
 };
 
-const SLOTS: Spec = Spec {
+pub(super) const SLOTS: Spec = Spec {
     family: "replication_slots",
     labels: &["slot_name", "slot_type"],
     metrics: &[
@@ -125,7 +125,7 @@ const SLOTS: Spec = Spec {
     ],
 };
 
-const SLOTS_STATUS: Spec = Spec {
+pub(super) const SLOTS_STATUS: Spec = Spec {
     family: "replication_slots",
     labels: &["slot_name", "slot_type", "wal_status"],
     metrics: &[m(
@@ -135,7 +135,7 @@ const SLOTS_STATUS: Spec = Spec {
     )],
 };
 
-const STAT_REPLICATION: Spec = Spec {
+pub(super) const STAT_REPLICATION: Spec = Spec {
     family: "stat_replication",
     labels: &["application_name", "client_addr", "state", "slot_name"],
     metrics: &[
@@ -148,7 +148,7 @@ const STAT_REPLICATION: Spec = Spec {
     ],
 };
 
-const ARCHIVER: Spec = Spec {
+pub(super) const ARCHIVER: Spec = Spec {
     family: "stat_archiver",
     labels: &[],
     metrics: &[
@@ -171,7 +171,7 @@ const ARCHIVER: Spec = Spec {
     ],
 };
 
-const WAL: Spec = Spec {
+pub(super) const WAL: Spec = Spec {
     family: "wal",
     labels: &[],
     metrics: &[

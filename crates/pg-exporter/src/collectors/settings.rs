@@ -6,7 +6,16 @@
 use crate::exposition::{Families, Kind, sanitize_name};
 use crate::session::Session;
 
+use super::spec::Spec;
 use super::{Ctx, Pending};
+
+/// The families this collector owns: `<prefix>_settings_<name>`, one per
+/// setting (no metric list: every name under the family is its own).
+pub(super) const SETTINGS: Spec = Spec {
+    family: "settings",
+    labels: &[],
+    metrics: &[],
+};
 
 pub(super) fn settings<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families) -> Pending<'a> {
     Box::pin(read(s, ctx, out))

@@ -11,14 +11,14 @@ pub(super) use Kind::{Counter as C, Gauge as G, Untyped as U};
 
 /// What a NULL value becomes.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Null {
+pub(crate) enum Null {
     /// No sample.
     Skip,
     Zero,
     NaN,
 }
 
-pub(super) struct Metric {
+pub(crate) struct Metric {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
@@ -45,7 +45,7 @@ pub(super) const fn z(name: &'static str, kind: Kind, help: &'static str) -> Met
     }
 }
 
-pub(super) struct Spec {
+pub(crate) struct Spec {
     /// `<prefix>_<family>_<metric>`.
     pub family: &'static str,
     pub labels: &'static [&'static str],

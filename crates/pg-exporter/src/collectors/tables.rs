@@ -23,7 +23,7 @@ pub(super) fn statio<'a>(s: &'a Session, ctx: &'a Ctx, out: &'a mut Families) ->
     ))
 }
 
-const USER_TABLES: Spec = Spec {
+pub(super) const USER_TABLES: Spec = Spec {
     family: "stat_user_tables",
     labels: &["datname", "schemaname", "relname"],
     metrics: &[
@@ -125,7 +125,7 @@ const USER_TABLES_SQL: &str = "SELECT current_database()::text, schemaname::text
     FROM (SELECT *, EXISTS (SELECT 1 FROM pg_locks l WHERE l.relation = t.relid \
     AND l.mode = 'AccessExclusiveLock' AND l.granted) AS locked FROM pg_stat_user_tables t) AS t";
 
-const STATIO: Spec = Spec {
+pub(super) const STATIO: Spec = Spec {
     family: "statio_user_tables",
     labels: &["datname", "schemaname", "relname"],
     metrics: &[

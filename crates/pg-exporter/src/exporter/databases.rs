@@ -16,11 +16,25 @@ use crate::dsn;
 use crate::exposition::Families;
 use crate::session::{Session, lock};
 
+/// Where collectors run: a database, with what reaching it takes.
+struct Place<'a> {
+    /// The main database's session.
+    session: &'a Arc<Session>,
+    base: &'a Config,
+    main_db: &'a str,
+    db: String,
+    ctx: &'a Ctx,
+    deadline: tokio::time::Instant,
+}
+
 impl Exporter {
     /// Runs the enabled collectors of [`Scope::Server`] and
-    /// [`Scope::Database`], all at once: server scope on the main session
-    /// (pipelined), database scope on each collected database's session.
-    /// Adds `pg_static` to `out`; returns the runs with where they ran.
+    /// [`Scope::Database`]: server scope on the main session (pipelined),
+    /// database scope on each collected database's session. The built-in
+    /// collectors first, all at once; then the custom queries, all at once:
+    /// a session runs its queries in turn, and a slow custom query must not
+    /// hold up a built-in collector queued behind it. Adds `pg_static` to
+    /// `out`; returns the runs with where they ran.
     pub(super) async fn run_collectors(
         &self,
         session: &Arc<Session>,
@@ -29,18 +43,26 @@ impl Exporter {
         deadline: tokio::time::Instant,
         out: &mut Families,
     ) -> Vec<(String, Timed)> {
-        let server_scope = self.enabled(Scope::Server);
-        let db_scope = self.enabled(Scope::Database);
+        let [server_builtin, server_custom] = self.enabled_by_kind(Scope::Server);
+        let [db_builtin, db_custom] = self.enabled_by_kind(Scope::Database);
         let main_db = dsn::database(base);
+        let at = |db: &str| Place {
+            session,
+            base,
+            main_db: &main_db,
+            db: db.to_string(),
+            ctx,
+            deadline,
+        };
 
-        let server_runs = timed_all(&server_scope, session, ctx, deadline);
+        let server_runs = timed_all(&server_builtin, session, ctx, deadline);
         let static_info = async {
             let mut fam = Families::new();
             let r = timeout_at(deadline, collectors::static_info(session, ctx, &mut fam)).await;
             (r, fam)
         };
         let database_runs = async {
-            if db_scope.is_empty() {
+            if db_builtin.is_empty() && db_custom.is_empty() {
                 return Vec::new();
             }
             let databases = if self.opts.auto_discover {
@@ -50,47 +72,91 @@ impl Exporter {
             } else {
                 vec![main_db.clone()]
             };
-            join_all(databases.into_iter().map(|db| {
-                let db_scope = &db_scope;
-                let main_db = &main_db;
-                async move {
-                    let session = if &db == main_db {
-                        Some(Arc::clone(session))
-                    } else {
-                        self.database_connection(base, &db, &db, deadline)
-                            .await
-                            .map_err(|e| {
-                                self.warn_connect(
-                                    &e.text,
-                                    "its per-database collectors count as failed until it can",
-                                )
-                            })
-                            .ok()
-                            .map(|(s, _)| s)
-                    };
-                    let runs = match session {
-                        Some(session) => timed_all(db_scope, &session, ctx, deadline).await,
-                        // Could not connect (already logged): the collectors count as failed.
-                        None => db_scope.iter().map(|c| Timed::not_connected(c)).collect(),
-                    };
-                    (db, runs)
-                }
-            }))
-            .await
+            join_all(databases.iter().map(|db| self.run_at(at(db), &db_builtin))).await
         };
         let (server_results, (static_result, static_fam), database_results) =
             tokio::join!(server_runs, static_info, database_runs);
         if let Ok(Ok(())) = static_result {
             out.merge(static_fam);
         }
+        // The custom queries, on the sessions the built-in collectors used
+        // (a database that could not be reached counts them as failed).
+        let (server_custom_results, database_custom_results) = tokio::join!(
+            timed_all(&server_custom, session, ctx, deadline),
+            join_all(database_results.iter().map(|(db, reached, _)| async {
+                if *reached {
+                    self.run_at(at(db), &db_custom).await
+                } else {
+                    let runs = db_custom.iter().map(|c| Timed::not_connected(c)).collect();
+                    (db.clone(), false, runs)
+                }
+            }))
+        );
         let mut runs: Vec<(String, Timed)> = server_results
             .into_iter()
+            .chain(server_custom_results)
             .map(|r| (self.server.clone(), r))
             .collect();
-        for (db, results) in database_results {
+        for (db, _, results) in database_results.into_iter().chain(database_custom_results) {
             runs.extend(results.into_iter().map(|r| (db.clone(), r)));
         }
         runs
+    }
+
+    /// Runs `collectors` on the session of `place.db` (opened if needed):
+    /// the database, whether it was reached, the runs.
+    async fn run_at(
+        &self,
+        place: Place<'_>,
+        collectors: &[&Collector],
+    ) -> (String, bool, Vec<Timed>) {
+        let Place {
+            session,
+            base,
+            main_db,
+            db,
+            ctx,
+            deadline,
+        } = place;
+        if collectors.is_empty() {
+            return (db, true, Vec::new());
+        }
+        let session = if db == main_db {
+            Some(Arc::clone(session))
+        } else {
+            self.database_connection(base, &db, &db, deadline)
+                .await
+                .map_err(|e| {
+                    self.warn_connect(
+                        &e.text,
+                        "its per-database collectors count as failed until it can",
+                    )
+                })
+                .ok()
+                .map(|(s, _)| s)
+        };
+        match session {
+            Some(session) => {
+                let runs = timed_all(collectors, &session, ctx, deadline).await;
+                (db, true, runs)
+            }
+            // Could not connect (already logged): the collectors count as failed.
+            None => (
+                db,
+                false,
+                collectors.iter().map(|c| Timed::not_connected(c)).collect(),
+            ),
+        }
+    }
+
+    /// The enabled collectors of `scope`: the built-in ones, then the
+    /// defined ones (custom queries).
+    fn enabled_by_kind(&self, scope: Scope) -> [Vec<&Collector>; 2] {
+        let (defined, builtin) = self
+            .enabled(scope)
+            .into_iter()
+            .partition(|c| c.is_defined());
+        [builtin, defined]
     }
 
     /// The enabled collectors of `scope`.

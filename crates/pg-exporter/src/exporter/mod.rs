@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 use tokio_postgres::Config;
 
+use crate::collectors::custom::Queries;
 use crate::collectors::{self, COLLECTORS, Collector, Ctx, Scope};
 use crate::dsn;
 use crate::exposition::Families;
@@ -58,6 +58,9 @@ pub struct Options {
     /// limits) are reused before the next scrape reads them again; zero
     /// reads them on every scrape.
     pub database_interval: Duration,
+    /// The custom queries file (`--extend.query-path`): its namespaces run
+    /// as collectors beside the enabled built-in ones.
+    pub queries: Option<Queries>,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             statements_limit: 100,
             max_probes: 4,
             database_interval: Duration::from_secs(60),
+            queries: None,
         }
     }
 }
@@ -134,9 +138,11 @@ impl Exporter {
         });
         let server = base.as_ref().map(dsn::server_label).unwrap_or_default();
         let probes = Semaphore::new(opts.max_probes.max(1));
+        let custom = opts.queries.iter().flat_map(|q| q.entries());
         let collectors = COLLECTORS
             .iter()
             .filter(|c| opts.collectors.iter().any(|name| *name == c.name))
+            .chain(custom)
             .cloned()
             .collect();
         Self {
@@ -379,11 +385,8 @@ impl Exporter {
                     server: dsn::server_label(&config),
                     ..self.ctx(conn.version)
                 };
-                let runs = self
-                    .collectors
-                    .iter()
-                    .map(|c| runs::timed(c, &conn.session, &ctx, deadline));
-                for run in join_all(runs).await {
+                let all: Vec<&Collector> = self.collectors.iter().collect();
+                for run in runs::timed_phased(&all, &conn.session, &ctx, deadline).await {
                     add_collector_result(
                         &mut out,
                         p,
@@ -406,6 +409,9 @@ impl Exporter {
             }
         };
         add_up(&mut out, p, up);
+        if let Some(queries) = &self.opts.queries {
+            queries.add_load_status(&mut out, p);
+        }
         let mut text = String::new();
         out.render(&mut text);
         Ok(text)

@@ -10,13 +10,13 @@ use tokio::time::timeout_at;
 
 use super::conn::db_error_text;
 use super::{Exporter, Stats};
-use crate::collectors::{Collector, Ctx};
+use crate::collectors::{Collector, Ctx, Failure};
 use crate::exposition::{Families, Kind};
-use crate::session::Session;
+use crate::session::{Session, lock};
 
 /// Why a collector run produced nothing.
 pub(super) enum RunError {
-    Query(tokio_postgres::Error),
+    Query(Failure),
     Timeout,
     NotConnected,
 }
@@ -63,6 +63,22 @@ pub(super) async fn timed(
     }
 }
 
+/// Runs `collectors` on one session: the built-in ones at once
+/// (pipelined), then the defined ones (custom queries) at once, so a slow
+/// custom query holds up no built-in collector (`/probe`).
+pub(super) async fn timed_phased(
+    collectors: &[&Collector],
+    session: &Session,
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+) -> Vec<Timed> {
+    let (defined, builtin): (Vec<&Collector>, Vec<&Collector>) =
+        collectors.iter().partition(|c| c.is_defined());
+    let mut runs = timed_all(&builtin, session, ctx, deadline).await;
+    runs.extend(timed_all(&defined, session, ctx, deadline).await);
+    runs
+}
+
 /// Runs `collectors` at once on `session` (pipelined).
 pub(super) async fn timed_all(
     collectors: &[&Collector],
@@ -102,7 +118,8 @@ impl Exporter {
         ok
     }
 
-    /// Logs a collector failure (once per collector and message) and says whether it succeeded.
+    /// Logs a collector failure (once per collector, place and message
+    /// until it succeeds there again) and says whether it succeeded.
     fn outcome(
         &self,
         name: &str,
@@ -110,12 +127,20 @@ impl Exporter {
         result: Result<(), RunError>,
         timed_out: &mut bool,
     ) -> bool {
+        let episode = format!("{name}@{place}");
         match result {
-            Ok(()) => true,
+            Ok(()) => {
+                self.episode_over(&episode);
+                true
+            }
             Err(RunError::Query(e)) => {
-                let msg = db_error_text(&e);
+                let msg = match e {
+                    Failure::Query(e) => db_error_text(&e),
+                    Failure::Rows(text) => text,
+                };
+                self.failing(&episode);
                 self.warn_once(
-                    format!("{name}:{msg}"),
+                    format!("{episode}:{msg}"),
                     format!("collector {name} failed on {place}: {msg}"),
                 );
                 false
@@ -123,8 +148,9 @@ impl Exporter {
             Err(RunError::NotConnected) => false,
             Err(RunError::Timeout) => {
                 *timed_out = true;
+                self.failing(&episode);
                 self.warn_once(
-                    format!("{name}:timeout"),
+                    format!("{episode}:timeout"),
                     format!(
                         "collector {name} did not finish within --collection-timeout {}; its metrics are left out of this scrape",
                         sidecar_telemetry::duration::format(self.opts.collection_timeout)
@@ -132,6 +158,21 @@ impl Exporter {
                 );
                 false
             }
+        }
+    }
+
+    /// Marks a collector as failing at a place (see [`Self::episode_over`]).
+    fn failing(&self, episode: &str) {
+        lock(&self.warned).insert(episode.to_string());
+    }
+
+    /// A collector that failed at a place succeeded there again: its next
+    /// failure is worth a new warning.
+    fn episode_over(&self, episode: &str) {
+        let mut warned = lock(&self.warned);
+        if warned.remove(episode) {
+            let prefix = format!("{episode}:");
+            warned.retain(|k| !k.starts_with(&prefix));
         }
     }
 
@@ -159,6 +200,9 @@ impl Exporter {
             Vec::new(),
             if stats.last_error { 1.0 } else { 0.0 },
         );
+        if let Some(queries) = &self.opts.queries {
+            queries.add_load_status(out, p);
+        }
         let name = format!("{p}_exporter_missing_pg_monitor");
         let help = "1 when the exporter's role is not a member of pg_monitor (statistics of other sessions are hidden from it).";
         match &stats.missing_monitor {

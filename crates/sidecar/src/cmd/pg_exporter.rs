@@ -1,6 +1,7 @@
 //! `sidecar postgres-exporter`: PostgreSQL metrics for Prometheus.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
 use sidecar_pg_exporter::collectors::COLLECTORS;
+use sidecar_pg_exporter::collectors::custom::Queries;
 use sidecar_pg_exporter::dsn::SourceVars;
 use sidecar_pg_exporter::server::Endpoints;
 use sidecar_pg_exporter::{Exporter, Options};
@@ -99,6 +101,10 @@ pub struct PgExporterArgs {
     #[arg(long = "collector.database.interval", default_value = "60s", value_parser = duration::parse, env = "PG_EXPORTER_COLLECTOR_DATABASE_INTERVAL")]
     database_interval: Duration,
 
+    /// YAML file of custom queries, in postgres_exporter's queries.yaml format (each namespace also reports as a collector); a file that does not load stops the exporter at start.
+    #[arg(long = "extend.query-path", env = "PG_EXPORTER_EXTEND_QUERY_PATH")]
+    query_path: Option<PathBuf>,
+
     #[command(flatten)]
     collectors: CollectorFlags,
 }
@@ -175,6 +181,19 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
     if !args.telemetry_path.starts_with('/') {
         anyhow::bail!("--web.telemetry-path must start with '/', like /metrics");
     }
+    // An empty path is no file, as upstream reads it.
+    let queries = match args.query_path.filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => {
+            let queries = Queries::load(&path, &args.metric_prefix, &args.collectors.enabled)?;
+            tracing::info!(
+                "custom queries from {}: {} namespaces",
+                path.display(),
+                queries.entries().len()
+            );
+            Some(queries)
+        }
+        None => None,
+    };
     let opts = Options {
         collection_timeout: args.collection_timeout,
         connect_timeout: args.connect_timeout,
@@ -185,6 +204,7 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         exclude_databases: args.exclude_databases,
         statements_limit: args.statements_limit,
         database_interval: args.database_interval,
+        queries,
         ..Options::default()
     };
     let listen = args.listen;

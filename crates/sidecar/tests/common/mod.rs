@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod exporter;
 pub mod kube;
 pub mod peers;
 pub mod pg;

@@ -58,3 +58,17 @@ pub fn client(server: &PgServer, db: &str) -> postgres::Client {
         .connect(postgres::NoTls)
         .unwrap()
 }
+
+/// Runs `check` on a server of every available version, one after the other.
+pub fn each_version(mut check: impl FnMut(&PgServer)) {
+    let dirs = bin_dirs();
+    assert!(
+        !dirs.is_empty(),
+        "no PostgreSQL binaries; run ./scripts/test"
+    );
+    for dir in dirs {
+        let server = start(&dir);
+        eprintln!("checking {}", server.version);
+        check(&server);
+    }
+}

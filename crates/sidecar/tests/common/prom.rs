@@ -62,8 +62,20 @@ pub fn parse(text: &str) -> BTreeMap<String, Family> {
             seen.insert((name.to_string(), labels.clone())),
             "duplicate series: {line}"
         );
+        // A histogram's `_bucket`, `_sum` and `_count` lines belong to it;
+        // they keep their own name as the label `__name__`.
+        let histogram = ["_bucket", "_sum", "_count"].iter().find_map(|s| {
+            let base = name.strip_suffix(s)?;
+            (!families.contains_key(name)
+                && families.get(base).is_some_and(|f| f.kind == "histogram"))
+            .then_some(base)
+        });
+        let mut labels = labels;
+        if histogram.is_some() {
+            labels.insert("__name__".to_string(), name.to_string());
+        }
         let family = families
-            .get_mut(name)
+            .get_mut(histogram.unwrap_or(name))
             .unwrap_or_else(|| panic!("sample without # TYPE: {line}"));
         assert!(!family.kind.is_empty(), "sample without # TYPE: {line}");
         family.samples.push((labels, value));
@@ -129,6 +141,8 @@ pub fn promtool_check(text: &str) {
     );
     for line in report.lines() {
         let allowed = line.contains("counter metrics should have \"_total\" suffix")
+            // Upstream's name for a custom query's DURATION column: <namespace>_<column>_milliseconds.
+            || line.contains("use base unit \"seconds\" instead of \"milliseconds\"")
             || line.contains("non-histogram and non-summary metrics should not have \"_count\" suffix")
             // A PostgreSQL setting's own name (pg_settings_wal_summary_keep_time_seconds, PG 17+).
             || (line.starts_with("pg_settings_") && line.contains("metric name should not include type"));
