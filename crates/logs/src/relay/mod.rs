@@ -471,7 +471,8 @@ impl Relay {
     /// Reports files that appeared at `path` and were never read (see
     /// `loss.rs`): counted, with one warning per look that finds any.
     fn settle_losses(&mut self, label: &str, path: &Path, now: Instant, final_look: bool) {
-        let lost = self.ledger.settle(path, now, final_look);
+        let drained = self.waiter.drained_before(now);
+        let lost = self.ledger.settle(path, now, drained, final_look);
         if lost == 0 {
             return;
         }
