@@ -35,6 +35,11 @@ pub struct Entry {
     pub offset: u64,
     /// False once the file was read to its end and let go.
     pub open: bool,
+    /// Open, but rotated away from its label (another file had taken its
+    /// place) and relayed to its end: nothing is known to be missing from
+    /// it, should it be gone after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 impl Entry {
@@ -78,6 +83,9 @@ struct Compact {
     o: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     open: bool,
+    /// [`Entry::ended`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    e: bool,
 }
 
 /// Builds a [`State`], label by label.
@@ -123,6 +131,7 @@ impl Builder {
             f: e.fingerprint,
             o: e.offset,
             open: e.open,
+            e: e.ended,
         };
         bytes += json_len(&c) + 1;
         self.files.push(c);
@@ -229,6 +238,7 @@ impl Store {
                             fingerprint: c.f,
                             offset: c.o,
                             open: c.open,
+                            ended: c.e,
                         })
                     })
                     .collect()
@@ -307,6 +317,7 @@ mod tests {
             fingerprint: "6869".into(),
             offset: 42,
             open: true,
+            ended: true,
         };
         let elsewhere = Entry {
             path: "/archive/app.log.1".into(),
@@ -317,6 +328,7 @@ mod tests {
             path: "/logs/app.log".into(),
             id: FileId { dev: 1, ino: 4 },
             open: false,
+            ended: false,
             ..entry.clone()
         };
         let all = vec![entry, elsewhere, closed];
@@ -391,6 +403,7 @@ mod tests {
             fingerprint: fp.clone(),
             offset: u64::MAX,
             open,
+            ended: false,
         };
         let known_files = crate::relay::KNOWN_FILES as u64;
         let files = |label_len: usize, open: u64| -> Vec<Entry> {

@@ -104,6 +104,13 @@ impl Relay {
                     }
                     since
                 }
+                None if entry.ended => {
+                    tracing::info!(
+                        "{label}: {} had been rotated away and relayed to its end before the relay stopped; it is gone now, with nothing known to be missing",
+                        entry.path.display()
+                    );
+                    self.checkpoint_time.unwrap_or(self.started)
+                }
                 None => {
                     tracing::warn!(
                         "{label} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
@@ -153,6 +160,7 @@ impl Relay {
                 fingerprint: FingerprintHash::of(&r.fp).encode(),
                 offset: r.framer.committed(),
                 open: true,
+                ended: !r.attached && r.framer.committed() >= r.size,
             })
             .collect();
         for id in &self.known_order {
@@ -164,6 +172,7 @@ impl Relay {
                     fingerprint: k.fp.encode(),
                     offset: k.offset,
                     open: false,
+                    ended: false,
                 });
             }
         }
