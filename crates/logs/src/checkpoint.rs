@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FileId, FingerprintHash};
+use crate::identity::{BeforeHash, FileId, FingerprintHash};
 
 const STATE_FILE: &str = "sidecar-logs.state.json";
 const VERSION: u32 = 2;
@@ -33,6 +33,10 @@ pub struct Entry {
     pub fingerprint: String,
     /// Every byte before this offset has been written to stdout.
     pub offset: u64,
+    /// The bytes right before `offset`, as [`BeforeHash::encode`] writes
+    /// them (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     /// False once the file was read to its end and let go.
     pub open: bool,
     /// Open, but rotated away from its label (another file had taken its
@@ -45,6 +49,10 @@ pub struct Entry {
 impl Entry {
     pub fn fingerprint(&self) -> FingerprintHash {
         FingerprintHash::decode(&self.fingerprint).unwrap_or_default()
+    }
+
+    pub fn before(&self) -> Option<BeforeHash> {
+        self.before.as_deref().and_then(BeforeHash::decode)
     }
 }
 
@@ -81,6 +89,9 @@ struct Compact {
     i: u64,
     f: String,
     o: u64,
+    /// [`Entry::before`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     open: bool,
     /// [`Entry::ended`].
@@ -130,6 +141,7 @@ impl Builder {
             i: e.id.ino,
             f: e.fingerprint,
             o: e.offset,
+            b: e.before,
             open: e.open,
             e: e.ended,
         };
@@ -237,6 +249,7 @@ impl Store {
                             id: FileId { dev: c.d, ino: c.i },
                             fingerprint: c.f,
                             offset: c.o,
+                            before: c.b,
                             open: c.open,
                             ended: c.e,
                         })
@@ -316,6 +329,7 @@ mod tests {
             id: FileId { dev: 1, ino: 2 },
             fingerprint: "6869".into(),
             offset: 42,
+            before: Some("4:0123456789abcdef".into()),
             open: true,
             ended: true,
         };
@@ -402,6 +416,7 @@ mod tests {
             },
             fingerprint: fp.clone(),
             offset: u64::MAX,
+            before: None,
             open,
             ended: false,
         };

@@ -266,6 +266,66 @@ impl Tail {
     }
 }
 
+/// The bytes a file held right before an offset (up to
+/// [`FINGERPRINT_BYTES`]), as kept for files no longer read and in the
+/// checkpoint: their length and the first 8 bytes of their SHA-256. A new
+/// file that took a freed inode and starts like the old one (the same
+/// banner) is told apart by these bytes, unless it holds the same there too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BeforeHash {
+    len: u16,
+    sha256: [u8; 8],
+}
+
+impl BeforeHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let mut sha256 = [0u8; 8];
+        sha256.copy_from_slice(&digest[..8]);
+        Self {
+            len: u16::try_from(bytes.len()).unwrap_or(u16::MAX),
+            sha256,
+        }
+    }
+
+    /// The hash of the bytes of `file` right before `offset`.
+    pub fn read(file: &File, offset: u64) -> io::Result<Self> {
+        Ok(Self::of(Tail::read(file, offset)?.as_bytes()))
+    }
+
+    /// True when `file` holds the bytes hashed right before `offset`.
+    pub fn matches_at(&self, file: &File, offset: u64) -> io::Result<bool> {
+        let len = u64::from(self.len);
+        if len > offset {
+            return Ok(false);
+        }
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let buf = buf.get_mut(..usize::from(self.len)).unwrap_or_default();
+        let got = read_full_at(file, buf, offset - len)?;
+        Ok(got == buf.len() && Self::of(buf) == *self)
+    }
+
+    /// `<length>:<hex>`, as the checkpoint holds it.
+    pub fn encode(&self) -> String {
+        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{hex}", self.len)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (len, hex) = text.split_once(':')?;
+        let len: u16 = len.parse().ok()?;
+        if hex.len() != 16 || usize::from(len) > FINGERPRINT_BYTES {
+            return None;
+        }
+        let mut sha256 = [0u8; 8];
+        for (i, b) in sha256.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self { len, sha256 })
+    }
+}
+
 /// Content that was relayed up to byte `end`, told apart by its first bytes
 /// and its last bytes before `end`: a copy of it that turns up later
 /// (`copytruncate`) is relayed from `end`, not again from its start.
@@ -419,6 +479,21 @@ mod tests {
         assert!(FingerprintHash::default().matches(&f).unwrap());
         assert_eq!(FingerprintHash::decode("257:00"), None);
         assert_eq!(FingerprintHash::decode("x:00"), None);
+    }
+
+    #[test]
+    fn the_bytes_before_an_offset_tell_files_with_the_same_start_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&old, b"BANNER\nline a\n").unwrap();
+        std::fs::write(&new, b"BANNER\nline b\nmore\n").unwrap();
+        let (old, new) = (File::open(&old).unwrap(), File::open(&new).unwrap());
+        let before = BeforeHash::read(&old, 14).unwrap();
+        assert!(before.matches_at(&old, 14).unwrap());
+        assert!(!before.matches_at(&new, 14).unwrap());
+        assert!(!before.matches_at(&old, 13).unwrap());
+        assert_eq!(BeforeHash::decode(&before.encode()), Some(before));
+        assert_eq!(BeforeHash::decode("300:0011223344556677"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `sidecar logs` loss accounting: a loss counter that fires when nothing
-//! was lost is a defect too (operators alert on it). Each test makes the
+//! `sidecar logs` loss accounting and file identities: a loss counter or
+//! warning that fires when nothing was lost is a defect too (operators
+//! alert on it), and so is a new file taken for one read before. Each test makes the
 //! relay do something that loses nothing, then one real loss (the relay
 //! stopped while the writer rotates three times over `app.log.1`), which
 //! is counted after everything before it was settled: the counter must
@@ -13,7 +14,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proc, append, http_get, wait_until};
+use common::{Proc, append, file_with_inode, http_get, wait_until};
+use std::os::unix::fs::MetadataExt;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -194,4 +196,31 @@ fn a_restart_after_everything_was_relayed_warns_of_no_loss() {
     let said = second.stderr_text();
     assert!(!said.contains("may be lost"), "{said}");
     assert!(!said.contains("WARN"), "{said}");
+}
+
+#[test]
+fn a_new_file_on_a_freed_inode_with_the_same_banner_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, state) = (dir.path().join("app.log"), dir.path().join("state"));
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ];
+    // Every file the writer starts begins with the same 300-byte banner.
+    let banner = format!("{}\n", "=".repeat(299));
+    fs::write(&log, format!("{banner}{}", lines("a", 3))).unwrap();
+    let mut first = relay(&args);
+    first.wait_lines(4, LONG);
+    assert_relayed(&mut first, &format!("{banner}{}", lines("a", 3)));
+    // While the relay is down the file is deleted and a new one, longer,
+    // takes its inode: same banner, other lines.
+    let ino = fs::metadata(&log).unwrap().ino();
+    fs::remove_file(&log).unwrap();
+    let want = format!("{banner}{}", lines("new", 20));
+    let reused = file_with_inode(dir.path(), ino, &want);
+    fs::rename(&reused, &log).unwrap();
+    let mut second = relay(&args);
+    second.wait_lines(21, LONG);
+    assert_relayed(&mut second, &want);
 }

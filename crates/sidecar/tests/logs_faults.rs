@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, append, http_get, wait_until};
+use common::{Proc, append, file_with_inode, http_get, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -58,24 +58,6 @@ fn metric(p: &Proc, series: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Creates files in `dir` until one gets inode `ino` (ext4 and most disk
-/// filesystems hand a freed inode out again at once); returns its path.
-fn file_with_inode(dir: &Path, ino: u64, content: &str) -> std::path::PathBuf {
-    let mut extra = Vec::new();
-    for i in 0..2000 {
-        let p = dir.join(format!("reuse-{i}"));
-        fs::write(&p, content).unwrap();
-        if fs::metadata(&p).unwrap().ino() == ino {
-            for e in extra {
-                fs::remove_file(e).unwrap();
-            }
-            return p;
-        }
-        extra.push(p);
-    }
-    panic!("this filesystem did not reuse inode {ino}; the test needs one that does (ext4)");
 }
 
 #[test]

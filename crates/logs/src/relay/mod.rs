@@ -24,7 +24,7 @@ use regex::bytes::Regex;
 
 use crate::checkpoint::{CheckpointError, Entry, Store};
 use crate::framer::Rules;
-use crate::identity::{FileId, FingerprintHash, ReadContent};
+use crate::identity::{BeforeHash, FileId, FingerprintHash, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
@@ -160,8 +160,20 @@ pub(super) enum Pattern {
 pub(super) struct Known {
     pub(super) fp: FingerprintHash,
     pub(super) offset: u64,
+    /// The bytes before `offset` (unknown in older checkpoints).
+    pub(super) before: Option<BeforeHash>,
     pub(super) label: String,
     pub(super) path: PathBuf,
+}
+
+impl Known {
+    /// True unless `file` is known to hold other bytes before `offset`: a
+    /// new file that took a freed inode and starts with the same bytes
+    /// (a banner) is not the file read before.
+    pub(super) fn ends_as_before(&self, file: &File) -> bool {
+        self.before
+            .is_none_or(|b| b.matches_at(file, self.offset).unwrap_or(false))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,6 +443,7 @@ impl Relay {
             Known {
                 fp: FingerprintHash::of(&r.fp),
                 offset: r.offset,
+                before: Some(BeforeHash::of(r.tail.as_bytes())),
                 label: r.label.to_string(),
                 path: r.path,
             },

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint::{CheckpointError, Entry};
-use crate::identity::FingerprintHash;
+use crate::identity::{BeforeHash, FingerprintHash};
 use crate::output::Output;
 
 impl Relay {
@@ -23,6 +23,7 @@ impl Relay {
             let known = Known {
                 fp: entry.fingerprint(),
                 offset: entry.offset,
+                before: entry.before(),
                 label: entry.label.clone(),
                 path: entry.path.clone(),
             };
@@ -51,7 +52,12 @@ impl Relay {
             let dir = parent_dir(&entry.path);
             let label: Arc<str> = Arc::from(entry.label.as_str());
             let dirs = self.rotation_dirs(Path::new(&entry.label), &dir);
-            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset);
+            // A new file that took the inode and starts the same (a banner)
+            // holds other bytes before the offset.
+            let before = entry.before();
+            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset).filter(|(f, _)| {
+                before.is_none_or(|b| b.matches_at(f, entry.offset).unwrap_or(false))
+            });
             let by_copy = by_inode.is_none();
             let located = match by_inode {
                 Some(found) => Some(found),
@@ -159,6 +165,12 @@ impl Relay {
                 id: r.id,
                 fingerprint: FingerprintHash::of(&r.fp).encode(),
                 offset: r.framer.committed(),
+                before: Some(if r.framer.committed() == r.offset {
+                    BeforeHash::of(r.tail.as_bytes())
+                } else {
+                    BeforeHash::read(&r.file, r.framer.committed()).unwrap_or_default()
+                })
+                .map(|b| b.encode()),
                 open: true,
                 ended: !r.attached && r.framer.committed() >= r.size,
             })
@@ -171,6 +183,7 @@ impl Relay {
                     id: *id,
                     fingerprint: k.fp.encode(),
                     offset: k.offset,
+                    before: k.before.map(|b| b.encode()),
                     open: false,
                     ended: false,
                 });
