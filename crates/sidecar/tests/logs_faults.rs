@@ -9,7 +9,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Proc, append, file_with_inode, http_get, wait_until};

@@ -44,7 +44,8 @@ const MAX_READS: usize = 64;
 /// What `read_events` reads at most, and the sizes of an event.
 const READ_BYTES: usize = 4096;
 const EVENT_HEADER: usize = 16;
-const NAME_MAX: usize = 255;
+/// The largest event: a 255-byte name, its NUL, padded to 16 bytes.
+const MAX_EVENT: usize = EVENT_HEADER + 256;
 /// Most renamed names remembered.
 const MAX_ORIGINS: usize = 4096;
 
@@ -188,7 +189,7 @@ impl Waiter {
                         .map_or(0, |n| (n.len() + 1).div_ceil(16) * 16);
                 self.event(e, &mut changes);
             }
-            if bytes + EVENT_HEADER + NAME_MAX + 1 <= READ_BYTES {
+            if bytes + MAX_EVENT <= READ_BYTES {
                 // The next event would have fitted: none was queued.
                 self.drained(started);
                 return changes;
