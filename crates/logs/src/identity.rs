@@ -186,8 +186,7 @@ impl FingerprintHash {
 
     /// `<length>:<SHA-256 in hex>`, as the checkpoint holds it.
     pub fn encode(&self) -> String {
-        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{hex}", self.len)
+        encode_len_hash(self.len, &self.sha256)
     }
 
     /// Reads [`FingerprintHash::encode`]'s form, or the hex of the bytes
@@ -196,14 +195,7 @@ impl FingerprintHash {
         let Some((len, hex)) = text.split_once(':') else {
             return Fingerprint::from_hex(text).map(|fp| Self::of(&fp));
         };
-        let len: u16 = len.parse().ok()?;
-        if hex.len() != 64 || usize::from(len) > FINGERPRINT_BYTES {
-            return None;
-        }
-        let mut sha256 = [0u8; 32];
-        for (i, b) in sha256.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let (len, sha256) = decode_len_hash(len, hex)?;
         Some(Self { len, sha256 })
     }
 }
@@ -266,6 +258,26 @@ impl Tail {
     }
 }
 
+/// `<length>:<hash in hex>`.
+fn encode_len_hash(len: u16, hash: &[u8]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{len}:{hex}")
+}
+
+/// The length (at most [`FINGERPRINT_BYTES`]) and the `N` bytes of hash
+/// that [`encode_len_hash`] wrote.
+fn decode_len_hash<const N: usize>(len: &str, hex: &str) -> Option<(u16, [u8; N])> {
+    let len: u16 = len.parse().ok()?;
+    if usize::from(len) > FINGERPRINT_BYTES || hex.len() != 2 * N {
+        return None;
+    }
+    let mut bytes = [0u8; N];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((len, bytes))
+}
+
 /// The bytes a file held right before an offset (up to
 /// [`FINGERPRINT_BYTES`]), as kept for files no longer read and in the
 /// checkpoint: their length and the first 8 bytes of their SHA-256. A new
@@ -308,20 +320,12 @@ impl BeforeHash {
 
     /// `<length>:<hex>`, as the checkpoint holds it.
     pub fn encode(&self) -> String {
-        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{hex}", self.len)
+        encode_len_hash(self.len, &self.sha256)
     }
 
     pub fn decode(text: &str) -> Option<Self> {
         let (len, hex) = text.split_once(':')?;
-        let len: u16 = len.parse().ok()?;
-        if hex.len() != 16 || usize::from(len) > FINGERPRINT_BYTES {
-            return None;
-        }
-        let mut sha256 = [0u8; 8];
-        for (i, b) in sha256.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let (len, sha256) = decode_len_hash(len, hex)?;
         Some(Self { len, sha256 })
     }
 }

@@ -14,36 +14,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proc, append, file_with_inode, http_get, wait_until};
+use common::logs::{assert_relayed, lines, metric, relay};
+use common::{Proc, append, file_with_inode};
 use std::os::unix::fs::MetadataExt;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn relay(args: &[&str]) -> Proc {
-    let mut all = vec!["logs", "--admin-addr", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let p = Proc::start(&all);
-    let addr = p.admin_addr();
-    wait_until("relay ready", Duration::from_secs(10), || {
-        http_get(addr, "/ready").0 == 200
-    });
-    p
-}
-
-fn lines(prefix: &str, n: usize) -> String {
-    (1..=n).map(|i| format!("{prefix} {i}\n")).collect()
-}
-
-/// The value of a metric series (0 when absent).
-fn metric(p: &Proc, series: &str) -> f64 {
-    http_get(p.admin_addr(), "/metrics")
-        .2
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn lost_series(log: &Path) -> String {
     format!(
@@ -55,7 +30,8 @@ fn lost_series(log: &Path) -> String {
 /// One real loss: with the relay stopped, `log` is rotated three times
 /// over `log.1` (`rotate 1`), so the first of the three files is deleted
 /// unread. Waits until the relay relayed the two others (`before` lines
-/// already out) and counted the loss; returns the lines written.
+/// already out) and counted the loss, which must then be the only one
+/// counted; returns the lines written.
 fn one_real_loss(p: &Proc, log: &Path, before: usize) -> String {
     let rotated = log.with_extension("log.1");
     p.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -69,23 +45,16 @@ fn one_real_loss(p: &Proc, log: &Path, before: usize) -> String {
     }
     p.signal(nix::sys::signal::Signal::SIGCONT);
     p.wait_lines(before + 6, LONG);
-    wait_until("the real loss counted", LONG, || {
+    common::wait_until("the real loss counted", LONG, || {
         metric(p, &lost_series(log)) >= 1.0
     });
-    kept
-}
-
-/// Stops the relay (exit 0) and checks it relayed exactly `want`.
-fn assert_relayed(p: &mut Proc, want: &str) {
-    p.terminate();
-    let status = p.wait(Duration::from_secs(30));
-    assert!(status.success(), "{status}: {}", p.stderr_text());
     assert_eq!(
-        String::from_utf8_lossy(&p.stdout_bytes()),
-        want,
-        "{}",
+        metric(p, &lost_series(log)),
+        1.0,
+        "only the real loss counts: {}",
         p.stderr_text()
     );
+    kept
 }
 
 #[test]
@@ -107,13 +76,7 @@ fn a_file_renamed_away_and_back_is_not_counted_lost() {
         p.wait_lines(3 + i, LONG);
     }
     want.push_str(&one_real_loss(&p, &log, 8));
-    assert_eq!(
-        metric(&p, &lost_series(&log)),
-        1.0,
-        "only the real loss counts: {}",
-        p.stderr_text()
-    );
-    assert_relayed(&mut p, &want);
+    assert_relayed(&mut p, &want, "the relay");
 }
 
 #[test]
@@ -156,13 +119,7 @@ fn rotations_behind_a_backlog_of_other_files_events_are_not_counted_lost() {
         p.wait_lines(3 + n, LONG);
     }
     want.push_str(&one_real_loss(&p, &log, 3 + n));
-    assert_eq!(
-        metric(&p, &lost_series(&log)),
-        1.0,
-        "only the real loss counts: {}",
-        p.stderr_text()
-    );
-    assert_relayed(&mut p, &want);
+    assert_relayed(&mut p, &want, "the relay");
 }
 
 #[test]
@@ -184,7 +141,11 @@ fn a_restart_after_everything_was_relayed_warns_of_no_loss() {
     fs::rename(&log, &rotated).unwrap();
     fs::write(&log, lines("b", 3)).unwrap();
     first.wait_lines(6, LONG);
-    assert_relayed(&mut first, &format!("{}{}", lines("a", 3), lines("b", 3)));
+    assert_relayed(
+        &mut first,
+        &format!("{}{}", lines("a", 3), lines("b", 3)),
+        "first",
+    );
     // While it is down, logrotate (`rotate 1`) rotates again: the first
     // file, relayed whole, is overwritten; the second is beside the path.
     fs::rename(&log, &rotated).unwrap();
@@ -192,7 +153,7 @@ fn a_restart_after_everything_was_relayed_warns_of_no_loss() {
     let mut second = relay(&args);
     append(&log, b"c 1\n");
     second.wait_lines(1, LONG);
-    assert_relayed(&mut second, "c 1\n");
+    assert_relayed(&mut second, "c 1\n", "the second relay");
     let said = second.stderr_text();
     assert!(!said.contains("may be lost"), "{said}");
     assert!(!said.contains("WARN"), "{said}");
@@ -212,7 +173,11 @@ fn a_new_file_on_a_freed_inode_with_the_same_banner_is_read_from_its_start() {
     fs::write(&log, format!("{banner}{}", lines("a", 3))).unwrap();
     let mut first = relay(&args);
     first.wait_lines(4, LONG);
-    assert_relayed(&mut first, &format!("{banner}{}", lines("a", 3)));
+    assert_relayed(
+        &mut first,
+        &format!("{banner}{}", lines("a", 3)),
+        "the first relay",
+    );
     // While the relay is down the file is deleted and a new one, longer,
     // takes its inode: same banner, other lines.
     let ino = fs::metadata(&log).unwrap().ino();
@@ -222,5 +187,5 @@ fn a_new_file_on_a_freed_inode_with_the_same_banner_is_read_from_its_start() {
     fs::rename(&reused, &log).unwrap();
     let mut second = relay(&args);
     second.wait_lines(21, LONG);
-    assert_relayed(&mut second, &want);
+    assert_relayed(&mut second, &want, "the second relay");
 }

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kube;
+pub mod logs;
 pub mod peers;
 pub mod pg;
 pub mod prom;
