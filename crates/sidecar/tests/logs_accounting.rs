@@ -12,6 +12,8 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::logs::{assert_relayed, lines, metric, relay};
@@ -188,4 +190,54 @@ fn a_new_file_on_a_freed_inode_with_the_same_banner_is_read_from_its_start() {
     let mut second = relay(&args);
     second.wait_lines(21, LONG);
     assert_relayed(&mut second, &want, "the second relay");
+}
+
+#[test]
+fn rotations_in_a_busy_directory_are_not_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    fs::write(&log, lines("r0", 3)).unwrap();
+    let mut p = relay(&[log.to_str().unwrap()]);
+    p.wait_lines(3, LONG);
+    // Hundreds of other files written, and short-lived ones made and
+    // deleted, all the time: most of the relay's inotify events are about
+    // them, and they come in many 4 KiB reads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = {
+        let (stop, dir) = (Arc::clone(&stop), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut others: Vec<fs::File> = (0..400)
+                .map(|i| fs::File::create(dir.join(format!("{i:03}-{}", "y".repeat(100)))).unwrap())
+                .collect();
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                for f in &mut others {
+                    f.write_all(b"x\n").unwrap();
+                }
+                for i in 0..20 {
+                    let p = dir.join(format!("tmp-{round}-{i}.txt"));
+                    fs::write(&p, b"y\n").unwrap();
+                    fs::remove_file(&p).unwrap();
+                }
+                round += 1;
+            }
+        })
+    };
+    // app.log rotates normally (`rotate 1`), at the pace the relay keeps.
+    let mut want = lines("r0", 3);
+    let rotated = dir.path().join("app.log.1");
+    for r in 1..=60 {
+        fs::rename(&log, &rotated).unwrap();
+        let name = format!("r{r}");
+        fs::write(&log, lines(&name, 3)).unwrap();
+        want.push_str(&lines(&name, 3));
+        p.wait_lines(3 * (r + 1), LONG);
+    }
+    stop.store(true, Ordering::SeqCst);
+    noise.join().unwrap();
+    assert_eq!(metric(&p, &lost_series(&log)), 0.0, "{}", p.stderr_text());
+    assert_relayed(&mut p, &want, "the relay");
+    // Every loss counted comes with a warning, until the relay exits.
+    let said = p.stderr_text();
+    assert!(!said.contains("were rotated away and deleted"), "{said}");
 }
