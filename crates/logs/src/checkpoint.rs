@@ -407,6 +407,7 @@ mod tests {
         let fp =
             FingerprintHash::of(&Fingerprint::from_hex(&"ab".repeat(FINGERPRINT_BYTES)).unwrap())
                 .encode();
+        let before = crate::identity::BeforeHash::of(&[0xab; FINGERPRINT_BYTES]).encode();
         let entry = |label: String, n: u64, open: bool| Entry {
             path: PathBuf::from(format!("{label}.{}", u64::MAX - n)),
             label,
@@ -416,9 +417,9 @@ mod tests {
             },
             fingerprint: fp.clone(),
             offset: u64::MAX,
-            before: None,
+            before: Some(before.clone()),
             open,
-            ended: false,
+            ended: open,
         };
         let known_files = crate::relay::KNOWN_FILES as u64;
         let files = |label_len: usize, open: u64| -> Vec<Entry> {
