@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,7 @@ const VERSION: u32 = 2;
 
 /// Most bytes a checkpoint takes: files still open are always kept; of the
 /// files let go, the most recent ones that fit (see [`Store::save`]).
-pub const MAX_BYTES: usize = 320 * 1024;
+pub const MAX_BYTES: usize = 352 * 1024;
 
 /// One file the relay has read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct Entry {
     /// them (absent in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
+    /// When the file was made (statx birth time), in nanoseconds since the
+    /// epoch, where the filesystem tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born: Option<u64>,
     /// False once the file was read to its end and let go.
     pub open: bool,
     /// Open, but rotated away from its label (another file had taken its
@@ -54,6 +59,17 @@ impl Entry {
     pub fn before(&self) -> Option<BeforeHash> {
         self.before.as_deref().and_then(BeforeHash::decode)
     }
+
+    pub fn born(&self) -> Option<SystemTime> {
+        self.born
+            .map(|n| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n))
+    }
+}
+
+/// `t` in nanoseconds since the epoch (as [`Entry::born`] keeps it).
+pub fn nanos(t: SystemTime) -> Option<u64> {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 #[derive(Deserialize)]
@@ -92,6 +108,9 @@ struct Compact {
     /// [`Entry::before`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     b: Option<String>,
+    /// [`Entry::born`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     open: bool,
     /// [`Entry::ended`].
@@ -142,6 +161,7 @@ impl Builder {
             f: e.fingerprint,
             o: e.offset,
             b: e.before,
+            t: e.born,
             open: e.open,
             e: e.ended,
         };
@@ -250,6 +270,7 @@ impl Store {
                             fingerprint: c.f,
                             offset: c.o,
                             before: c.b,
+                            born: c.t,
                             open: c.open,
                             ended: c.e,
                         })
@@ -330,6 +351,7 @@ mod tests {
             fingerprint: "6869".into(),
             offset: 42,
             before: Some("4:0123456789abcdef".into()),
+            born: Some(1_780_000_000_123_456_789),
             open: true,
             ended: true,
         };
@@ -418,6 +440,7 @@ mod tests {
             fingerprint: fp.clone(),
             offset: u64::MAX,
             before: Some(before.clone()),
+            born: Some(u64::MAX),
             open,
             ended: open,
         };

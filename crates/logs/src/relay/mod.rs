@@ -162,17 +162,30 @@ pub(super) struct Known {
     pub(super) offset: u64,
     /// The bytes before `offset` (unknown in older checkpoints).
     pub(super) before: Option<BeforeHash>,
+    /// When the file was made, where the filesystem tells (statx).
+    pub(super) born: Option<SystemTime>,
     pub(super) label: String,
     pub(super) path: PathBuf,
 }
 
 impl Known {
-    /// True unless `file` is known to hold other bytes before `offset`: a
-    /// new file that took a freed inode and starts with the same bytes
-    /// (a banner) is not the file read before.
+    /// True unless `file` is known to be another file on the same inode:
+    /// made at another time (where the filesystem keeps birth times), or
+    /// holding other bytes before `offset` (a new file that starts with the
+    /// same bytes, a banner, is not the file read before).
     pub(super) fn ends_as_before(&self, file: &File) -> bool {
-        self.before
-            .is_none_or(|b| b.matches_at(file, self.offset).unwrap_or(false))
+        same_birth(self.born, file)
+            && self
+                .before
+                .is_none_or(|b| b.matches_at(file, self.offset).unwrap_or(false))
+    }
+}
+
+/// False when `file` was made at another time than `born` (both known).
+pub(super) fn same_birth(born: Option<SystemTime>, file: &File) -> bool {
+    match (born, file.metadata().and_then(|m| m.created())) {
+        (Some(then), Ok(now)) => then == now,
+        _ => true,
     }
 }
 
@@ -444,6 +457,7 @@ impl Relay {
                 fp: FingerprintHash::of(&r.fp),
                 offset: r.offset,
                 before: Some(BeforeHash::of(r.tail.as_bytes())),
+                born: r.born,
                 label: r.label.to_string(),
                 path: r.path,
             },

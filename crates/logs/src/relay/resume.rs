@@ -24,6 +24,7 @@ impl Relay {
                 fp: entry.fingerprint(),
                 offset: entry.offset,
                 before: entry.before(),
+                born: entry.born(),
                 label: entry.label.clone(),
                 path: entry.path.clone(),
             };
@@ -54,9 +55,10 @@ impl Relay {
             let dirs = self.rotation_dirs(Path::new(&entry.label), &dir);
             // A new file that took the inode and starts the same (a banner)
             // holds other bytes before the offset.
-            let before = entry.before();
+            let (before, born) = (entry.before(), entry.born());
             let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset).filter(|(f, _)| {
-                before.is_none_or(|b| b.matches_at(f, entry.offset).unwrap_or(false))
+                super::same_birth(born, f)
+                    && before.is_none_or(|b| b.matches_at(f, entry.offset).unwrap_or(false))
             });
             let by_copy = by_inode.is_none();
             let located = match by_inode {
@@ -171,6 +173,7 @@ impl Relay {
                     BeforeHash::read(&r.file, r.framer.committed()).unwrap_or_default()
                 })
                 .map(|b| b.encode()),
+                born: r.born.and_then(crate::checkpoint::nanos),
                 open: true,
                 ended: !r.attached && r.framer.committed() >= r.size,
             })
@@ -184,6 +187,7 @@ impl Relay {
                     fingerprint: k.fp.encode(),
                     offset: k.offset,
                     before: k.before.map(|b| b.encode()),
+                    born: k.born.and_then(crate::checkpoint::nanos),
                     open: false,
                     ended: false,
                 });

@@ -551,6 +551,7 @@ impl Relay {
             fp: FingerprintHash::of(&fp),
             offset: end,
             before: BeforeHash::read(copy, end).ok(),
+            born: meta.created().ok(),
             label: label.to_string(),
             path,
         };
