@@ -7,17 +7,18 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FileId, FingerprintHash};
+use crate::identity::{BeforeHash, FileId, FingerprintHash};
 
 const STATE_FILE: &str = "sidecar-logs.state.json";
 const VERSION: u32 = 2;
 
 /// Most bytes a checkpoint takes: files still open are always kept; of the
 /// files let go, the most recent ones that fit (see [`Store::save`]).
-pub const MAX_BYTES: usize = 320 * 1024;
+pub const MAX_BYTES: usize = 352 * 1024;
 
 /// One file the relay has read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,14 +34,42 @@ pub struct Entry {
     pub fingerprint: String,
     /// Every byte before this offset has been written to stdout.
     pub offset: u64,
+    /// The bytes right before `offset`, as [`BeforeHash::encode`] writes
+    /// them (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// When the file was made (statx birth time), in nanoseconds since the
+    /// epoch, where the filesystem tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born: Option<u64>,
     /// False once the file was read to its end and let go.
     pub open: bool,
+    /// Open, but rotated away from its label (another file had taken its
+    /// place) and relayed to its end: nothing is known to be missing from
+    /// it, should it be gone after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 impl Entry {
     pub fn fingerprint(&self) -> FingerprintHash {
         FingerprintHash::decode(&self.fingerprint).unwrap_or_default()
     }
+
+    pub fn before(&self) -> Option<BeforeHash> {
+        self.before.as_deref().and_then(BeforeHash::decode)
+    }
+
+    pub fn born(&self) -> Option<SystemTime> {
+        self.born
+            .map(|n| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n))
+    }
+}
+
+/// `t` in nanoseconds since the epoch (as [`Entry::born`] keeps it).
+pub fn nanos(t: SystemTime) -> Option<u64> {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 #[derive(Deserialize)]
@@ -76,8 +105,17 @@ struct Compact {
     i: u64,
     f: String,
     o: u64,
+    /// [`Entry::before`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b: Option<String>,
+    /// [`Entry::born`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     open: bool,
+    /// [`Entry::ended`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    e: bool,
 }
 
 /// Builds a [`State`], label by label.
@@ -122,7 +160,10 @@ impl Builder {
             i: e.id.ino,
             f: e.fingerprint,
             o: e.offset,
+            b: e.before,
+            t: e.born,
             open: e.open,
+            e: e.ended,
         };
         bytes += json_len(&c) + 1;
         self.files.push(c);
@@ -228,7 +269,10 @@ impl Store {
                             id: FileId { dev: c.d, ino: c.i },
                             fingerprint: c.f,
                             offset: c.o,
+                            before: c.b,
+                            born: c.t,
                             open: c.open,
+                            ended: c.e,
                         })
                     })
                     .collect()
@@ -306,7 +350,10 @@ mod tests {
             id: FileId { dev: 1, ino: 2 },
             fingerprint: "6869".into(),
             offset: 42,
+            before: Some("4:0123456789abcdef".into()),
+            born: Some(1_780_000_000_123_456_789),
             open: true,
+            ended: true,
         };
         let elsewhere = Entry {
             path: "/archive/app.log.1".into(),
@@ -317,6 +364,7 @@ mod tests {
             path: "/logs/app.log".into(),
             id: FileId { dev: 1, ino: 4 },
             open: false,
+            ended: false,
             ..entry.clone()
         };
         let all = vec![entry, elsewhere, closed];
@@ -381,6 +429,7 @@ mod tests {
         let fp =
             FingerprintHash::of(&Fingerprint::from_hex(&"ab".repeat(FINGERPRINT_BYTES)).unwrap())
                 .encode();
+        let before = crate::identity::BeforeHash::of(&[0xab; FINGERPRINT_BYTES]).encode();
         let entry = |label: String, n: u64, open: bool| Entry {
             path: PathBuf::from(format!("{label}.{}", u64::MAX - n)),
             label,
@@ -390,7 +439,10 @@ mod tests {
             },
             fingerprint: fp.clone(),
             offset: u64::MAX,
+            before: Some(before.clone()),
+            born: Some(u64::MAX),
             open,
+            ended: open,
         };
         let known_files = crate::relay::KNOWN_FILES as u64;
         let files = |label_len: usize, open: u64| -> Vec<Entry> {

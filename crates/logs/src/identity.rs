@@ -186,8 +186,7 @@ impl FingerprintHash {
 
     /// `<length>:<SHA-256 in hex>`, as the checkpoint holds it.
     pub fn encode(&self) -> String {
-        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{hex}", self.len)
+        encode_len_hash(self.len, &self.sha256)
     }
 
     /// Reads [`FingerprintHash::encode`]'s form, or the hex of the bytes
@@ -196,14 +195,7 @@ impl FingerprintHash {
         let Some((len, hex)) = text.split_once(':') else {
             return Fingerprint::from_hex(text).map(|fp| Self::of(&fp));
         };
-        let len: u16 = len.parse().ok()?;
-        if hex.len() != 64 || usize::from(len) > FINGERPRINT_BYTES {
-            return None;
-        }
-        let mut sha256 = [0u8; 32];
-        for (i, b) in sha256.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let (len, sha256) = decode_len_hash(len, hex)?;
         Some(Self { len, sha256 })
     }
 }
@@ -263,6 +255,78 @@ impl Tail {
         let buf = &mut buf[..self.0.len()];
         let got = read_full_at(file, buf, offset - len)?;
         Ok(got == buf.len() && buf[..] == self.0[..])
+    }
+}
+
+/// `<length>:<hash in hex>`.
+fn encode_len_hash(len: u16, hash: &[u8]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{len}:{hex}")
+}
+
+/// The length (at most [`FINGERPRINT_BYTES`]) and the `N` bytes of hash
+/// that [`encode_len_hash`] wrote.
+fn decode_len_hash<const N: usize>(len: &str, hex: &str) -> Option<(u16, [u8; N])> {
+    let len: u16 = len.parse().ok()?;
+    if usize::from(len) > FINGERPRINT_BYTES || hex.len() != 2 * N {
+        return None;
+    }
+    let mut bytes = [0u8; N];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((len, bytes))
+}
+
+/// The bytes a file held right before an offset (up to
+/// [`FINGERPRINT_BYTES`]), as kept for files no longer read and in the
+/// checkpoint: their length and the first 8 bytes of their SHA-256. A new
+/// file that took a freed inode and starts like the old one (the same
+/// banner) is told apart by these bytes, unless it holds the same there too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BeforeHash {
+    len: u16,
+    sha256: [u8; 8],
+}
+
+impl BeforeHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let mut sha256 = [0u8; 8];
+        sha256.copy_from_slice(&digest[..8]);
+        Self {
+            len: u16::try_from(bytes.len()).unwrap_or(u16::MAX),
+            sha256,
+        }
+    }
+
+    /// The hash of the bytes of `file` right before `offset`.
+    pub fn read(file: &File, offset: u64) -> io::Result<Self> {
+        Ok(Self::of(Tail::read(file, offset)?.as_bytes()))
+    }
+
+    /// True when `file` holds the bytes hashed right before `offset`.
+    pub fn matches_at(&self, file: &File, offset: u64) -> io::Result<bool> {
+        let len = u64::from(self.len);
+        if len > offset {
+            return Ok(false);
+        }
+        let mut buf = [0u8; FINGERPRINT_BYTES];
+        let buf = buf.get_mut(..usize::from(self.len)).unwrap_or_default();
+        let got = read_full_at(file, buf, offset - len)?;
+        Ok(got == buf.len() && Self::of(buf) == *self)
+    }
+
+    /// `<length>:<hex>`, as the checkpoint holds it.
+    pub fn encode(&self) -> String {
+        encode_len_hash(self.len, &self.sha256)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (len, hex) = text.split_once(':')?;
+        let (len, sha256) = decode_len_hash(len, hex)?;
+        Some(Self { len, sha256 })
     }
 }
 
@@ -419,6 +483,21 @@ mod tests {
         assert!(FingerprintHash::default().matches(&f).unwrap());
         assert_eq!(FingerprintHash::decode("257:00"), None);
         assert_eq!(FingerprintHash::decode("x:00"), None);
+    }
+
+    #[test]
+    fn the_bytes_before_an_offset_tell_files_with_the_same_start_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&old, b"BANNER\nline a\n").unwrap();
+        std::fs::write(&new, b"BANNER\nline b\nmore\n").unwrap();
+        let (old, new) = (File::open(&old).unwrap(), File::open(&new).unwrap());
+        let before = BeforeHash::read(&old, 14).unwrap();
+        assert!(before.matches_at(&old, 14).unwrap());
+        assert!(!before.matches_at(&new, 14).unwrap());
+        assert!(!before.matches_at(&old, 13).unwrap());
+        assert_eq!(BeforeHash::decode(&before.encode()), Some(before));
+        assert_eq!(BeforeHash::decode("300:0011223344556677"), None);
     }
 
     #[test]

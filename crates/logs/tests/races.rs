@@ -157,8 +157,9 @@ fn files_rotated_while_an_old_file_drains_come_after_the_file_that_replaced_it()
     let deadline = Instant::now() + Duration::from_secs(60);
     let want = ["gen1", "gen2", "gen3", "gen4"];
     loop {
-        let got = runs(&seen.lock().unwrap());
-        let lines = seen.lock().unwrap().iter().filter(|b| **b == b'\n').count();
+        // One snapshot for both: the relay goes on writing in between.
+        let out = seen.lock().unwrap().clone();
+        let (got, lines) = (runs(&out), out.iter().filter(|b| **b == b'\n').count());
         if lines >= 30_000 + 1 + 300 {
             assert_eq!(got, want, "files relayed out of order");
             break;

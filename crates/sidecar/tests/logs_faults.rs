@@ -9,74 +9,12 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, append, http_get, wait_until};
+use common::logs::{assert_relayed, lines, metric, relay, stop};
+use common::{Proc, append, file_with_inode, http_get, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn relay(args: &[&str]) -> Proc {
-    let mut all = vec!["logs", "--admin-addr", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let p = Proc::start(&all);
-    let addr = p.admin_addr();
-    wait_until("relay ready", Duration::from_secs(10), || {
-        http_get(addr, "/ready").0 == 200
-    });
-    p
-}
-
-fn lines(prefix: &str, n: usize) -> String {
-    (1..=n).map(|i| format!("{prefix} {i}\n")).collect()
-}
-
-fn stop(p: &mut Proc) -> std::process::ExitStatus {
-    p.terminate();
-    p.wait(Duration::from_secs(30))
-}
-
-/// Stops the relay, which must exit 0, and asserts it relayed exactly
-/// `want`; on failure shows `what` and what the relay logged.
-fn assert_relayed(p: &mut Proc, want: &str, what: &str) {
-    let status = stop(p);
-    assert!(status.success(), "{what}: {status}: {}", p.stderr_text());
-    assert_eq!(
-        String::from_utf8_lossy(&p.stdout_bytes()),
-        want,
-        "{what}: {}",
-        p.stderr_text()
-    );
-}
-
-/// The value of a metric series (0 when absent).
-fn metric(p: &Proc, series: &str) -> f64 {
-    http_get(p.admin_addr(), "/metrics")
-        .2
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Creates files in `dir` until one gets inode `ino` (ext4 and most disk
-/// filesystems hand a freed inode out again at once); returns its path.
-fn file_with_inode(dir: &Path, ino: u64, content: &str) -> std::path::PathBuf {
-    let mut extra = Vec::new();
-    for i in 0..2000 {
-        let p = dir.join(format!("reuse-{i}"));
-        fs::write(&p, content).unwrap();
-        if fs::metadata(&p).unwrap().ino() == ino {
-            for e in extra {
-                fs::remove_file(e).unwrap();
-            }
-            return p;
-        }
-        extra.push(p);
-    }
-    panic!("this filesystem did not reuse inode {ino}; the test needs one that does (ext4)");
-}
 
 #[test]
 fn a_rotated_file_that_reuses_a_freed_inode_is_relayed() {

@@ -24,7 +24,7 @@ use regex::bytes::Regex;
 
 use crate::checkpoint::{CheckpointError, Entry, Store};
 use crate::framer::Rules;
-use crate::identity::{FileId, FingerprintHash, ReadContent};
+use crate::identity::{BeforeHash, FileId, FingerprintHash, ReadContent};
 use crate::metrics::Metrics;
 use crate::output::{Format, Output};
 
@@ -160,8 +160,33 @@ pub(super) enum Pattern {
 pub(super) struct Known {
     pub(super) fp: FingerprintHash,
     pub(super) offset: u64,
+    /// The bytes before `offset` (unknown in older checkpoints).
+    pub(super) before: Option<BeforeHash>,
+    /// When the file was made, where the filesystem tells (statx).
+    pub(super) born: Option<SystemTime>,
     pub(super) label: String,
     pub(super) path: PathBuf,
+}
+
+impl Known {
+    /// True unless `file` is known to be another file on the same inode:
+    /// made at another time (where the filesystem keeps birth times), or
+    /// holding other bytes before `offset` (a new file that starts with the
+    /// same bytes, a banner, is not the file read before).
+    pub(super) fn ends_as_before(&self, file: &File) -> bool {
+        same_birth(self.born, file)
+            && self
+                .before
+                .is_none_or(|b| b.matches_at(file, self.offset).unwrap_or(false))
+    }
+}
+
+/// False when `file` was made at another time than `born` (both known).
+pub(super) fn same_birth(born: Option<SystemTime>, file: &File) -> bool {
+    match (born, file.metadata().and_then(|m| m.created())) {
+        (Some(then), Ok(now)) => then == now,
+        _ => true,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,6 +456,8 @@ impl Relay {
             Known {
                 fp: FingerprintHash::of(&r.fp),
                 offset: r.offset,
+                before: Some(BeforeHash::of(r.tail.as_bytes())),
+                born: r.born,
                 label: r.label.to_string(),
                 path: r.path,
             },
@@ -471,7 +498,8 @@ impl Relay {
     /// Reports files that appeared at `path` and were never read (see
     /// `loss.rs`): counted, with one warning per look that finds any.
     fn settle_losses(&mut self, label: &str, path: &Path, now: Instant, final_look: bool) {
-        let lost = self.ledger.settle(path, now, final_look);
+        let drained = self.waiter.drained_before(now);
+        let lost = self.ledger.settle(path, now, drained, final_look);
         if lost == 0 {
             return;
         }

@@ -31,6 +31,8 @@ pub(super) struct Reader {
     pub(super) tail: Tail,
     /// Next byte to read.
     pub(super) offset: u64,
+    /// When the file was made (statx birth time, where the filesystem has it).
+    pub(super) born: Option<SystemTime>,
     /// Size and modification time at the last look.
     pub(super) size: u64,
     pub(super) mtime: SystemTime,
@@ -71,6 +73,7 @@ impl Reader {
             fp: Fingerprint::read(&file, offset)?,
             tail: Tail::read(&file, offset)?,
             offset,
+            born: meta.created().ok(),
             size: meta.len(),
             mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             framer: Framer::new(offset),

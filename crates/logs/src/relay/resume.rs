@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint::{CheckpointError, Entry};
-use crate::identity::FingerprintHash;
+use crate::identity::{BeforeHash, FingerprintHash};
 use crate::output::Output;
 
 impl Relay {
@@ -23,6 +23,8 @@ impl Relay {
             let known = Known {
                 fp: entry.fingerprint(),
                 offset: entry.offset,
+                before: entry.before(),
+                born: entry.born(),
                 label: entry.label.clone(),
                 path: entry.path.clone(),
             };
@@ -51,7 +53,13 @@ impl Relay {
             let dir = parent_dir(&entry.path);
             let label: Arc<str> = Arc::from(entry.label.as_str());
             let dirs = self.rotation_dirs(Path::new(&entry.label), &dir);
-            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset);
+            // A new file that took the inode and starts the same (a banner)
+            // holds other bytes before the offset.
+            let (before, born) = (entry.before(), entry.born());
+            let by_inode = find_by_inode(&dirs, entry.id, &fp, entry.offset).filter(|(f, _)| {
+                super::same_birth(born, f)
+                    && before.is_none_or(|b| b.matches_at(f, entry.offset).unwrap_or(false))
+            });
             let by_copy = by_inode.is_none();
             let located = match by_inode {
                 Some(found) => Some(found),
@@ -104,6 +112,13 @@ impl Relay {
                     }
                     since
                 }
+                None if entry.ended => {
+                    tracing::info!(
+                        "{label}: {} had been rotated away and relayed to its end before the relay stopped; it is gone now, with nothing known to be missing",
+                        entry.path.display()
+                    );
+                    self.checkpoint_time.unwrap_or(self.started)
+                }
                 None => {
                     tracing::warn!(
                         "{label} was read up to byte {} before the relay stopped, then rotated away; no file in {} has its content, so lines written to it after that may be lost",
@@ -152,7 +167,15 @@ impl Relay {
                 id: r.id,
                 fingerprint: FingerprintHash::of(&r.fp).encode(),
                 offset: r.framer.committed(),
+                before: Some(if r.framer.committed() == r.offset {
+                    BeforeHash::of(r.tail.as_bytes())
+                } else {
+                    BeforeHash::read(&r.file, r.framer.committed()).unwrap_or_default()
+                })
+                .map(|b| b.encode()),
+                born: r.born.and_then(crate::checkpoint::nanos),
                 open: true,
+                ended: !r.attached && r.framer.committed() >= r.size,
             })
             .collect();
         for id in &self.known_order {
@@ -163,7 +186,10 @@ impl Relay {
                     id: *id,
                     fingerprint: k.fp.encode(),
                     offset: k.offset,
+                    before: k.before.map(|b| b.encode()),
+                    born: k.born.and_then(crate::checkpoint::nanos),
                     open: false,
+                    ended: false,
                 });
             }
         }

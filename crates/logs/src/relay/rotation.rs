@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::identity::{FileId, Fingerprint, FingerprintHash, ReadContent, open_regular};
+use crate::identity::{
+    BeforeHash, FileId, Fingerprint, FingerprintHash, ReadContent, open_regular,
+};
 use crate::metrics::RotationKind;
 use crate::output::Output;
 
@@ -132,7 +134,7 @@ impl Relay {
             || self
                 .known
                 .get(&id)
-                .is_some_and(|k| k.fp.matches(file).unwrap_or(false))
+                .is_some_and(|k| k.fp.matches(file).unwrap_or(false) && k.ends_as_before(file))
     }
 
     /// Takes the files pinned for `path` (seen there between two checks)
@@ -324,7 +326,8 @@ impl Relay {
         let known = self.known.get(&id)?;
         let same = known.fp.len() as u64 <= size
             && known.offset <= size
-            && known.fp.matches(file).unwrap_or(false);
+            && known.fp.matches(file).unwrap_or(false)
+            && known.ends_as_before(file);
         if !same {
             // The inode was reused by a new file, or the file was rewritten.
             return None;
@@ -547,6 +550,8 @@ impl Relay {
         let known = Known {
             fp: FingerprintHash::of(&fp),
             offset: end,
+            before: BeforeHash::read(copy, end).ok(),
+            born: meta.created().ok(),
             label: label.to_string(),
             path,
         };

@@ -1,6 +1,7 @@
 //! Finding files: inotify (through `notify`), files opened the moment they
 //! appear, glob scans, and the look at each followed path every wake.
 
+use super::inotify::Appeared;
 use super::loss::Appearance;
 use super::rotation::at_path;
 use super::{MAX_PINNED, Notice, Pattern, Relay, RelayError, parent_dir};
@@ -55,9 +56,11 @@ impl Early {
         }
     }
 
-    /// A file appeared at (or was renamed to) each of `paths`.
-    pub(super) fn appeared(&mut self, paths: &[PathBuf]) {
-        for path in paths {
+    /// A file appeared at (or was renamed to) each path.
+    pub(super) fn appeared(&mut self, appeared: &[Appeared]) {
+        for Appeared { path, origin } in appeared {
+            // Renamed away and back: the file the path had, no new one.
+            let back = origin.as_ref() == Some(path);
             let followed = self.paths.contains(path);
             let globbed = !followed && self.globs.iter().any(|g| g.matches_path(path));
             if !(followed || globbed) {
@@ -71,7 +74,7 @@ impl Early {
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
             let opened = opened.ok();
             let id = opened.as_ref().map(|(_, m)| FileId::of(m));
-            if followed {
+            if followed && !back {
                 // A file already seen at this path: the event was for a
                 // file that is gone from it since.
                 let new = id.filter(|id| !self.recent.iter().any(|r| r.0 == *path && r.1 == *id));
@@ -349,6 +352,16 @@ impl Relay {
 mod tests {
     use super::*;
 
+    fn created(paths: &[PathBuf]) -> Vec<Appeared> {
+        paths
+            .iter()
+            .map(|p| Appeared {
+                path: p.clone(),
+                origin: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_glob_is_watched_from_its_last_directory_without_wildcards() {
         assert_eq!(glob_base_dir("/logs/*.log"), PathBuf::from("/logs"));
@@ -366,21 +379,27 @@ mod tests {
         ]);
         early.paths.insert(log.clone());
         std::fs::write(&log, "1\n").unwrap();
-        early.appeared(std::slice::from_ref(&log));
-        early.appeared(std::slice::from_ref(&log));
+        early.appeared(&created(std::slice::from_ref(&log)));
+        early.appeared(&created(std::slice::from_ref(&log)));
         assert_eq!(early.files.len(), 1, "held once");
         let ids: Vec<bool> = early.appeared.iter().map(|a| a.id.is_some()).collect();
         assert_eq!(ids, [true, false]);
+        // Renamed away and back: no file new to the path.
+        early.appeared(&[Appeared {
+            path: log.clone(),
+            origin: Some(log.clone()),
+        }]);
+        assert_eq!(early.appeared.len(), 2);
         // A glob match is held and asks for a scan; a FIFO is never opened.
         let txt = dir.path().join("job.txt");
         std::fs::write(&txt, "x").unwrap();
         let fifo = dir.path().join("pipe.txt");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        early.appeared(&[txt, fifo]);
+        early.appeared(&created(&[txt, fifo]));
         assert!(early.glob_hit);
         assert_eq!(early.files.len(), 2);
         // Unfollowed, unmatched paths are ignored.
-        early.appeared(&[dir.path().join("other.log")]);
+        early.appeared(&created(&[dir.path().join("other.log")]));
         assert_eq!(early.appeared.len(), 2);
         // A FIFO or a directory is not a file gone before it could be read.
         assert!(early.unheld.is_empty());
@@ -400,8 +419,11 @@ mod tests {
             })
             .collect();
         std::fs::create_dir(dir.path().join("dir.log")).unwrap();
-        early.appeared(&paths);
-        early.appeared(&[dir.path().join("gone.log"), dir.path().join("dir.log")]);
+        early.appeared(&created(&paths));
+        early.appeared(&created(&[
+            dir.path().join("gone.log"),
+            dir.path().join("dir.log"),
+        ]));
         assert_eq!(early.files.len(), MAX_PINNED);
         let unheld: Vec<bool> = early.unheld.iter().map(|u| u.id.is_some()).collect();
         assert_eq!(unheld, [true, true, true, false]);

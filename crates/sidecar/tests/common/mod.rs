@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod exporter;
 pub mod kube;
+pub mod logs;
 pub mod peers;
 pub mod pg;
 pub mod prom;
@@ -13,6 +14,7 @@ pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -264,4 +266,22 @@ pub fn append(path: &Path, bytes: &[u8]) {
         .open(path)
         .unwrap();
     f.write_all(bytes).unwrap();
+}
+
+/// Creates files in `dir` until one gets inode `ino` (ext4 and most disk
+/// filesystems hand a freed inode out again at once); returns its path.
+pub fn file_with_inode(dir: &Path, ino: u64, content: &str) -> std::path::PathBuf {
+    let mut extra = Vec::new();
+    for i in 0..2000 {
+        let p = dir.join(format!("reuse-{i}"));
+        std::fs::write(&p, content).unwrap();
+        if std::fs::metadata(&p).unwrap().ino() == ino {
+            for e in extra {
+                std::fs::remove_file(e).unwrap();
+            }
+            return p;
+        }
+        extra.push(p);
+    }
+    panic!("this filesystem did not reuse inode {ino}; the test needs one that does (ext4)");
 }
