@@ -9,8 +9,8 @@
 //!
 //! The TLS parameters (`sslmode` with all of libpq's values, `sslrootcert`,
 //! `sslcert`, `sslkey`, `sslsni`) are taken out of the string before
-//! tokio-postgres parses the rest, checked here, and registered with
-//! [`crate::connect`] for the config's connections.
+//! tokio-postgres parses the rest, checked here, and kept beside the config
+//! in a [`Source`].
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 
+use crate::auth::AuthModule;
+pub use crate::connect::Source;
 use crate::tls::{RootCert, SslMode, TlsSettings};
 
 /// The `application_name` every session of the exporter carries.
@@ -72,12 +74,12 @@ impl SourceVars {
         self.name.is_none() && self.uri.is_none()
     }
 
-    /// The connection configuration these variables describe.
-    pub fn config(&self) -> Result<Config, DsnError> {
-        let (what, (mut config, tls)) = if let Some(name) = &self.name {
-            ("DATA_SOURCE_NAME", split_dsn(name, "DATA_SOURCE_NAME")?)
+    /// The data source these variables describe.
+    pub fn source(&self) -> Result<Source, DsnError> {
+        let (mut config, tls) = if let Some(name) = &self.name {
+            split_dsn(name, "DATA_SOURCE_NAME")?
         } else if let Some(uri) = &self.uri {
-            ("DATA_SOURCE_URI", split_uri(uri, "DATA_SOURCE_URI")?)
+            split_uri(uri, "DATA_SOURCE_URI")?
         } else {
             return Err(DsnError::Invalid {
                 what: "the data source".into(),
@@ -97,8 +99,7 @@ impl SourceVars {
         if config.get_user().is_none() {
             return Err(DsnError::NoUser);
         }
-        crate::connect::register(&config, tls, what)?;
-        Ok(config)
+        Ok(Source::new(config, tls))
     }
 }
 
@@ -124,17 +125,15 @@ fn var(
 }
 
 /// Parses a `DATA_SOURCE_NAME`: URI or key=value.
-pub fn parse_dsn(dsn: &str, what: &str) -> Result<Config, DsnError> {
+pub fn parse_dsn(dsn: &str, what: &str) -> Result<Source, DsnError> {
     let (config, tls) = split_dsn(dsn, what)?;
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
+    Ok(Source::new(config, tls))
 }
 
 /// Parses a `DATA_SOURCE_URI`: `host[:port][/db][?params]` (a scheme is accepted too).
-pub fn parse_uri(uri: &str, what: &str) -> Result<Config, DsnError> {
+pub fn parse_uri(uri: &str, what: &str) -> Result<Source, DsnError> {
     let (config, tls) = split_uri(uri, what)?;
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
+    Ok(Source::new(config, tls))
 }
 
 const DSN_EXAMPLE: &str = "postgresql://user:password@localhost:5432/postgres?sslmode=disable or host=localhost user=postgres";
@@ -434,19 +433,31 @@ pub fn database(config: &Config) -> String {
         .to_string()
 }
 
-/// A `/probe?target=` value: a URI or key=value DSN, or `host[:port][/db][?params]`
-/// that takes the exporter's own credentials.
-pub fn probe_target(target: &str, base: Option<&Config>) -> Result<Config, DsnError> {
+/// A `/probe?target=` value: a URI or key=value DSN, or `host[:port][/db][?params]`.
+/// With an auth module (`&auth_module=`), as upstream: the module's user and
+/// password replace the target's, and its options are added to the target's
+/// parameters, replacing those of the same name. Without one, a target
+/// without a user takes the exporter's own credentials.
+pub fn probe_target(
+    target: &str,
+    module: Option<&AuthModule>,
+    base: Option<&Source>,
+) -> Result<Source, DsnError> {
     let target = target.trim();
     let has_scheme = target.starts_with("postgres://") || target.starts_with("postgresql://");
     let what = "the probe target";
+    let options = module.map_or(&[][..], |m| m.options.as_slice());
     let (mut config, tls) = if !has_scheme && target.contains('=') && !target.contains('?') {
-        split_dsn(target, what)?
+        split_dsn(&with_key_values(target, options), what)?
     } else {
-        split_uri(target, what)?
+        split_uri(&with_uri_params(target, options), what)?
     };
-    if let Some(base) = base {
-        if config.get_user().is_none() {
+    match (module, base.map(|b| &b.config)) {
+        (Some(module), _) => {
+            config.user(&module.username);
+            config.password(module.password.as_bytes());
+        }
+        (None, Some(base)) if config.get_user().is_none() => {
             if let Some(user) = base.get_user() {
                 config.user(user);
             }
@@ -456,12 +467,62 @@ pub fn probe_target(target: &str, base: Option<&Config>) -> Result<Config, DsnEr
                 }
             }
         }
+        (None, _) => {}
     }
     if config.get_user().is_none() {
         return Err(DsnError::NoUser);
     }
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
+    Ok(Source::new(config, tls))
+}
+
+/// Checks an auth module's options as parameters of a connection string.
+pub(crate) fn check_options(options: &[(String, String)]) -> Result<(), DsnError> {
+    split_dsn(
+        &with_key_values("host=localhost user=-", options),
+        "its options",
+    )
+    .map(|_| ())
+}
+
+/// A key=value string with `options` appended (the last value of a key wins).
+fn with_key_values(dsn: &str, options: &[(String, String)]) -> String {
+    let mut out = dsn.to_string();
+    for (key, value) in options {
+        let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+        out.push_str(&format!(" {key}='{quoted}'"));
+    }
+    out
+}
+
+/// A URI (or `host[:port][/db]`) with `options` appended to its parameters.
+fn with_uri_params(uri: &str, options: &[(String, String)]) -> String {
+    let mut out = uri.to_string();
+    let after_credentials = uri.find('@').map_or(0, |i| i + 1);
+    let mut sep = if uri[after_credentials..].contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    for (key, value) in options {
+        out.push(sep);
+        out.push_str(&percent_encode(key));
+        out.push('=');
+        out.push_str(&percent_encode(value));
+        sep = '&';
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -484,11 +545,11 @@ mod tests {
             ("DATA_SOURCE_USER", "postgres"),
             ("DATA_SOURCE_PASS", "secret"),
         ]);
-        let c = v.config().unwrap();
-        assert_eq!(c.get_user(), Some("postgres"));
-        assert_eq!(c.get_password(), Some(&b"secret"[..]));
-        assert_eq!(server_label(&c), "localhost:5432");
-        assert_eq!(database(&c), "postgres");
+        let c = v.source().unwrap();
+        assert_eq!(c.config.get_user(), Some("postgres"));
+        assert_eq!(c.config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(server_label(&c.config), "localhost:5432");
+        assert_eq!(database(&c.config), "postgres");
     }
 
     #[test]
@@ -499,11 +560,11 @@ mod tests {
             ("DATA_SOURCE_USER", "mon itor"),
             ("DATA_SOURCE_PASS", pass),
         ]);
-        let c = v.config().unwrap();
-        assert_eq!(c.get_password(), Some(pass.as_bytes()));
-        assert_eq!(c.get_user(), Some("mon itor"));
-        assert_eq!(database(&c), "appdb");
-        assert_eq!(c.get_ports(), &[5433]);
+        let c = v.source().unwrap();
+        assert_eq!(c.config.get_password(), Some(pass.as_bytes()));
+        assert_eq!(c.config.get_user(), Some("mon itor"));
+        assert_eq!(database(&c.config), "appdb");
+        assert_eq!(c.config.get_ports(), &[5433]);
     }
 
     #[test]
@@ -512,18 +573,18 @@ mod tests {
             "DATA_SOURCE_NAME",
             "postgresql://u:p%23w@db:6543/x?sslmode=disable",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"p#w"[..]));
-        assert_eq!(server_label(&c), "db:6543");
+        assert_eq!(c.config.get_password(), Some(&b"p#w"[..]));
+        assert_eq!(server_label(&c.config), "db:6543");
         let c = vars(&[(
             "DATA_SOURCE_NAME",
             "host=h port=1 user=u password='a b=c' dbname=d",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"a b=c"[..]));
-        assert_eq!(describe(&c), "u@h:1/d");
+        assert_eq!(c.config.get_password(), Some(&b"a b=c"[..]));
+        assert_eq!(describe(&c.config), "u@h:1/d");
     }
 
     #[test]
@@ -554,15 +615,15 @@ mod tests {
             ("DATA_SOURCE_URI", "localhost?sslmode=verify-full"),
             ("DATA_SOURCE_USER", "u"),
         ])
-        .config()
+        .source()
         .unwrap_err();
         assert!(err.to_string().contains("set sslrootcert"), "{err}");
         let err = vars(&[("DATA_SOURCE_URI", "localhost")])
-            .config()
+            .source()
             .unwrap_err();
         assert_eq!(err, DsnError::NoUser);
         let err = vars(&[("DATA_SOURCE_NAME", "postgresql://u@h:notaport/db")])
-            .config()
+            .source()
             .unwrap_err();
         assert!(err.to_string().contains("write it like"), "{err}");
     }
@@ -570,30 +631,82 @@ mod tests {
     #[test]
     fn hardening_adds_name_and_connect_timeout_and_keeps_the_options() {
         let mut c = parse_dsn("host=h user=u options='-c work_mem=1MB'", "x").unwrap();
-        harden(&mut c, Duration::from_secs(3));
-        assert_eq!(c.get_application_name(), Some(APPLICATION_NAME));
+        harden(&mut c.config, Duration::from_secs(3));
+        assert_eq!(c.config.get_application_name(), Some(APPLICATION_NAME));
         // The exporter's own settings are SET after login, not sent as options.
-        assert_eq!(c.get_options(), Some("-c work_mem=1MB"));
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.config.get_options(), Some("-c work_mem=1MB"));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
         let mut c = parse_dsn("host=h user=u connect_timeout=1", "x").unwrap();
-        harden(&mut c, Duration::from_secs(3));
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(1)));
+        harden(&mut c.config, Duration::from_secs(3));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
     }
 
     #[test]
     fn probe_targets_take_the_exporters_credentials() {
         let base = parse_dsn("host=h user=mon password=pw", "x").unwrap();
-        let c = probe_target("db2:5433/app?sslmode=disable", Some(&base)).unwrap();
-        assert_eq!(c.get_user(), Some("mon"));
-        assert_eq!(c.get_password(), Some(&b"pw"[..]));
-        assert_eq!(describe(&c), "mon@db2:5433/app");
-        let c = probe_target("postgresql://other:x@db3/app", Some(&base)).unwrap();
-        assert_eq!(c.get_user(), Some("other"));
-        assert!(probe_target("db2", None).is_err());
+        let c = probe_target("db2:5433/app?sslmode=disable", None, Some(&base)).unwrap();
+        assert_eq!(c.config.get_user(), Some("mon"));
+        assert_eq!(c.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(describe(&c.config), "mon@db2:5433/app");
+        let c = probe_target("postgresql://other:x@db3/app", None, Some(&base)).unwrap();
+        assert_eq!(c.config.get_user(), Some("other"));
+        assert!(probe_target("db2", None, None).is_err());
     }
 
-    fn tls_of(c: &Config) -> TlsSettings {
-        crate::connect::settings(c).settings.clone()
+    fn module(options: &[(&str, &str)]) -> AuthModule {
+        AuthModule {
+            username: "modu".into(),
+            password: "mod p@ss'\\".into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn auth_modules_give_credentials_and_options_as_upstream() {
+        let base = parse_dsn("host=h user=mon password=pw", "x").unwrap();
+        let m = module(&[("sslmode", "verify-full"), ("sslrootcert", "/ca x&y.pem")]);
+        // Every form of target; the module's credentials replace the target's,
+        // its options the target's parameters of the same name.
+        for target in [
+            "db2:5433/app",
+            "db2:5433/app?sslmode=disable&application_name=a",
+            "postgresql://other:x@db2:5433/app?sslmode=disable",
+            "host=db2 port=5433 dbname=app user=other sslmode=disable",
+        ] {
+            let c = probe_target(target, Some(&m), Some(&base)).unwrap();
+            assert_eq!(c.config.get_user(), Some("modu"), "{target}");
+            assert_eq!(
+                c.config.get_password(),
+                Some(&b"mod p@ss'\\"[..]),
+                "{target}"
+            );
+            assert_eq!(describe(&c.config), "modu@db2:5433/app", "{target}");
+            let t = tls_of(&c);
+            assert_eq!(t.mode, SslMode::VerifyFull, "{target}");
+            assert_eq!(
+                t.root,
+                Some(RootCert::File("/ca x&y.pem".into())),
+                "{target}"
+            );
+        }
+        let c = probe_target("db2/app?application_name=a", Some(&module(&[])), None).unwrap();
+        assert_eq!(c.config.get_application_name(), Some("a"));
+        assert_eq!(c.config.get_user(), Some("modu"));
+        assert!(check_options(&[("sslmod".into(), "x".into())]).is_err());
+        assert!(check_options(&[("connect_timeout".into(), "3".into())]).is_ok());
+    }
+
+    fn tls_of(c: &Source) -> TlsSettings {
+        c.tls_settings().clone()
     }
 
     #[test]
@@ -603,11 +716,14 @@ mod tests {
             "postgresql://u:p%26w@tls-uri.example:5433/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem\
              &application_name=app&sslcert=/c.pem&sslkey=/k.pem&sslsni=0",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_application_name(), Some("app"));
-        assert_eq!(c.get_password(), Some(&b"p&w"[..]));
-        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(c.config.get_application_name(), Some("app"));
+        assert_eq!(c.config.get_password(), Some(&b"p&w"[..]));
+        assert_eq!(
+            c.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
         let t = tls_of(&c);
         assert_eq!(t.mode, SslMode::VerifyFull);
         assert_eq!(t.root, Some(RootCert::File("/etc/ca x.pem".into())));
@@ -619,10 +735,10 @@ mod tests {
             "DATA_SOURCE_NAME",
             "host=tls-kv.example user=u password='it\\'s = x' sslmode = verify-ca sslrootcert='/a b/ca.pem' dbname=d",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"it's = x"[..]));
-        assert_eq!(describe(&c), "u@tls-kv.example:5432/d");
+        assert_eq!(c.config.get_password(), Some(&b"it's = x"[..]));
+        assert_eq!(describe(&c.config), "u@tls-kv.example:5432/d");
         let t = tls_of(&c);
         assert_eq!(t.mode, SslMode::VerifyCa);
         assert_eq!(t.root, Some(RootCert::File("/a b/ca.pem".into())));
@@ -637,10 +753,10 @@ mod tests {
             ("DATA_SOURCE_USER", "mon"),
             ("DATA_SOURCE_PASS", "pw"),
         ]);
-        let mut c = v.config().unwrap();
+        let mut c = v.source().unwrap();
         // What the exporter changes per session does not lose the settings.
-        harden(&mut c, Duration::from_secs(10));
-        c.dbname("other");
+        harden(&mut c.config, Duration::from_secs(10));
+        c.config.dbname("other");
         let t = tls_of(&c);
         assert_eq!(
             (t.mode, t.root),
@@ -695,33 +811,33 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_cannot_weaken_another_sources_tls() {
+    fn each_probe_target_has_its_own_tls_settings() {
         let base = parse_dsn(
             "host=tls-probe.example port=5432 user=mon password=pw sslmode=verify-full sslrootcert=/ca.pem",
             "x",
         )
         .unwrap();
-        // The same server and credentials with other TLS settings: refused.
-        for target in [
-            "tls-probe.example:5432/app?sslmode=require",
-            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/other.pem",
-        ] {
-            let err = probe_target(target, Some(&base)).unwrap_err();
-            assert!(
-                err.to_string().contains("give both the same sslmode"),
-                "{err}"
-            );
-        }
-        // The same settings, or another server: fine.
+        // The same server and credentials with other TLS settings: its own.
         let c = probe_target(
-            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/ca.pem",
+            "tls-probe.example:5432/app?sslmode=require",
+            None,
             Some(&base),
         )
         .unwrap();
-        assert_eq!(tls_of(&c).root, Some(RootCert::File("/ca.pem".into())));
-        let c = probe_target("tls-probe2.example/app?sslmode=require", Some(&base)).unwrap();
-        assert_eq!(tls_of(&c).mode, SslMode::Require);
-        assert_eq!(tls_of(&c).root, None);
+        assert_eq!(c.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!((tls_of(&c).mode, tls_of(&c).root), (SslMode::Require, None));
+        let c = probe_target(
+            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/other.pem",
+            None,
+            Some(&base),
+        )
+        .unwrap();
+        assert_eq!(tls_of(&c).root, Some(RootCert::File("/other.pem".into())));
+        // Without TLS parameters: libpq's default, not the base's settings.
+        let c = probe_target("tls-probe.example:5432/app", None, Some(&base)).unwrap();
+        assert_eq!((tls_of(&c).mode, tls_of(&c).root), (SslMode::Prefer, None));
+        // The base keeps its own.
+        assert_eq!(tls_of(&base).root, Some(RootCert::File("/ca.pem".into())));
     }
 
     #[test]

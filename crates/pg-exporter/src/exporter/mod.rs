@@ -16,9 +16,10 @@ use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
-use tokio_postgres::Config;
 
+use crate::auth::AuthModules;
 use crate::collectors::{self, COLLECTORS, Collector, Ctx, Scope};
+use crate::connect::Source;
 use crate::dsn;
 use crate::exposition::Families;
 use crate::session::lock;
@@ -58,6 +59,8 @@ pub struct Options {
     /// limits) are reused before the next scrape reads them again; zero
     /// reads them on every scrape.
     pub database_interval: Duration,
+    /// `--config.file`'s auth modules, for `/probe?auth_module=`.
+    pub auth_modules: AuthModules,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             statements_limit: 100,
             max_probes: 4,
             database_interval: Duration::from_secs(60),
+            auth_modules: AuthModules::default(),
         }
     }
 }
@@ -88,6 +92,14 @@ pub enum ProbeError {
     Target(#[from] dsn::DsnError),
     #[error("too many probes at once; try again")]
     Busy,
+    #[error(
+        "auth_module {name:?} is not in the config file (--config.file); {}",
+        match known.as_slice() {
+            [] => "it defines none: add it under auth_modules".to_string(),
+            names => format!("use one of: {}", names.join(", ")),
+        }
+    )]
+    UnknownModule { name: String, known: Vec<String> },
 }
 
 /// A finished collection, shared by the scrapes that waited for it.
@@ -110,7 +122,7 @@ pub struct Exporter {
     /// The enabled collectors.
     collectors: Vec<Collector>,
     /// The data source, hardened; `None` when only `/probe` is used.
-    base: Option<Config>,
+    base: Option<Source>,
     server: String,
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     last: tokio::sync::Mutex<Option<Collected>>,
@@ -127,12 +139,15 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(opts: Options, base: Option<Config>) -> Self {
-        let base = base.map(|mut c| {
-            dsn::harden(&mut c, opts.connect_timeout);
-            c
+    pub fn new(opts: Options, base: Option<Source>) -> Self {
+        let base = base.map(|mut s| {
+            dsn::harden(&mut s.config, opts.connect_timeout);
+            s
         });
-        let server = base.as_ref().map(dsn::server_label).unwrap_or_default();
+        let server = base
+            .as_ref()
+            .map(|s| dsn::server_label(&s.config))
+            .unwrap_or_default();
         let probes = Semaphore::new(opts.max_probes.max(1));
         let collectors = COLLECTORS
             .iter()
@@ -159,7 +174,7 @@ impl Exporter {
     pub fn describe(&self) -> String {
         self.base
             .as_ref()
-            .map(dsn::describe)
+            .map(|s| dsn::describe(&s.config))
             .unwrap_or_else(|| "no data source (only /probe)".into())
     }
 
@@ -215,11 +230,11 @@ impl Exporter {
     /// every collector succeeded.
     async fn collect_source(
         &self,
-        base: &Config,
+        base: &Source,
         deadline: tokio::time::Instant,
         out: &mut Families,
     ) -> bool {
-        let main_db = dsn::database(base);
+        let main_db = dsn::database(&base.config);
         let side_collectors = self.enabled(Scope::Side);
         // Recent enough results are reused: nothing to run for them.
         let reused = self.reusable_side_runs();
@@ -298,7 +313,7 @@ impl Exporter {
     /// Meanwhile the long-lived sessions collect.
     async fn login_check(
         &self,
-        base: &Config,
+        base: &Source,
         deadline: tokio::time::Instant,
     ) -> Result<(), LoginFailure> {
         // The last login's slot is free again before the next one is taken
@@ -315,7 +330,7 @@ impl Exporter {
             }
             Err(e) => {
                 self.warn_connect(
-                    &format!("cannot connect to {}: {e}", dsn::describe(base)),
+                    &format!("cannot connect to {}: {e}", dsn::describe(&base.config)),
                     PG_UP_ZERO,
                 );
                 Err(e)
@@ -361,11 +376,31 @@ impl Exporter {
         }
     }
 
-    /// Collects once from another server (`/probe?target=`), on a connection
+    /// Collects once from another server (`/probe?target=`, with the
+    /// credentials and options of `auth_module` when given), on a connection
     /// opened for this request and closed after it.
-    pub async fn probe(&self, target: &str) -> Result<String, ProbeError> {
-        let mut config = dsn::probe_target(target, self.base.as_ref())?;
-        dsn::harden(&mut config, self.opts.connect_timeout);
+    pub async fn probe(
+        &self,
+        target: &str,
+        auth_module: Option<&str>,
+    ) -> Result<String, ProbeError> {
+        let module = match auth_module {
+            Some(name) => Some(self.opts.auth_modules.get(name).ok_or_else(|| {
+                ProbeError::UnknownModule {
+                    name: name.to_string(),
+                    known: self
+                        .opts
+                        .auth_modules
+                        .names()
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                }
+            })?),
+            None => None,
+        };
+        let mut source = dsn::probe_target(target, module, self.base.as_ref())?;
+        dsn::harden(&mut source.config, self.opts.connect_timeout);
         let _permit = tokio::time::timeout(self.opts.collection_timeout, self.probes.acquire())
             .await
             .map_err(|_| ProbeError::Busy)?
@@ -373,10 +408,10 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
         let p = &self.opts.prefix;
-        let up = match open(&config, deadline, self.collecting()).await {
+        let up = match open(&source, deadline, self.collecting()).await {
             Ok(conn) => {
                 let ctx = Ctx {
-                    server: dsn::server_label(&config),
+                    server: dsn::server_label(&source.config),
                     ..self.ctx(conn.version)
                 };
                 let runs = self
@@ -401,7 +436,7 @@ impl Exporter {
                 true
             }
             Err(e) => {
-                tracing::debug!("probe of {} failed: {e}", dsn::describe(&config));
+                tracing::debug!("probe of {} failed: {e}", dsn::describe(&source.config));
                 false
             }
         };

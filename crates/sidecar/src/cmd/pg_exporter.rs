@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
+use sidecar_pg_exporter::auth::{AuthModules, DEFAULT_FILE};
 use sidecar_pg_exporter::collectors::COLLECTORS;
 use sidecar_pg_exporter::dsn::SourceVars;
 use sidecar_pg_exporter::server::Endpoints;
@@ -99,6 +100,10 @@ pub struct PgExporterArgs {
     #[arg(long = "collector.database.interval", default_value = "60s", value_parser = duration::parse, env = "PG_EXPORTER_COLLECTOR_DATABASE_INTERVAL")]
     database_interval: Duration,
 
+    /// postgres_exporter's configuration file: auth modules (credentials and libpq options) for /probe?target=...&auth_module=NAME. Default: postgres_exporter.yml in the working directory, if there is one.
+    #[arg(long = "config.file", env = "PG_EXPORTER_CONFIG_FILE")]
+    config_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     collectors: CollectorFlags,
 }
@@ -170,8 +175,18 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         );
         None
     } else {
-        Some(vars.config()?)
+        Some(vars.source()?)
     };
+    let auth_modules = match &args.config_file {
+        Some(path) => AuthModules::load(path, true)?,
+        None => AuthModules::load(std::path::Path::new(DEFAULT_FILE), false)?,
+    };
+    if !auth_modules.is_empty() {
+        tracing::info!(
+            "auth modules for /probe: {}",
+            auth_modules.names().join(", ")
+        );
+    }
     if !args.telemetry_path.starts_with('/') {
         anyhow::bail!("--web.telemetry-path must start with '/', like /metrics");
     }
@@ -185,6 +200,7 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         exclude_databases: args.exclude_databases,
         statements_limit: args.statements_limit,
         database_interval: args.database_interval,
+        auth_modules,
         ..Options::default()
     };
     let listen = args.listen;
