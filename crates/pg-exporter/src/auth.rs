@@ -186,6 +186,13 @@ fn check(spec: ModuleSpec) -> Result<AuthModule, String> {
                 }
             ));
         }
+        if matches!(key.as_str(), "host" | "hostaddr" | "port") {
+            // tokio-postgres adds these to the target's instead of replacing them.
+            return Err(format!(
+                "options.{key} would add a second server to every target: the target names the server, \
+                 so remove options.{key}"
+            ));
+        }
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!(
                 "options key {key:?} is not a libpq parameter name: use names like sslmode or connect_timeout"
@@ -288,6 +295,10 @@ auth_modules:
             (
                 "auth_modules:\n  a:\n    type: userpass\n    userpass: {username: u, password: hunter2}\n    options: {sslmod: require}\n",
                 &["\"a\"", "sslmod"],
+            ),
+            (
+                "auth_modules:\n  a:\n    type: userpass\n    userpass: {username: u, password: hunter2}\n    options: {port: 5433}\n",
+                &["remove options.port"],
             ),
             ("auth_modules: [\n", &["line"]),
         ];
