@@ -346,3 +346,52 @@ fn a_bad_config_file_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/pe.yml"), "{err}");
 }
+
+/// The login behind `pg_up` under scram-sha-256 reuses the key it derived
+/// from the password (crates/pg-exporter/src/scram.rs), and still proves the
+/// password on every login: a changed password is pg_up 0 at once, and the
+/// same password set again (a new salt) is pg_up 1 again.
+#[test]
+fn scram_logins_reuse_the_derived_key_and_still_prove_the_password() {
+    let server = PgServer::start(&pg::default_bin_dir(), &[]).unwrap();
+    let mut c = pg::client(&server, "postgres");
+    c.batch_execute(&format!(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE mon_scram LOGIN PASSWORD '{PASS_B}' IN ROLE pg_monitor"
+    ))
+    .unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("postgres-exporter")
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .env_remove("DATA_SOURCE_NAME")
+        .env(
+            "DATA_SOURCE_URI",
+            format!("127.0.0.1:{}/postgres?sslmode=disable", server.port),
+        )
+        .env("DATA_SOURCE_USER", "mon_scram")
+        .env("DATA_SOURCE_PASS", PASS_B);
+    let p = Proc::start_with(&mut cmd);
+    let addr = p.logged_addr(" on http://");
+    let up = || {
+        let (_, _, body) = http_get(addr, "/metrics");
+        pg_up(&body)
+    };
+    for _ in 0..3 {
+        assert_eq!(up(), Some(1.0), "{}", p.stderr_text());
+    }
+    // Another password: the next fresh login fails (the long-lived session
+    // would still work; pg_up says whether a new one can log in).
+    c.batch_execute("ALTER ROLE mon_scram PASSWORD 'changed-elsewhere'")
+        .unwrap();
+    assert_eq!(up(), Some(0.0), "{}", p.stderr_text());
+    assert!(
+        p.stderr_text().contains("password authentication failed"),
+        "{}",
+        p.stderr_text()
+    );
+    // The same password again, with a new salt: up again.
+    c.batch_execute(&format!("ALTER ROLE mon_scram PASSWORD '{PASS_B}'"))
+        .unwrap();
+    assert_eq!(up(), Some(1.0), "{}", p.stderr_text());
+    assert_no_secret("the log", &p.stderr_text());
+}
