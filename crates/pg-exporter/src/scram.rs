@@ -7,7 +7,7 @@
 //! whole exchange inside `connect` and takes only the password, so it would
 //! derive the key again on every scrape. [`ScramStream`] sits between it and
 //! the socket and answers the server's SASL messages itself, with the salted
-//! password from a [`ScramCache`] (derived once); it
+//! password from a [`ScramCache`] (derived once, with ring's PBKDF2); it
 //! checks the server's signature as tokio-postgres does, then hands the rest
 //! (AuthenticationOk onwards) to tokio-postgres. Every login still proves the
 //! password to the server: only the client's derivation is reused.
@@ -23,9 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use hmac::{Hmac, KeyInit, Mac};
-use ring::rand;
-use sha2::{Digest, Sha256};
+use ring::{digest, hmac, pbkdf2, rand};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::session::lock;
@@ -59,7 +57,14 @@ impl ScramCache {
                 return d.salted;
             }
         }
-        let salted = pbkdf2(password, salt, iterations);
+        let mut salted = [0u8; 32];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            iterations,
+            salt,
+            password,
+            &mut salted,
+        );
         *last = Some(Derived {
             password: password.to_vec(),
             salt: salt.to_vec(),
@@ -196,16 +201,26 @@ impl<S> ScramStream<S> {
         let salted = self.cache.salted(&self.password, &salt, iterations);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let client_key = hmac_sha256(&salted, b"Client Key");
-        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let signature = hmac_sha256(&stored_key, auth_message.as_bytes());
+        let salted_key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+        let client_key = hmac::sign(&salted_key, b"Client Key");
+        let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+        let signature = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()),
+            auth_message.as_bytes(),
+        );
         let proof: Vec<u8> = client_key
+            .as_ref()
             .iter()
-            .zip(signature)
+            .zip(signature.as_ref())
             .map(|(a, b)| a ^ b)
             .collect();
-        let server_key = hmac_sha256(&salted, b"Server Key");
-        let expected = hmac_sha256(&server_key, auth_message.as_bytes());
+        let server_key = hmac::sign(&salted_key, b"Server Key");
+        let server_signature = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
+            auth_message.as_bytes(),
+        );
+        let mut expected = [0u8; 32];
+        expected.copy_from_slice(server_signature.as_ref());
         Ok((format!("{without_proof},p={}", base64(&proof)), expected))
     }
 
@@ -215,39 +230,6 @@ impl<S> ScramStream<S> {
             .extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         self.out.extend_from_slice(body);
     }
-}
-
-/// The same hash code postgres-protocol runs (hmac and sha2), so that the
-/// exporter's resident code does not grow by a second implementation.
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    keyed(key).chain_update(data).finalize().into_bytes().into()
-}
-
-fn keyed(key: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length.
-    <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| Hmac::new(&Default::default()))
-}
-
-/// PBKDF2-HMAC-SHA-256 with one block of output (RFC 5802's Hi), the keyed
-/// state computed once rather than on every round.
-fn pbkdf2(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> [u8; 32] {
-    let mac = keyed(password);
-    let mut u: [u8; 32] = mac
-        .clone()
-        .chain_update(salt)
-        .chain_update(1u32.to_be_bytes())
-        .finalize()
-        .into_bytes()
-        .into();
-    let mut out = u;
-    for _ in 1..iterations.get() {
-        u = mac.clone().chain_update(u).finalize().into_bytes().into();
-        for (o, x) in out.iter_mut().zip(u) {
-            *o ^= x;
-        }
-    }
-    out
 }
 
 fn bad(why: &str) -> io::Error {
