@@ -11,7 +11,6 @@
 //! (which has no room for them): a [`Source`] carries both, so each data
 //! source and each `/probe` target connects with its own settings.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,16 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, Socket};
 
-use crate::scram::{ScramCache, ScramStream};
 use crate::tls::{Fail, MakeConnector, SslMode, Tls, TlsError, TlsSettings, TlsStream};
 
-/// The future that drives a connection.
-pub type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
-
 /// A connection and the future that drives it.
-pub type Connected = (Client, Driver);
-
-type Opened = (Client, Connection<Socket, TlsStream<Socket>>);
+pub type Connected = (Client, Connection<Socket, TlsStream<Socket>>);
 
 /// Where and how to log in: the connection config and the TLS settings
 /// that go with it (what [`crate::dsn`] parses a connection string into).
@@ -38,8 +31,6 @@ type Opened = (Client, Connection<Socket, TlsStream<Socket>>);
 pub struct Source {
     pub config: Config,
     pub tls: Arc<Tls>,
-    /// The salted password of the last SCRAM login (see [`login`]).
-    pub(crate) scram: Arc<ScramCache>,
 }
 
 impl Source {
@@ -47,7 +38,6 @@ impl Source {
         Self {
             config,
             tls: Arc::new(Tls::new(settings)),
-            scram: Arc::default(),
         }
     }
 
@@ -63,51 +53,8 @@ impl Source {
     }
 }
 
-/// Opens a connection for the login check: as [`connect`], except that a
-/// plain TCP connection to one host with a password answers the server's
-/// SCRAM-SHA-256 exchange with the salted password kept from the last login
-/// ([`crate::scram`]), instead of deriving it again.
-pub async fn login(source: &Source) -> Result<Connected, tokio_postgres::Error> {
-    let config = &source.config;
-    let host = match (
-        config.get_hosts(),
-        config.get_hostaddrs(),
-        config.get_ports(),
-    ) {
-        ([Host::Tcp(host)], [], [] | [_]) => host,
-        _ => return connect(source).await,
-    };
-    let password = match config.get_password() {
-        Some(p) if crate::scram::usable(p) => p,
-        _ => return connect(source).await,
-    };
-    if source.tls.settings.mode != SslMode::Disable {
-        return connect(source).await;
-    }
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let tcp = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
-        Ok(tcp) => tcp,
-        // tokio-postgres' own attempt says what is wrong, in its words.
-        Err(_) => return connect(source).await,
-    };
-    let _ = tcp.set_nodelay(true);
-    let stream = ScramStream::new(tcp, password, Arc::clone(&source.scram));
-    let mut c = config.clone();
-    c.ssl_mode(tokio_postgres::config::SslMode::Disable);
-    match c.connect_raw(stream, tokio_postgres::NoTls).await {
-        Ok((client, connection)) => Ok((client, Box::pin(connection))),
-        Err(e) => Err(explained(e, &source.tls.settings).await),
-    }
-}
-
 /// Opens a connection as libpq would with the config's TLS settings.
 pub async fn connect(source: &Source) -> Result<Connected, tokio_postgres::Error> {
-    opened(source)
-        .await
-        .map(|(client, connection)| (client, Box::pin(connection) as Driver))
-}
-
-async fn opened(source: &Source) -> Result<Opened, tokio_postgres::Error> {
     let config = &source.config;
     let tls = &source.tls;
     // libpq never uses TLS over Unix-domain sockets, whatever sslmode says.
@@ -145,16 +92,11 @@ async fn opened(source: &Source) -> Result<Opened, tokio_postgres::Error> {
         }
     };
     match result {
-        Err(e) => Err(explained(e, &tls.settings).await),
+        Err(e) => match refusal_hint(&e, &tls.settings) {
+            Some(hint) => Err(error(Fake::Server(hint), e).await),
+            None => Err(e),
+        },
         done => done,
-    }
-}
-
-/// `e`, or the server's refusal for TLS reasons with the setting to change.
-async fn explained(e: tokio_postgres::Error, tls: &TlsSettings) -> tokio_postgres::Error {
-    match refusal_hint(&e, tls) {
-        Some(hint) => error(Fake::Server(hint), e).await,
-        None => e,
     }
 }
 
@@ -188,7 +130,7 @@ fn refusal_hint(e: &tokio_postgres::Error, tls: &TlsSettings) -> Option<String> 
     Some(format!("{}: {m}; {hint}", db.severity()))
 }
 
-async fn plain(config: &Config) -> Result<Opened, tokio_postgres::Error> {
+async fn plain(config: &Config) -> Result<Connected, tokio_postgres::Error> {
     let mut config = config.clone();
     config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     config.connect(MakeConnector::unused()).await
@@ -198,7 +140,7 @@ async fn encrypted(
     config: &Config,
     tls: &Arc<Tls>,
     mode: SslMode,
-) -> Result<Opened, tokio_postgres::Error> {
+) -> Result<Connected, tokio_postgres::Error> {
     let mut c = config.clone();
     c.ssl_mode(mode.tokio());
     match c.connect(MakeConnector::new(tls)).await {

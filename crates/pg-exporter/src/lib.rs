@@ -20,7 +20,6 @@ pub(crate) mod connect;
 pub mod dsn;
 mod exporter;
 mod exposition;
-mod scram;
 pub mod server;
 mod session;
 pub(crate) mod tls;

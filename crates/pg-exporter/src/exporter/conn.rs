@@ -145,11 +145,9 @@ pub(super) async fn open(
         .map(|t| tokio::time::Instant::now() + *t)
         .map_or(deadline, |t| t.min(deadline));
     let connecting = async {
-        let connected = match purpose {
-            Purpose::Login => crate::connect::login(source).await,
-            Purpose::Collect { .. } => crate::connect::connect(source).await,
-        };
-        let (client, connection) = connected.map_err(|e| LoginFailure::db(&e))?;
+        let (client, connection) = crate::connect::connect(source)
+            .await
+            .map_err(|e| LoginFailure::db(&e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");
