@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: `sidecar postgres-exporter` vs Debian's prometheus-postgres-exporter, in one run.
-# Usage: bench/pg-exporter.sh   (env: BENCH_SCRAPES, default 200)
+# Usage: bench/pg-exporter.sh   (env: BENCH_SCRAPES per exporter and round, default 200;
+#   BENCH_ROUNDS, default 3; BENCH_AUTH, default scram,trust; BENCH_LOAD, pgbench's
+#   load options, default "-c 2", e.g. "-c 2 -R 100"; BENCH_EVERY=1 adds ours with
+#   --collector.database.interval=0s). See bench/pg_exporter_bench.py.
 # Record the printed tables in bench/RESULTS.md with this command.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,12 +3,20 @@
 
 Called by bench/pg-exporter.sh. One PostgreSQL server (started here, as the
 postgres user when run as root) under pgbench load; the exporters scrape it
-side by side, alternating, in the same run: ours with its defaults (database
-sizes re-read at most once a minute), ours reading the sizes on every scrape
-as upstream does (`--collector.database.interval=0s`), and upstream's:
+side by side, taking turns scrape by scrape, in rounds: ours with its
+defaults (database sizes re-read at most once a minute) and upstream's, each
+logging in as deployments do (`scram`: a role with a password,
+scram-sha-256 in pg_hba.conf, the password in DATA_SOURCE_PASS, or in
+upstream's DATA_SOURCE_NAME) and with `trust` (a role without a password);
+with BENCH_EVERY=1 also ours reading the sizes on every scrape as upstream
+does (`--collector.database.interval=0s`). Environment: BENCH_SCRAPES
+(per exporter and round, default 200), BENCH_ROUNDS (default 3),
+BENCH_AUTH (default `scram,trust`), BENCH_LOAD (pgbench's load options,
+default `-c 2`, e.g. `-c 2 -R 100`).
 
-- scrape latency (median, p90) over N scrapes each,
-- CPU seconds per scrape and peak RSS (from /proc), and what the RSS is made
+- scrape latency (median, p90) over N scrapes each: the median of the
+  rounds' medians, and its ratio to upstream's with the same authentication,
+- CPU milliseconds per scrape (all rounds) and peak RSS (from /proc), and what the RSS is made
   of at the end: anonymous memory (heap, stacks) and file pages (the
   executable's code, which the kernel may map in large folios),
 - connections each holds to the server (its established sockets to the port),
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -113,15 +122,30 @@ def psql(bindir, port, sql, db="postgres"):
          "-Atc", sql], check=True, capture_output=True, text=True).stdout.strip()
 
 
+PASSWORD = "bench-Scram-pw#1"
+THEIRS = "postgres_exporter 0.11 (Debian)"
+
+
 def main():
     sidecar, bindir = sys.argv[1], sys.argv[2]
     scrapes = int(os.environ.get("BENCH_SCRAPES", "200"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    auths = [a for a in os.environ.get("BENCH_AUTH", "scram,trust").split(",") if a]
+    load_opts = os.environ.get("BENCH_LOAD", "-c 2").split()
+    every_too = os.environ.get("BENCH_EVERY") == "1"
     tmp = tempfile.mkdtemp(prefix="pgx-bench-")
     os.chmod(tmp, 0o777)
     data = os.path.join(tmp, "data")
     port = free_port()
     subprocess.run(as_postgres([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres",
                                 "--auth=trust", "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
+    # The monitoring roles: mon_scram logs in with scram-sha-256 and a
+    # password, mon_trust without one; the load and the set-up as postgres.
+    with open(os.path.join(data, "pg_hba.conf"), "w") as f:
+        f.write("local all all trust\n"
+                "host all postgres 127.0.0.1/32 trust\n"
+                "host all mon_trust 127.0.0.1/32 trust\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n")
     server = subprocess.Popen(as_postgres([
         os.path.join(bindir, "postgres"), "-D", data, "-p", str(port), "-k", tmp,
         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"]),
@@ -135,71 +159,100 @@ def main():
             except subprocess.CalledProcessError:
                 time.sleep(0.1)
         psql(bindir, port, "CREATE DATABASE bench")
+        psql(bindir, port, "SET password_encryption = 'scram-sha-256'; "
+             f"CREATE ROLE mon_scram LOGIN PASSWORD '{PASSWORD}' IN ROLE pg_monitor; "
+             "CREATE ROLE mon_trust LOGIN IN ROLE pg_monitor")
         subprocess.run([os.path.join(bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                         "-i", "-s", "10", "-q", "bench"], check=True, capture_output=True)
         load = subprocess.Popen([os.path.join(bindir, "pgbench"), "-h", "127.0.0.1", "-p", str(port),
-                                 "-U", "postgres", "-c", "4", "-T", "3600", "bench"],
+                                 "-U", "postgres", *load_opts, "-T", "3600", "bench"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(load)
 
         exporters = {}
-        ours_port, theirs_port = free_port(), free_port()
-        env = dict(os.environ, DATA_SOURCE_URI=f"127.0.0.1:{port}/postgres?sslmode=disable",
-                   DATA_SOURCE_USER="postgres")
-        ours = subprocess.Popen([sidecar, "postgres-exporter", "--web.listen-address", f"127.0.0.1:{ours_port}"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(ours)
-        exporters["sidecar postgres-exporter"] = (ours, f"http://127.0.0.1:{ours_port}/metrics", "sidecar-postgres-exporter")
-        every_port = free_port()
-        every = subprocess.Popen([sidecar, "postgres-exporter", "--web.listen-address", f"127.0.0.1:{every_port}",
-                                  "--collector.database.interval=0s"],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(every)
-        exporters["sidecar, sizes every scrape (interval 0s)"] = (
-            every, f"http://127.0.0.1:{every_port}/metrics", "sidecar-postgres-exporter")
-        theirs_env = dict(os.environ, DATA_SOURCE_NAME=(
-            f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable&application_name=postgres_exporter"))
-        theirs_env.pop("DATA_SOURCE_URI", None)
-        theirs = subprocess.Popen(["prometheus-postgres-exporter", f"--web.listen-address=127.0.0.1:{theirs_port}"],
-                                  env=theirs_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(theirs)
-        exporters["postgres_exporter 0.11 (Debian)"] = (theirs, f"http://127.0.0.1:{theirs_port}/metrics", "postgres_exporter")
+        for auth in auths:
+            user = f"mon_{auth}"
+            env = dict(os.environ, DATA_SOURCE_URI=f"127.0.0.1:{port}/postgres?sslmode=disable",
+                       DATA_SOURCE_USER=user)
+            for var in ("DATA_SOURCE_NAME", "DATA_SOURCE_PASS"):
+                env.pop(var, None)
+            if auth == "scram":
+                env["DATA_SOURCE_PASS"] = PASSWORD
+            variants = [("sidecar postgres-exporter", [])]
+            if every_too:
+                variants.append(("sidecar, sizes every scrape (interval 0s)", ["--collector.database.interval=0s"]))
+            for name, extra in variants:
+                p_port = free_port()
+                p = subprocess.Popen([sidecar, "postgres-exporter", "--web.listen-address",
+                                      f"127.0.0.1:{p_port}", *extra],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(p)
+                exporters[(name, auth)] = (p, f"http://127.0.0.1:{p_port}/metrics", "sidecar-postgres-exporter")
+            password = f":{urllib.parse.quote(PASSWORD, safe='')}" if auth == "scram" else ""
+            theirs_env = dict(os.environ, DATA_SOURCE_NAME=(
+                f"postgresql://{user}{password}@127.0.0.1:{port}/postgres?sslmode=disable"
+                "&application_name=postgres_exporter"))
+            for var in ("DATA_SOURCE_URI", "DATA_SOURCE_USER", "DATA_SOURCE_PASS"):
+                theirs_env.pop(var, None)
+            t_port = free_port()
+            theirs = subprocess.Popen(["prometheus-postgres-exporter", f"--web.listen-address=127.0.0.1:{t_port}"],
+                                      env=theirs_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(theirs)
+            exporters[(THEIRS, auth)] = (theirs, f"http://127.0.0.1:{t_port}/metrics", "postgres_exporter")
         for _, url, _ in exporters.values():
             wait_http(url)
             for _ in range(5):  # warm up: connections, caches
                 get(url)
 
-        lat = {name: [] for name in exporters}
-        cpu0 = {name: cpu_seconds(p.pid) for name, (p, _, _) in exporters.items()}
-        conns = {name: 0 for name in exporters}
-        for i in range(scrapes):
-            for name, (_, url, app) in exporters.items():
-                t, _ = get(url)
-                lat[name].append(t)
-            if i % 20 == 0:
-                for name, (p, _, _) in exporters.items():
-                    conns[name] = max(conns[name], connections(p.pid, port))
-        cpu = {name: (cpu_seconds(p.pid) - cpu0[name]) / scrapes for name, (p, _, _) in exporters.items()}
-        bodies = {name: get(url)[1] for name, (_, url, _) in exporters.items()}
-        fams = {name: families(b) for name, b in bodies.items()}
-        theirs_fams = {f for f in fams["postgres_exporter 0.11 (Debian)"]
+        medians = {key: [] for key in exporters}
+        lat = {key: [] for key in exporters}
+        cpu0 = {key: cpu_seconds(p.pid) for key, (p, _, _) in exporters.items()}
+        conns = {key: 0 for key in exporters}
+        for _ in range(rounds):
+            this_round = {key: [] for key in exporters}
+            for i in range(scrapes):
+                for key, (_, url, _) in exporters.items():
+                    t, body = get(url)
+                    this_round[key].append(t)
+                    if i == 0 and "pg_up 1" not in body:
+                        raise RuntimeError(f"{key}: pg_up is not 1")
+                if i % 20 == 0:
+                    for key, (p, _, _) in exporters.items():
+                        conns[key] = max(conns[key], connections(p.pid, port))
+            for key, times in this_round.items():
+                medians[key].append(statistics.median(times))
+                lat[key].extend(times)
+        cpu = {key: (cpu_seconds(p.pid) - cpu0[key]) / (scrapes * rounds)
+               for key, (p, _, _) in exporters.items()}
+        bodies = {key: get(url)[1] for key, (_, url, _) in exporters.items()}
+        fams = {key: families(b) for key, b in bodies.items()}
+        auth0 = auths[0]
+        theirs_fams = {f for f in fams[(THEIRS, auth0)]
                        if not f.startswith(("go_", "promhttp_", "postgres_exporter_"))}
-        ours_fams = fams["sidecar postgres-exporter"]
+        ours_fams = fams[("sidecar postgres-exporter", auth0)]
 
-        print(f"PostgreSQL: {psql(bindir, port, 'SHOW server_version')}, pgbench -c 4 running; "
-              f"{scrapes} scrapes each, alternating\n")
-        print("| exporter | median | p90 | CPU ms/scrape | peak RSS | RSS anon / file | connections held | families |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        ref = statistics.median(lat["postgres_exporter 0.11 (Debian)"])
-        for name, (p, _, _) in exporters.items():
-            s = sorted(lat[name])
-            med = statistics.median(s)
-            p90 = s[int(len(s) * 0.9) - 1]
-            print(f"| {name} | {med * 1000:.1f} ms ({med / ref:.2f}x) | {p90 * 1000:.1f} ms "
-                  f"| {cpu[name] * 1000:.2f} | {hwm_kib(p.pid) / 1024:.1f} MiB "
+        print(f"PostgreSQL: {psql(bindir, port, 'SHOW server_version')}, pgbench {' '.join(load_opts)} running; "
+              f"{rounds} rounds of {scrapes} scrapes each, the exporters taking turns\n")
+        print("| exporter | auth | median (rounds) | vs upstream | p90 | CPU ms/scrape | vs upstream "
+              "| peak RSS | RSS anon / file | connections held | families |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (name, auth), (p, _, _) in exporters.items():
+            s_all = sorted(lat[(name, auth)])
+            med = statistics.median(medians[(name, auth)])
+            ref = statistics.median(medians[(THEIRS, auth)])
+            rounds_text = ", ".join(f"{m * 1000:.1f}" for m in medians[(name, auth)])
+            p90 = s_all[int(len(s_all) * 0.9) - 1]
+            print(f"| {name} | {auth} | {med * 1000:.1f} ms ({rounds_text}) | {med / ref:.2f}x "
+                  f"| {p90 * 1000:.1f} ms "
+                  f"| {cpu[(name, auth)] * 1000:.2f} | {cpu[(name, auth)] / cpu[(THEIRS, auth)]:.2f}x "
+                  f"| {hwm_kib(p.pid) / 1024:.1f} MiB "
                   f"| {status_kib(p.pid, 'RssAnon') / 1024:.1f} / {status_kib(p.pid, 'RssFile') / 1024:.1f} MiB "
-                  f"| {conns[name]} "
-                  f"| {len(fams[name])} |")
+                  f"| {conns[(name, auth)]} "
+                  f"| {len(fams[(name, auth)])} |")
+        for auth in auths:
+            ours_rss = hwm_kib(exporters[("sidecar postgres-exporter", auth)][0].pid)
+            theirs_rss = hwm_kib(exporters[(THEIRS, auth)][0].pid)
+            print(f"\nPeak RSS, {auth}: {ours_rss / theirs_rss:.2f}x upstream's")
         missing = sorted(theirs_fams - ours_fams)
         print(f"\nFamily coverage: ours has {len(theirs_fams) - len(missing)} of the "
               f"{len(theirs_fams)} pg_*/process_* families 0.11 exports"
@@ -212,7 +265,7 @@ def main():
         print("\nWith the database stopped (port refuses), time to answer /metrics:\n")
         print("| exporter | first scrape | median of 10 | pg_up |")
         print("|---|---:|---:|---|")
-        for name, (_, url, _) in exporters.items():
+        for (name, auth), (_, url, _) in exporters.items():
             times = []
             up = "?"
             for _ in range(10):
@@ -221,7 +274,7 @@ def main():
                 for line in body.splitlines():
                     if line.startswith("pg_up "):
                         up = line.split()[1]
-            print(f"| {name} | {times[0] * 1000:.1f} ms | {statistics.median(times) * 1000:.1f} ms | {up} |")
+            print(f"| {name}, {auth} | {times[0] * 1000:.1f} ms | {statistics.median(times) * 1000:.1f} ms | {up} |")
     finally:
         for p in procs:
             p.terminate()

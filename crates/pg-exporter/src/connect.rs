@@ -8,92 +8,55 @@
 //!   `sslrootcert` is set: in the verifier ([`crate::tls`]).
 //!
 //! A data source's TLS settings are not part of `tokio_postgres::Config`
-//! (which has no room for them), so [`crate::dsn`] registers them here when
-//! it parses a connection string, under the config's identity: everything
-//! but the database name, `options`, `application_name` and the connect
-//! timeout, which the exporter sets per session. [`connect`] finds them again
-//! from the config alone. Registrations are never replaced (a second data
-//! source for the same server, user and password must ask for the same TLS
-//! settings), so a connection never gets weaker settings than its own.
+//! (which has no room for them): a [`Source`] carries both, so each data
+//! source and each `/probe` target connects with its own settings.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, Socket};
 
-use crate::dsn::DsnError;
-use crate::session::lock;
 use crate::tls::{Fail, MakeConnector, SslMode, Tls, TlsError, TlsSettings, TlsStream};
-
-/// How many distinct data sources with TLS settings of their own are kept
-/// (each `/probe` target with its own settings is one).
-const MAX_SOURCES: usize = 1024;
-
-static SOURCES: LazyLock<Mutex<HashMap<String, Arc<Tls>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// A connection and the future that drives it.
 pub type Connected = (Client, Connection<Socket, TlsStream<Socket>>);
 
-/// The identity the TLS settings are kept under (see the module docs).
-fn identity(config: &Config) -> String {
-    let mut c = config.clone();
-    c.dbname("")
-        .options("")
-        .application_name("")
-        .connect_timeout(Duration::ZERO);
-    // Debug leaves the password out; a hash of it stands in.
-    let mut h = DefaultHasher::new();
-    config.get_password().hash(&mut h);
-    format!("{c:?} {:x}", h.finish())
+/// Where and how to log in: the connection config and the TLS settings
+/// that go with it (what [`crate::dsn`] parses a connection string into).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub config: Config,
+    pub tls: Arc<Tls>,
 }
 
-/// Keeps `settings` for connections made with `config`.
-pub fn register(config: &Config, settings: TlsSettings, what: &str) -> Result<(), DsnError> {
-    let key = identity(config);
-    let mut sources = lock(&SOURCES);
-    let implied = TlsSettings::from_tokio(config.get_ssl_mode());
-    match sources.get(&key) {
-        Some(kept) if kept.settings == settings => Ok(()),
-        Some(kept) => Err(DsnError::Tls(format!(
-            "{what} asks for TLS settings ({}) other than those of another data source for the same \
-             server, user and password ({}); this exporter keeps one set per server, user and password: \
-             give both the same sslmode, sslrootcert, sslcert, sslkey and sslsni",
-            settings.describe(),
-            kept.settings.describe()
-        ))),
-        // What the config says on its own needs no entry.
-        None if settings == implied => Ok(()),
-        None if sources.len() >= MAX_SOURCES => Err(DsnError::Tls(format!(
-            "{what} would be data source number {} with TLS settings of its own; this exporter keeps \
-             at most {MAX_SOURCES}: use fewer distinct TLS settings",
-            MAX_SOURCES + 1
-        ))),
-        None => {
-            sources.insert(key, Arc::new(Tls::new(settings)));
-            Ok(())
+impl Source {
+    pub fn new(config: Config, settings: TlsSettings) -> Self {
+        Self {
+            config,
+            tls: Arc::new(Tls::new(settings)),
         }
     }
-}
 
-/// The TLS settings for `config`: registered ones, or what its `sslmode` says.
-pub fn settings(config: &Config) -> Arc<Tls> {
-    if let Some(tls) = lock(&SOURCES).get(&identity(config)) {
-        return Arc::clone(tls);
+    /// A source with only what the config says (its `sslmode`, no files).
+    pub fn plain(config: Config) -> Self {
+        let settings = TlsSettings::from_tokio(config.get_ssl_mode());
+        Self::new(config, settings)
     }
-    Arc::new(Tls::new(TlsSettings::from_tokio(config.get_ssl_mode())))
+
+    /// The TLS settings.
+    pub fn tls_settings(&self) -> &TlsSettings {
+        &self.tls.settings
+    }
 }
 
 /// Opens a connection as libpq would with the config's TLS settings.
-pub async fn connect(config: &Config) -> Result<Connected, tokio_postgres::Error> {
-    let tls = settings(config);
+pub async fn connect(source: &Source) -> Result<Connected, tokio_postgres::Error> {
+    let config = &source.config;
+    let tls = &source.tls;
     // libpq never uses TLS over Unix-domain sockets, whatever sslmode says.
     let unix_only = config.get_hostaddrs().is_empty()
         && !config.get_hosts().is_empty()
@@ -110,10 +73,10 @@ pub async fn connect(config: &Config) -> Result<Connected, tokio_postgres::Error
         SslMode::Disable => plain(config).await,
         SslMode::Allow => match plain(config).await {
             // The server refused a connection without TLS: try with it.
-            Err(e) if e.as_db_error().is_some() => encrypted(config, &tls, SslMode::Require).await,
+            Err(e) if e.as_db_error().is_some() => encrypted(config, tls, SslMode::Require).await,
             done => done,
         },
-        SslMode::Prefer => match encrypted(config, &tls, SslMode::Prefer).await {
+        SslMode::Prefer => match encrypted(config, tls, SslMode::Prefer).await {
             Err(e) if handshake_failure(&e).is_some() => match plain(config).await {
                 Ok(connected) => {
                     tracing::debug!("TLS failed ({e}); connected without TLS (sslmode=prefer)");
@@ -125,7 +88,7 @@ pub async fn connect(config: &Config) -> Result<Connected, tokio_postgres::Error
             done => done,
         },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            encrypted(config, &tls, SslMode::Require).await
+            encrypted(config, tls, SslMode::Require).await
         }
     };
     match result {

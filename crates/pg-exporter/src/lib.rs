@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod collectors;
 pub(crate) mod connect;
 pub mod dsn;

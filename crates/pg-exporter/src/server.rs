@@ -65,7 +65,15 @@ impl Handler for Endpoints {
                         StatusCode::BAD_REQUEST,
                         "give the server to probe: /probe?target=host:5432/dbname?sslmode=disable\n",
                     ),
-                    Some(target) => match exporter.probe(&target).await {
+                    Some(target) => match exporter
+                        .probe(
+                            &target,
+                            query_param(&query, "auth_module")
+                                .filter(|m| !m.is_empty())
+                                .as_deref(),
+                        )
+                        .await
+                    {
                         Ok(body) => http::response(StatusCode::OK, CONTENT_TYPE, body),
                         Err(e @ ProbeError::Busy) => {
                             http::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
@@ -95,7 +103,7 @@ fn landing(telemetry_path: &str, source: &str) -> String {
         "<!doctype html><html><head><title>sidecar postgres-exporter</title></head><body>\
          <h1>sidecar postgres-exporter</h1><p>PostgreSQL: {source}</p><ul>\
          <li><a href=\"{telemetry_path}\">{telemetry_path}</a>: metrics</li>\
-         <li><code>/probe?target=host:5432/db</code>: metrics of another server</li>\
+         <li><code>/probe?target=host:5432/db&amp;auth_module=NAME</code>: metrics of another server</li>\
          <li><a href=\"/live\">/live</a>, <a href=\"/ready\">/ready</a>: health</li></ul></body></html>\n"
     )
 }

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
+use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Config, SimpleQueryMessage};
+
+use crate::connect::Source;
 
 use crate::session::Session;
 
@@ -133,16 +135,17 @@ pub(super) fn session_settings(statement_timeout: Duration) -> String {
 
 /// Opens a connection for `purpose`, all before `deadline`.
 pub(super) async fn open(
-    config: &Config,
+    source: &Source,
     deadline: tokio::time::Instant,
     purpose: Purpose,
 ) -> Result<Conn, LoginFailure> {
-    let limit = config
+    let limit = source
+        .config
         .get_connect_timeout()
         .map(|t| tokio::time::Instant::now() + *t)
         .map_or(deadline, |t| t.min(deadline));
     let connecting = async {
-        let (client, connection) = crate::connect::connect(config)
+        let (client, connection) = crate::connect::connect(source)
             .await
             .map_err(|e| LoginFailure::db(&e))?;
         let task = tokio::spawn(async move {
@@ -176,7 +179,7 @@ pub(super) async fn open(
             session: Arc::new(Session::new(client)),
             version,
             task: Some(task),
-            tls: crate::connect::settings(config),
+            tls: Arc::clone(&source.tls),
         })
     };
     match timeout_at(limit, connecting).await {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use tokio::time::timeout_at;
-use tokio_postgres::Config;
 
 use super::Exporter;
 use super::conn::{LoginFailure, db_error_text, open, version_text};
 use super::runs::{Timed, timed_all};
 use crate::collectors::{self, Collector, Ctx, Scope};
+use crate::connect::Source;
 use crate::dsn;
 use crate::exposition::Families;
 use crate::session::{Session, lock};
@@ -20,7 +20,7 @@ use crate::session::{Session, lock};
 struct Place<'a> {
     /// The main database's session.
     session: &'a Arc<Session>,
-    base: &'a Config,
+    base: &'a Source,
     main_db: &'a str,
     db: String,
     ctx: &'a Ctx,
@@ -39,13 +39,13 @@ impl Exporter {
         &self,
         session: &Arc<Session>,
         ctx: &Ctx,
-        base: &Config,
+        base: &Source,
         deadline: tokio::time::Instant,
         out: &mut Families,
     ) -> Vec<(String, Timed)> {
         let [server_builtin, server_custom] = self.enabled_by_kind(Scope::Server);
         let [db_builtin, db_custom] = self.enabled_by_kind(Scope::Database);
-        let main_db = dsn::database(base);
+        let main_db = dsn::database(&base.config);
         let at = |db: &str| Place {
             session,
             base,
@@ -202,7 +202,7 @@ impl Exporter {
     /// caller warns, since what follows from it depends on the session.
     pub(super) async fn database_connection(
         &self,
-        base: &Config,
+        base: &Source,
         db: &str,
         key: &str,
         deadline: tokio::time::Instant,
@@ -215,19 +215,24 @@ impl Exporter {
                 }
             }
         }
-        let mut config = base.clone();
-        config.dbname(db);
-        let conn = open(&config, deadline, self.collecting())
+        let mut source = base.clone();
+        source.config.dbname(db);
+        let conn = open(&source, deadline, self.collecting())
             .await
-            .map_err(|e| e.context(&format!("cannot connect to {}", dsn::describe(&config))))?;
-        if key == dsn::database(base) {
+            .map_err(|e| {
+                e.context(&format!(
+                    "cannot connect to {}",
+                    dsn::describe(&source.config)
+                ))
+            })?;
+        if key == dsn::database(&base.config) {
             self.check_privileges(&conn.session).await;
         }
         let out = (Arc::clone(&conn.session), conn.version);
         if key == db {
             tracing::info!(
                 "connected to {} (PostgreSQL {})",
-                dsn::describe(&config),
+                dsn::describe(&source.config),
                 version_text(conn.version)
             );
         }

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
-use tokio_postgres::Config;
 
+use crate::auth::AuthModules;
 use crate::collectors::custom::Queries;
 use crate::collectors::{self, COLLECTORS, Collector, Ctx, Scope};
+use crate::connect::Source;
 use crate::dsn;
 use crate::exposition::Families;
 use crate::session::lock;
@@ -61,6 +62,8 @@ pub struct Options {
     /// The custom queries file (`--extend.query-path`): its namespaces run
     /// as collectors beside the enabled built-in ones.
     pub queries: Option<Queries>,
+    /// `--config.file`'s auth modules, for `/probe?auth_module=`.
+    pub auth_modules: AuthModules,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             max_probes: 4,
             database_interval: Duration::from_secs(60),
             queries: None,
+            auth_modules: AuthModules::default(),
         }
     }
 }
@@ -92,6 +96,14 @@ pub enum ProbeError {
     Target(#[from] dsn::DsnError),
     #[error("too many probes at once; try again")]
     Busy,
+    #[error(
+        "auth_module {name:?} is not in the config file (--config.file); {}",
+        match known.as_slice() {
+            [] => "it defines none: add it under auth_modules".to_string(),
+            names => format!("use one of: {}", names.join(", ")),
+        }
+    )]
+    UnknownModule { name: String, known: Vec<String> },
 }
 
 /// A finished collection, shared by the scrapes that waited for it.
@@ -114,7 +126,7 @@ pub struct Exporter {
     /// The enabled collectors.
     collectors: Vec<Collector>,
     /// The data source, hardened; `None` when only `/probe` is used.
-    base: Option<Config>,
+    base: Option<Source>,
     server: String,
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     last: tokio::sync::Mutex<Option<Collected>>,
@@ -131,12 +143,15 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(opts: Options, base: Option<Config>) -> Self {
-        let base = base.map(|mut c| {
-            dsn::harden(&mut c, opts.connect_timeout);
-            c
+    pub fn new(opts: Options, base: Option<Source>) -> Self {
+        let base = base.map(|mut s| {
+            dsn::harden(&mut s.config, opts.connect_timeout);
+            s
         });
-        let server = base.as_ref().map(dsn::server_label).unwrap_or_default();
+        let server = base
+            .as_ref()
+            .map(|s| dsn::server_label(&s.config))
+            .unwrap_or_default();
         let probes = Semaphore::new(opts.max_probes.max(1));
         let custom = opts.queries.iter().flat_map(|q| q.entries());
         let collectors = COLLECTORS
@@ -165,7 +180,7 @@ impl Exporter {
     pub fn describe(&self) -> String {
         self.base
             .as_ref()
-            .map(dsn::describe)
+            .map(|s| dsn::describe(&s.config))
             .unwrap_or_else(|| "no data source (only /probe)".into())
     }
 
@@ -221,11 +236,11 @@ impl Exporter {
     /// every collector succeeded.
     async fn collect_source(
         &self,
-        base: &Config,
+        base: &Source,
         deadline: tokio::time::Instant,
         out: &mut Families,
     ) -> bool {
-        let main_db = dsn::database(base);
+        let main_db = dsn::database(&base.config);
         let side_collectors = self.enabled(Scope::Side);
         // Recent enough results are reused: nothing to run for them.
         let reused = self.reusable_side_runs();
@@ -304,7 +319,7 @@ impl Exporter {
     /// Meanwhile the long-lived sessions collect.
     async fn login_check(
         &self,
-        base: &Config,
+        base: &Source,
         deadline: tokio::time::Instant,
     ) -> Result<(), LoginFailure> {
         // The last login's slot is free again before the next one is taken
@@ -321,7 +336,7 @@ impl Exporter {
             }
             Err(e) => {
                 self.warn_connect(
-                    &format!("cannot connect to {}: {e}", dsn::describe(base)),
+                    &format!("cannot connect to {}: {e}", dsn::describe(&base.config)),
                     PG_UP_ZERO,
                 );
                 Err(e)
@@ -367,11 +382,31 @@ impl Exporter {
         }
     }
 
-    /// Collects once from another server (`/probe?target=`), on a connection
+    /// Collects once from another server (`/probe?target=`, with the
+    /// credentials and options of `auth_module` when given), on a connection
     /// opened for this request and closed after it.
-    pub async fn probe(&self, target: &str) -> Result<String, ProbeError> {
-        let mut config = dsn::probe_target(target, self.base.as_ref())?;
-        dsn::harden(&mut config, self.opts.connect_timeout);
+    pub async fn probe(
+        &self,
+        target: &str,
+        auth_module: Option<&str>,
+    ) -> Result<String, ProbeError> {
+        let module = match auth_module {
+            Some(name) => Some(self.opts.auth_modules.get(name).ok_or_else(|| {
+                ProbeError::UnknownModule {
+                    name: name.to_string(),
+                    known: self
+                        .opts
+                        .auth_modules
+                        .names()
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                }
+            })?),
+            None => None,
+        };
+        let mut source = dsn::probe_target(target, module, self.base.as_ref())?;
+        dsn::harden(&mut source.config, self.opts.connect_timeout);
         let _permit = tokio::time::timeout(self.opts.collection_timeout, self.probes.acquire())
             .await
             .map_err(|_| ProbeError::Busy)?
@@ -379,10 +414,10 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.opts.collection_timeout;
         let mut out = Families::new();
         let p = &self.opts.prefix;
-        let up = match open(&config, deadline, self.collecting()).await {
+        let up = match open(&source, deadline, self.collecting()).await {
             Ok(conn) => {
                 let ctx = Ctx {
-                    server: dsn::server_label(&config),
+                    server: dsn::server_label(&source.config),
                     ..self.ctx(conn.version)
                 };
                 let all: Vec<&Collector> = self.collectors.iter().collect();
@@ -404,7 +439,7 @@ impl Exporter {
                 true
             }
             Err(e) => {
-                tracing::debug!("probe of {} failed: {e}", dsn::describe(&config));
+                tracing::debug!("probe of {} failed: {e}", dsn::describe(&source.config));
                 false
             }
         };

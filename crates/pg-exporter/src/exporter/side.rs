@@ -11,12 +11,11 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Config;
-
 use super::Exporter;
 use super::conn::LoginFailure;
 use super::runs::{Timed, timed_all};
 use crate::collectors::Collector;
+use crate::connect::Source;
 use crate::dsn;
 use crate::exposition::Families;
 use crate::session::lock;
@@ -54,7 +53,7 @@ impl Exporter {
     /// Runs `collectors` on the side session to the main database.
     pub(super) async fn run_side(
         &self,
-        base: &Config,
+        base: &Source,
         main_db: &str,
         collectors: &[&Collector],
         deadline: tokio::time::Instant,
@@ -112,7 +111,7 @@ impl Exporter {
     }
 
     /// Closes the side session and stops opening it (see `side_off`).
-    pub(super) async fn give_up_side_session(&self, base: &Config, main_db: &str) {
+    pub(super) async fn give_up_side_session(&self, base: &Source, main_db: &str) {
         if self.side_off.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -120,7 +119,7 @@ impl Exporter {
         tracing::warn!(
             "{} has no connection to spare for a second session (connection limit); \
              the database sizes are read on the main session from now on",
-            dsn::describe(base)
+            dsn::describe(&base.config)
         );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
+use sidecar_pg_exporter::auth::{AuthModules, DEFAULT_FILE};
 use sidecar_pg_exporter::collectors::COLLECTORS;
 use sidecar_pg_exporter::collectors::custom::Queries;
 use sidecar_pg_exporter::dsn::SourceVars;
@@ -104,6 +105,9 @@ pub struct PgExporterArgs {
     /// YAML file of custom queries, in postgres_exporter's queries.yaml format (each namespace also reports as a collector); a file that does not load stops the exporter at start.
     #[arg(long = "extend.query-path", env = "PG_EXPORTER_EXTEND_QUERY_PATH")]
     query_path: Option<PathBuf>,
+    /// postgres_exporter's configuration file: auth modules (credentials and libpq options) for /probe?target=...&auth_module=NAME. Default: postgres_exporter.yml in the working directory, if there is one.
+    #[arg(long = "config.file", env = "PG_EXPORTER_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
 
     #[command(flatten)]
     collectors: CollectorFlags,
@@ -176,8 +180,18 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         );
         None
     } else {
-        Some(vars.config()?)
+        Some(vars.source()?)
     };
+    let auth_modules = match &args.config_file {
+        Some(path) => AuthModules::load(path, true)?,
+        None => AuthModules::load(std::path::Path::new(DEFAULT_FILE), false)?,
+    };
+    if !auth_modules.is_empty() {
+        tracing::info!(
+            "auth modules for /probe: {}",
+            auth_modules.names().join(", ")
+        );
+    }
     if !args.telemetry_path.starts_with('/') {
         anyhow::bail!("--web.telemetry-path must start with '/', like /metrics");
     }
@@ -205,6 +219,7 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         statements_limit: args.statements_limit,
         database_interval: args.database_interval,
         queries,
+        auth_modules,
         ..Options::default()
     };
     let listen = args.listen;

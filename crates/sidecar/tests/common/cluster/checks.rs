@@ -187,7 +187,7 @@ impl Cluster {
                         sidecar_pg_exporter::dsn::SourceVars::from_env(|k| env.get(k).cloned());
                     match vars
                         .map_err(|e| e.to_string())
-                        .and_then(|v| v.config().map_err(|e| e.to_string()))
+                        .and_then(|v| v.source().map(|s| s.config).map_err(|e| e.to_string()))
                     {
                         Ok(cfg) => {
                             let ports = cfg.get_ports();

@@ -9,8 +9,8 @@
 //!
 //! The TLS parameters (`sslmode` with all of libpq's values, `sslrootcert`,
 //! `sslcert`, `sslkey`, `sslsni`) are taken out of the string before
-//! tokio-postgres parses the rest, checked here, and registered with
-//! [`crate::connect`] for the config's connections.
+//! tokio-postgres parses the rest, checked here, and kept beside the config
+//! in a [`Source`].
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +18,13 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 
+pub use crate::connect::Source;
 use crate::tls::{RootCert, SslMode, TlsSettings};
+
+mod probe;
+
+pub(crate) use probe::check_options;
+pub use probe::probe_target;
 
 /// The `application_name` every session of the exporter carries.
 pub const APPLICATION_NAME: &str = "sidecar-postgres-exporter";
@@ -72,12 +78,12 @@ impl SourceVars {
         self.name.is_none() && self.uri.is_none()
     }
 
-    /// The connection configuration these variables describe.
-    pub fn config(&self) -> Result<Config, DsnError> {
-        let (what, (mut config, tls)) = if let Some(name) = &self.name {
-            ("DATA_SOURCE_NAME", split_dsn(name, "DATA_SOURCE_NAME")?)
+    /// The data source these variables describe.
+    pub fn source(&self) -> Result<Source, DsnError> {
+        let (mut config, tls) = if let Some(name) = &self.name {
+            split_dsn(name, "DATA_SOURCE_NAME")?
         } else if let Some(uri) = &self.uri {
-            ("DATA_SOURCE_URI", split_uri(uri, "DATA_SOURCE_URI")?)
+            split_uri(uri, "DATA_SOURCE_URI")?
         } else {
             return Err(DsnError::Invalid {
                 what: "the data source".into(),
@@ -97,8 +103,7 @@ impl SourceVars {
         if config.get_user().is_none() {
             return Err(DsnError::NoUser);
         }
-        crate::connect::register(&config, tls, what)?;
-        Ok(config)
+        Ok(Source::new(config, tls))
     }
 }
 
@@ -124,17 +129,15 @@ fn var(
 }
 
 /// Parses a `DATA_SOURCE_NAME`: URI or key=value.
-pub fn parse_dsn(dsn: &str, what: &str) -> Result<Config, DsnError> {
+pub fn parse_dsn(dsn: &str, what: &str) -> Result<Source, DsnError> {
     let (config, tls) = split_dsn(dsn, what)?;
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
+    Ok(Source::new(config, tls))
 }
 
 /// Parses a `DATA_SOURCE_URI`: `host[:port][/db][?params]` (a scheme is accepted too).
-pub fn parse_uri(uri: &str, what: &str) -> Result<Config, DsnError> {
+pub fn parse_uri(uri: &str, what: &str) -> Result<Source, DsnError> {
     let (config, tls) = split_uri(uri, what)?;
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
+    Ok(Source::new(config, tls))
 }
 
 const DSN_EXAMPLE: &str = "postgresql://user:password@localhost:5432/postgres?sslmode=disable or host=localhost user=postgres";
@@ -434,36 +437,6 @@ pub fn database(config: &Config) -> String {
         .to_string()
 }
 
-/// A `/probe?target=` value: a URI or key=value DSN, or `host[:port][/db][?params]`
-/// that takes the exporter's own credentials.
-pub fn probe_target(target: &str, base: Option<&Config>) -> Result<Config, DsnError> {
-    let target = target.trim();
-    let has_scheme = target.starts_with("postgres://") || target.starts_with("postgresql://");
-    let what = "the probe target";
-    let (mut config, tls) = if !has_scheme && target.contains('=') && !target.contains('?') {
-        split_dsn(target, what)?
-    } else {
-        split_uri(target, what)?
-    };
-    if let Some(base) = base {
-        if config.get_user().is_none() {
-            if let Some(user) = base.get_user() {
-                config.user(user);
-            }
-            if config.get_password().is_none() {
-                if let Some(pass) = base.get_password() {
-                    config.password(pass);
-                }
-            }
-        }
-    }
-    if config.get_user().is_none() {
-        return Err(DsnError::NoUser);
-    }
-    crate::connect::register(&config, tls, what)?;
-    Ok(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,11 +457,11 @@ mod tests {
             ("DATA_SOURCE_USER", "postgres"),
             ("DATA_SOURCE_PASS", "secret"),
         ]);
-        let c = v.config().unwrap();
-        assert_eq!(c.get_user(), Some("postgres"));
-        assert_eq!(c.get_password(), Some(&b"secret"[..]));
-        assert_eq!(server_label(&c), "localhost:5432");
-        assert_eq!(database(&c), "postgres");
+        let c = v.source().unwrap();
+        assert_eq!(c.config.get_user(), Some("postgres"));
+        assert_eq!(c.config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(server_label(&c.config), "localhost:5432");
+        assert_eq!(database(&c.config), "postgres");
     }
 
     #[test]
@@ -499,11 +472,11 @@ mod tests {
             ("DATA_SOURCE_USER", "mon itor"),
             ("DATA_SOURCE_PASS", pass),
         ]);
-        let c = v.config().unwrap();
-        assert_eq!(c.get_password(), Some(pass.as_bytes()));
-        assert_eq!(c.get_user(), Some("mon itor"));
-        assert_eq!(database(&c), "appdb");
-        assert_eq!(c.get_ports(), &[5433]);
+        let c = v.source().unwrap();
+        assert_eq!(c.config.get_password(), Some(pass.as_bytes()));
+        assert_eq!(c.config.get_user(), Some("mon itor"));
+        assert_eq!(database(&c.config), "appdb");
+        assert_eq!(c.config.get_ports(), &[5433]);
     }
 
     #[test]
@@ -512,18 +485,18 @@ mod tests {
             "DATA_SOURCE_NAME",
             "postgresql://u:p%23w@db:6543/x?sslmode=disable",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"p#w"[..]));
-        assert_eq!(server_label(&c), "db:6543");
+        assert_eq!(c.config.get_password(), Some(&b"p#w"[..]));
+        assert_eq!(server_label(&c.config), "db:6543");
         let c = vars(&[(
             "DATA_SOURCE_NAME",
             "host=h port=1 user=u password='a b=c' dbname=d",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"a b=c"[..]));
-        assert_eq!(describe(&c), "u@h:1/d");
+        assert_eq!(c.config.get_password(), Some(&b"a b=c"[..]));
+        assert_eq!(describe(&c.config), "u@h:1/d");
     }
 
     #[test]
@@ -554,15 +527,15 @@ mod tests {
             ("DATA_SOURCE_URI", "localhost?sslmode=verify-full"),
             ("DATA_SOURCE_USER", "u"),
         ])
-        .config()
+        .source()
         .unwrap_err();
         assert!(err.to_string().contains("set sslrootcert"), "{err}");
         let err = vars(&[("DATA_SOURCE_URI", "localhost")])
-            .config()
+            .source()
             .unwrap_err();
         assert_eq!(err, DsnError::NoUser);
         let err = vars(&[("DATA_SOURCE_NAME", "postgresql://u@h:notaport/db")])
-            .config()
+            .source()
             .unwrap_err();
         assert!(err.to_string().contains("write it like"), "{err}");
     }
@@ -570,30 +543,24 @@ mod tests {
     #[test]
     fn hardening_adds_name_and_connect_timeout_and_keeps_the_options() {
         let mut c = parse_dsn("host=h user=u options='-c work_mem=1MB'", "x").unwrap();
-        harden(&mut c, Duration::from_secs(3));
-        assert_eq!(c.get_application_name(), Some(APPLICATION_NAME));
+        harden(&mut c.config, Duration::from_secs(3));
+        assert_eq!(c.config.get_application_name(), Some(APPLICATION_NAME));
         // The exporter's own settings are SET after login, not sent as options.
-        assert_eq!(c.get_options(), Some("-c work_mem=1MB"));
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.config.get_options(), Some("-c work_mem=1MB"));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
         let mut c = parse_dsn("host=h user=u connect_timeout=1", "x").unwrap();
-        harden(&mut c, Duration::from_secs(3));
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(1)));
+        harden(&mut c.config, Duration::from_secs(3));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
     }
 
-    #[test]
-    fn probe_targets_take_the_exporters_credentials() {
-        let base = parse_dsn("host=h user=mon password=pw", "x").unwrap();
-        let c = probe_target("db2:5433/app?sslmode=disable", Some(&base)).unwrap();
-        assert_eq!(c.get_user(), Some("mon"));
-        assert_eq!(c.get_password(), Some(&b"pw"[..]));
-        assert_eq!(describe(&c), "mon@db2:5433/app");
-        let c = probe_target("postgresql://other:x@db3/app", Some(&base)).unwrap();
-        assert_eq!(c.get_user(), Some("other"));
-        assert!(probe_target("db2", None).is_err());
-    }
-
-    fn tls_of(c: &Config) -> TlsSettings {
-        crate::connect::settings(c).settings.clone()
+    pub(super) fn tls_of(c: &Source) -> TlsSettings {
+        c.tls_settings().clone()
     }
 
     #[test]
@@ -603,11 +570,14 @@ mod tests {
             "postgresql://u:p%26w@tls-uri.example:5433/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem\
              &application_name=app&sslcert=/c.pem&sslkey=/k.pem&sslsni=0",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_application_name(), Some("app"));
-        assert_eq!(c.get_password(), Some(&b"p&w"[..]));
-        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(c.config.get_application_name(), Some("app"));
+        assert_eq!(c.config.get_password(), Some(&b"p&w"[..]));
+        assert_eq!(
+            c.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
         let t = tls_of(&c);
         assert_eq!(t.mode, SslMode::VerifyFull);
         assert_eq!(t.root, Some(RootCert::File("/etc/ca x.pem".into())));
@@ -619,10 +589,10 @@ mod tests {
             "DATA_SOURCE_NAME",
             "host=tls-kv.example user=u password='it\\'s = x' sslmode = verify-ca sslrootcert='/a b/ca.pem' dbname=d",
         )])
-        .config()
+        .source()
         .unwrap();
-        assert_eq!(c.get_password(), Some(&b"it's = x"[..]));
-        assert_eq!(describe(&c), "u@tls-kv.example:5432/d");
+        assert_eq!(c.config.get_password(), Some(&b"it's = x"[..]));
+        assert_eq!(describe(&c.config), "u@tls-kv.example:5432/d");
         let t = tls_of(&c);
         assert_eq!(t.mode, SslMode::VerifyCa);
         assert_eq!(t.root, Some(RootCert::File("/a b/ca.pem".into())));
@@ -637,10 +607,10 @@ mod tests {
             ("DATA_SOURCE_USER", "mon"),
             ("DATA_SOURCE_PASS", "pw"),
         ]);
-        let mut c = v.config().unwrap();
+        let mut c = v.source().unwrap();
         // What the exporter changes per session does not lose the settings.
-        harden(&mut c, Duration::from_secs(10));
-        c.dbname("other");
+        harden(&mut c.config, Duration::from_secs(10));
+        c.config.dbname("other");
         let t = tls_of(&c);
         assert_eq!(
             (t.mode, t.root),
@@ -692,36 +662,6 @@ mod tests {
             let err = parse_dsn(dsn, "x").unwrap_err();
             assert!(err.to_string().contains(says), "{dsn}: {err}");
         }
-    }
-
-    #[test]
-    fn a_probe_cannot_weaken_another_sources_tls() {
-        let base = parse_dsn(
-            "host=tls-probe.example port=5432 user=mon password=pw sslmode=verify-full sslrootcert=/ca.pem",
-            "x",
-        )
-        .unwrap();
-        // The same server and credentials with other TLS settings: refused.
-        for target in [
-            "tls-probe.example:5432/app?sslmode=require",
-            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/other.pem",
-        ] {
-            let err = probe_target(target, Some(&base)).unwrap_err();
-            assert!(
-                err.to_string().contains("give both the same sslmode"),
-                "{err}"
-            );
-        }
-        // The same settings, or another server: fine.
-        let c = probe_target(
-            "tls-probe.example:5432/app?sslmode=verify-full&sslrootcert=/ca.pem",
-            Some(&base),
-        )
-        .unwrap();
-        assert_eq!(tls_of(&c).root, Some(RootCert::File("/ca.pem".into())));
-        let c = probe_target("tls-probe2.example/app?sslmode=require", Some(&base)).unwrap();
-        assert_eq!(tls_of(&c).mode, SslMode::Require);
-        assert_eq!(tls_of(&c).root, None);
     }
 
     #[test]
