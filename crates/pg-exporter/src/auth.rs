@@ -21,6 +21,7 @@
 //! (its type, its credentials, its options as a connection string would
 //! be); passwords are kept out of every message and `Debug` output.
 
+use sidecar_telemetry::yaml::describe_error as yaml_error;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -207,16 +208,6 @@ fn check(spec: ModuleSpec) -> Result<AuthModule, String> {
         password,
         options,
     })
-}
-
-fn yaml_error(e: &serde_norway::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) if !msg.contains("line") => {
-            format!("{msg} (line {}, column {})", loc.line(), loc.column())
-        }
-        _ => msg,
-    }
 }
 
 #[cfg(test)]

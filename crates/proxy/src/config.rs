@@ -1,6 +1,7 @@
 //! The proxy configuration: a short YAML file (the three Envoy files of the
 //! seed's demo in a few lines each), or flags for the single-route case.
 
+use sidecar_telemetry::yaml::describe_error as describe_yaml_error;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -294,17 +295,6 @@ pub fn upstream_authority(upstream: &str) -> Result<http::uri::Authority, String
     upstream
         .parse()
         .map_err(|_| format!("upstream `{upstream}` is not a valid host:port"))
-}
-
-fn describe_yaml_error(e: &serde_norway::Error) -> String {
-    let msg = e.to_string();
-    // serde_norway says "listeners[0].routes[0]: unknown field `upstrem`, expected ... at line 9 column 9".
-    match e.location() {
-        Some(loc) if !msg.contains("line") => {
-            format!("{msg} (line {}, column {})", loc.line(), loc.column())
-        }
-        _ => msg,
-    }
 }
 
 #[cfg(test)]

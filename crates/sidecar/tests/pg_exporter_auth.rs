@@ -24,23 +24,16 @@ const WRONG: &str = "pw-wrong-7731";
 /// The exporter with only `--config.file` (no data source: /probe only),
 /// logging at debug level so that every message is seen.
 fn exporter(config: &Path) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("postgres-exporter")
-        .args(["--web.listen-address", "127.0.0.1:0"])
-        .arg("--config.file")
-        .arg(config)
-        .args(["--log-level", "debug"]);
-    for var in [
-        "DATA_SOURCE_NAME",
-        "DATA_SOURCE_URI",
-        "DATA_SOURCE_USER",
-        "DATA_SOURCE_PASS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let p = Proc::start_with(&mut cmd);
-    let addr = p.logged_addr(" on http://");
-    (p, addr)
+    let no_env: [(&str, &str); 0] = [];
+    common::exporter::start(
+        &no_env,
+        &[
+            "--config.file",
+            config.to_str().unwrap(),
+            "--log-level",
+            "debug",
+        ],
+    )
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {

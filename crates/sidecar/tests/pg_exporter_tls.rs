@@ -17,23 +17,7 @@ use common::tls::{self, CERT_USER, MONITOR, MONITOR_PASSWORD, Pki};
 use common::{Proc, http_get};
 
 fn exporter(env: &[(&str, String)]) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("postgres-exporter")
-        .args(["--web.listen-address", "127.0.0.1:0"]);
-    for var in [
-        "DATA_SOURCE_NAME",
-        "DATA_SOURCE_URI",
-        "DATA_SOURCE_USER",
-        "DATA_SOURCE_PASS",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let p = Proc::start_with(&mut cmd);
-    let addr = p.logged_addr(" on http://");
-    (p, addr)
+    common::exporter::start(env, &[])
 }
 
 fn scrape(addr: SocketAddr) -> BTreeMap<String, Family> {

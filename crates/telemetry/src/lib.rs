@@ -20,5 +20,6 @@ pub mod process;
 pub mod serve;
 pub mod shutdown;
 pub mod trace;
+pub mod yaml;
 
 pub use admin::{Admin, Health};

@@ -10,7 +10,7 @@ use super::prom::{self, Family};
 use super::{Proc, http_get};
 
 /// The exporter on a port chosen at run time, with `env` (and none of the
-/// caller's data source or custom queries variables) and `args`.
+/// caller's data source, custom queries or config file variables) and `args`.
 pub fn command<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)], args: &[&str]) -> Command {
     let mut cmd = Command::new(super::BIN);
     cmd.arg("postgres-exporter")
@@ -22,6 +22,7 @@ pub fn command<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)], args: &[&str]) -> C
         "DATA_SOURCE_USER",
         "DATA_SOURCE_PASS",
         "PG_EXPORTER_EXTEND_QUERY_PATH",
+        "PG_EXPORTER_CONFIG_FILE",
     ] {
         cmd.env_remove(var);
     }
