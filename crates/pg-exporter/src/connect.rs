@@ -11,16 +11,12 @@
 //! (which has no room for them): a [`Source`] carries both, so each data
 //! source and each `/probe` target connects with its own settings.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, Socket};
 
-use crate::tls::{Fail, MakeConnector, SslMode, Tls, TlsError, TlsSettings, TlsStream};
+use crate::tls::{MakeConnector, SslMode, Tls, TlsError, TlsSettings, TlsStream};
 
 /// A connection and the future that drives it.
 pub type Connected = (Client, Connection<Socket, TlsStream<Socket>>);
@@ -54,7 +50,7 @@ impl Source {
 }
 
 /// Opens a connection as libpq would with the config's TLS settings.
-pub async fn connect(source: &Source) -> Result<Connected, tokio_postgres::Error> {
+pub async fn connect(source: &Source) -> Result<Connected, ConnectError> {
     let config = &source.config;
     let tls = &source.tls;
     // libpq never uses TLS over Unix-domain sockets, whatever sslmode says.
@@ -73,11 +69,13 @@ pub async fn connect(source: &Source) -> Result<Connected, tokio_postgres::Error
         SslMode::Disable => plain(config).await,
         SslMode::Allow => match plain(config).await {
             // The server refused a connection without TLS: try with it.
-            Err(e) if e.as_db_error().is_some() => encrypted(config, tls, SslMode::Require).await,
+            Err(ConnectError::Postgres(e)) if e.as_db_error().is_some() => {
+                encrypted(config, tls, SslMode::Require).await
+            }
             done => done,
         },
         SslMode::Prefer => match encrypted(config, tls, SslMode::Prefer).await {
-            Err(e) if handshake_failure(&e).is_some() => match plain(config).await {
+            Err(e) if e.is_handshake_failure() => match plain(config).await {
                 Ok(connected) => {
                     tracing::debug!("TLS failed ({e}); connected without TLS (sslmode=prefer)");
                     Ok(connected)
@@ -92,11 +90,43 @@ pub async fn connect(source: &Source) -> Result<Connected, tokio_postgres::Error
         }
     };
     match result {
-        Err(e) => match refusal_hint(&e, &tls.settings) {
-            Some(hint) => Err(error(Fake::Server(hint), e).await),
-            None => Err(e),
+        Err(ConnectError::Postgres(e)) => match refusal_hint(&e, &tls.settings) {
+            Some(hint) => Err(ConnectError::Explained {
+                text: format!("error communicating with the server: {hint}"),
+                handshake: false,
+            }),
+            None => Err(ConnectError::Postgres(e)),
         },
         done => done,
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// tokio-postgres' own error.
+    Postgres(tokio_postgres::Error),
+    /// A failure tokio-postgres would report without the setting to change,
+    /// said with it (`text` in full); `handshake` if the TLS handshake failed.
+    Explained { text: String, handshake: bool },
+}
+
+impl ConnectError {
+    /// The TLS handshake failed (`prefer` then tries without TLS).
+    fn is_handshake_failure(&self) -> bool {
+        match self {
+            Self::Postgres(e) => handshake_failure(e).is_some(),
+            Self::Explained { handshake, .. } => *handshake,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres(e) => e.fmt(f),
+            Self::Explained { text, .. } => f.write_str(text),
+        }
     }
 }
 
@@ -130,17 +160,20 @@ fn refusal_hint(e: &tokio_postgres::Error, tls: &TlsSettings) -> Option<String> 
     Some(format!("{}: {m}; {hint}", db.severity()))
 }
 
-async fn plain(config: &Config) -> Result<Connected, tokio_postgres::Error> {
+async fn plain(config: &Config) -> Result<Connected, ConnectError> {
     let mut config = config.clone();
     config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-    config.connect(MakeConnector::unused()).await
+    config
+        .connect(MakeConnector::unused())
+        .await
+        .map_err(ConnectError::Postgres)
 }
 
 async fn encrypted(
     config: &Config,
     tls: &Arc<Tls>,
     mode: SslMode,
-) -> Result<Connected, tokio_postgres::Error> {
+) -> Result<Connected, ConnectError> {
     let mut c = config.clone();
     c.ssl_mode(mode.tokio());
     match c.connect(MakeConnector::new(tls)).await {
@@ -151,9 +184,12 @@ async fn encrypted(
                  turn ssl on in the server, or set sslmode=prefer (TLS when offered) or sslmode=disable",
                 tls.settings.mode
             ));
-            Err(error(Fake::Handshake(why), e).await)
+            Err(ConnectError::Explained {
+                text: format!("error performing TLS handshake: {why}"),
+                handshake: true,
+            })
         }
-        done => done,
+        done => done.map_err(ConnectError::Postgres),
     }
 }
 
@@ -165,87 +201,4 @@ fn without_tls(e: &tokio_postgres::Error) -> bool {
 /// Our explanation of a TLS failure, if `e` is one.
 fn handshake_failure(e: &tokio_postgres::Error) -> Option<&TlsError> {
     std::error::Error::source(e)?.downcast_ref::<TlsError>()
-}
-
-/// A made-up failure, for [`error`].
-enum Fake {
-    /// Fails the TLS handshake: "error performing TLS handshake: ...".
-    Handshake(TlsError),
-    /// Fails talking to the server: "error communicating with the server: ...".
-    Server(String),
-}
-
-/// A `tokio_postgres::Error` saying what `fake` says (its errors have no
-/// public constructor): a connection over an in-memory stream that answers
-/// "S" to the TLS request, with a connector that fails (`Handshake`), or
-/// that fails every write (`Server`). `otherwise` is returned should that
-/// ever connect.
-async fn error(fake: Fake, otherwise: tokio_postgres::Error) -> tokio_postgres::Error {
-    let mut c = Config::new();
-    c.user("-");
-    let connected = match fake {
-        Fake::Handshake(why) => {
-            c.ssl_mode(tokio_postgres::config::SslMode::Require);
-            c.connect_raw(Stream::AnswersS(true), Fail(why)).await
-        }
-        Fake::Server(why) => {
-            c.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            c.connect_raw(Stream::Fails(why), Fail(TlsError::Refused(String::new())))
-                .await
-        }
-    };
-    match connected {
-        Err(e) => e,
-        Ok(_) => otherwise,
-    }
-}
-
-/// An in-memory stream: answers "S" once and takes any writes, or fails writes.
-enum Stream {
-    AnswersS(bool),
-    Fails(String),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if let Stream::AnswersS(answer) = self.get_mut() {
-            if *answer && buf.remaining() > 0 {
-                buf.put_slice(b"S");
-                *answer = false;
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::AnswersS(_) => Poll::Ready(Ok(buf.len())),
-            Stream::Fails(why) => {
-                Poll::Ready(Err(io::Error::other(TlsError::Refused(why.clone()))))
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::AnswersS(_) => Poll::Ready(Ok(())),
-            Stream::Fails(why) => {
-                Poll::Ready(Err(io::Error::other(TlsError::Refused(why.clone()))))
-            }
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }

@@ -10,6 +10,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::connect::Source;
 
+use crate::connect::ConnectError;
 use crate::session::Session;
 
 /// An open connection: its session and the task that drives it.
@@ -81,6 +82,16 @@ pub(crate) struct LoginFailure {
 }
 
 impl LoginFailure {
+    fn connect(e: &ConnectError) -> Self {
+        match e {
+            ConnectError::Postgres(e) => Self::db(e),
+            ConnectError::Explained { text, .. } => Self {
+                text: text.clone(),
+                refusal: Refusal::Other,
+            },
+        }
+    }
+
     fn db(e: &tokio_postgres::Error) -> Self {
         let refusal = if e.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) {
             Refusal::ConnectionLimit
@@ -147,7 +158,7 @@ pub(super) async fn open(
     let connecting = async {
         let (client, connection) = crate::connect::connect(source)
             .await
-            .map_err(|e| LoginFailure::db(&e))?;
+            .map_err(|e| LoginFailure::connect(&e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");

@@ -32,7 +32,7 @@ use crate::session::lock;
 mod stream;
 mod verify;
 
-pub(crate) use stream::{Fail, MakeConnector, TlsStream};
+pub(crate) use stream::{MakeConnector, TlsStream};
 use verify::{Hints, Verifier};
 
 /// libpq's `sslmode`.

@@ -92,23 +92,6 @@ where
     }
 }
 
-/// A connector that fails with a given error: how [`crate::connect`] turns
-/// its own explanations into `tokio_postgres::Error`s.
-pub(crate) struct Fail(pub TlsError);
-
-impl<S> TlsConnect<S> for Fail
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    type Stream = TlsStream<S>;
-    type Error = TlsError;
-    type Future = std::future::Ready<Result<TlsStream<S>, TlsError>>;
-
-    fn connect(self, _stream: S) -> Self::Future {
-        std::future::ready(Err(self.0))
-    }
-}
-
 /// A TLS connection to the server.
 pub struct TlsStream<S> {
     inner: tokio_rustls::client::TlsStream<S>,
