@@ -589,6 +589,55 @@ fn a_role_limited_to_two_connections_still_reports_pg_up_1() {
     );
 }
 
+/// pg_up means "a new session can log in", also while the long-lived
+/// sessions still work: a role that may no longer log in shows as pg_up 0
+/// by the second scrape after the change (the login behind pg_up runs
+/// beside the collection, and one still running when the collection ends
+/// counts for the next scrape), with one warning; and pg_up is 1 again as
+/// soon as a login works.
+#[test]
+fn pg_up_turns_0_within_two_scrapes_when_new_logins_fail_while_the_held_session_works() {
+    let server = pg::start(&pg::default_bin_dir());
+    let mut admin = pg::client(&server, "postgres");
+    admin
+        .batch_execute("CREATE ROLE nolog LOGIN PASSWORD 'nolog-pw'; GRANT pg_monitor TO nolog;")
+        .unwrap();
+    let env = role_env(&server, "postgres", "nolog", "nolog-pw");
+    let (p, addr) = exporter(&env_refs(&env), &[]);
+    for _ in 0..3 {
+        assert_eq!(value(&scrape(addr), "pg_up", &[]), Some(1.0));
+    }
+    admin.batch_execute("ALTER ROLE nolog NOLOGIN").unwrap();
+    let first = scrape(addr);
+    let second = scrape(addr);
+    assert_eq!(
+        value(&second, "pg_up", &[]),
+        Some(0.0),
+        "{}",
+        p.stderr_text()
+    );
+    // The held session still works: the families are there.
+    assert!(second.contains_key("pg_stat_database_xact_commit"));
+    assert!(first.contains_key("pg_stat_database_xact_commit"));
+    for _ in 0..3 {
+        assert_eq!(value(&scrape(addr), "pg_up", &[]), Some(0.0));
+    }
+    let log = p.stderr_text();
+    assert_eq!(
+        log.matches("is not permitted to log in").count(),
+        1,
+        "{log}"
+    );
+    // A failed last login makes the next scrape wait for its own: back at once.
+    admin.batch_execute("ALTER ROLE nolog LOGIN").unwrap();
+    assert_eq!(
+        value(&scrape(addr), "pg_up", &[]),
+        Some(1.0),
+        "{}",
+        p.stderr_text()
+    );
+}
+
 #[test]
 fn a_role_without_pg_monitor_gets_one_clear_warning_and_a_metric() {
     let server = pg::start(&pg::default_bin_dir());

@@ -112,6 +112,14 @@ impl LoginFailure {
         }
     }
 
+    /// No answer before the connect timeout.
+    pub fn timeout() -> Self {
+        Self {
+            text: "the server did not answer in time (connect timeout)".into(),
+            refusal: Refusal::Timeout,
+        }
+    }
+
     pub fn at_connection_limit(&self) -> bool {
         self.refusal == Refusal::ConnectionLimit
     }
@@ -195,10 +203,7 @@ pub(super) async fn open(
     };
     match timeout_at(limit, connecting).await {
         Ok(result) => result,
-        Err(_) => Err(LoginFailure {
-            text: "the server did not answer in time (connect timeout)".into(),
-            refusal: Refusal::Timeout,
-        }),
+        Err(_) => Err(LoginFailure::timeout()),
     }
 }
 

@@ -2,18 +2,17 @@
 //! collectors of a scrape at once, the whole scrape bounded, concurrent
 //! scrapes sharing one collection.
 //!
-//! Modules: `conn` opens and closes connections (and says why a login
-//! failed), `databases` holds the long-lived sessions and runs the
+//! Modules: `login` the fresh login behind `pg_up`, `conn` opens and
+//! closes connections (and says why a login failed), `databases` holds the long-lived sessions and runs the
 //! collectors on them, `side` the second session for the costly collectors,
 //! `runs` times collector runs and writes their results.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 
 use crate::auth::AuthModules;
@@ -26,10 +25,12 @@ use crate::session::lock;
 
 mod conn;
 mod databases;
+mod login;
 mod runs;
 mod side;
 
 use conn::{Conn, LoginFailure, Purpose, open};
+use login::{Logins, Warned};
 use runs::{add_collector_result, add_up, timed_all};
 use side::{Kept, SideRun};
 
@@ -131,13 +132,13 @@ pub struct Exporter {
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     last: tokio::sync::Mutex<Option<Collected>>,
     stats: Mutex<Stats>,
-    warned: Mutex<HashSet<String>>,
+    warned: Warned,
     probes: Semaphore,
     /// Set once the server or role turned out to have no connection to spare
     /// for the side session: the side collectors run on the main one.
     side_off: AtomicBool,
-    /// The last fresh session's goodbye, still finishing in the background.
-    fresh_closing: Mutex<Option<JoinHandle<()>>>,
+    /// The fresh logins behind `pg_up`.
+    logins: Logins,
     /// The last successful runs of the side-session collectors, and when they ran.
     side_cache: Mutex<Option<(Instant, Vec<Kept>)>>,
 }
@@ -168,10 +169,10 @@ impl Exporter {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             last: tokio::sync::Mutex::new(None),
             stats: Mutex::new(Stats::default()),
-            warned: Mutex::new(HashSet::new()),
+            warned: Warned::default(),
             probes,
             side_off: AtomicBool::new(false),
-            fresh_closing: Mutex::new(None),
+            logins: Logins::default(),
             side_cache: Mutex::new(None),
         }
     }
@@ -265,7 +266,16 @@ impl Exporter {
                 .await;
             Ok::<_, LoginFailure>((session, ctx, runs))
         };
-        let (fresh, side_run, main) = tokio::join!(self.login_check(base, deadline), side, main);
+        let (fresh, (side_run, main)) = self
+            .logins
+            .beside(
+                base,
+                self.opts.collection_timeout,
+                deadline,
+                &self.warned,
+                async { tokio::join!(side, main) },
+            )
+            .await;
         let up = fresh.is_ok() && main.is_ok();
         // At a connection limit, the side session must not take the slots
         // the fresh login behind pg_up and the main session need: it is
@@ -315,35 +325,6 @@ impl Exporter {
         ok
     }
 
-    /// Whether a fresh session can log in (`pg_up`); it runs nothing.
-    /// Meanwhile the long-lived sessions collect.
-    async fn login_check(
-        &self,
-        base: &Source,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), LoginFailure> {
-        // The last login's slot is free again before the next one is taken
-        // (a role at its connection limit needs it back)...
-        self.fresh_closed(deadline).await;
-        match open(base, deadline, Purpose::Login).await {
-            Ok(conn) => {
-                self.forget_connect_warnings();
-                // ...but this scrape does not wait for the goodbye.
-                let until = tokio::time::Instant::now() + self.opts.collection_timeout;
-                let closing = tokio::spawn(conn.close(until));
-                *lock(&self.fresh_closing) = Some(closing);
-                Ok(())
-            }
-            Err(e) => {
-                self.warn_connect(
-                    &format!("cannot connect to {}: {e}", dsn::describe(&base.config)),
-                    PG_UP_ZERO,
-                );
-                Err(e)
-            }
-        }
-    }
-
     /// How sessions that run collectors are opened.
     fn collecting(&self) -> Purpose {
         Purpose::Collect {
@@ -360,26 +341,12 @@ impl Exporter {
         }
     }
 
-    /// A connection worked again: a later outage is worth a new warning.
-    fn forget_connect_warnings(&self) {
-        let mut warned = lock(&self.warned);
-        warned.retain(|k| !k.starts_with("connect:"));
-    }
-
-    /// One warning per target and error until a connection succeeds again.
-    /// `error` names the target; `then` says what follows from it.
     fn warn_connect(&self, error: &str, then: &str) {
-        self.warn_once(format!("connect:{error}"), format!("{error}; {then}"));
+        login::warn_connect(&self.warned, error, then);
     }
 
     fn warn_once(&self, key: String, message: String) {
-        let mut warned = lock(&self.warned);
-        if warned.len() > 1000 {
-            warned.clear();
-        }
-        if warned.insert(key) {
-            tracing::warn!("{message}");
-        }
+        login::warn_once(&self.warned, key, message);
     }
 
     /// Collects once from another server (`/probe?target=`, with the
@@ -452,18 +419,9 @@ impl Exporter {
         Ok(text)
     }
 
-    /// Waits (until `deadline`) for the last fresh session to have ended.
-    async fn fresh_closed(&self, deadline: tokio::time::Instant) {
-        let closing = lock(&self.fresh_closing).take();
-        if let Some(closing) = closing {
-            let _ = timeout_at(deadline, closing).await;
-        }
-    }
-
     /// Closes the long-lived connections, and lets the last fresh one finish (at shutdown).
     pub async fn close(&self) {
         self.conns.lock().await.clear();
-        self.fresh_closed(tokio::time::Instant::now() + Duration::from_secs(1))
-            .await;
+        self.logins.close(Duration::from_secs(1)).await;
     }
 }
