@@ -108,13 +108,13 @@ impl fmt::Debug for AuthModules {
 }
 
 impl AuthModules {
-    /// Reads `path`; a missing file is no modules when the path was not
-    /// asked for (`explicit` false: upstream's default file name).
-    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigFileError> {
+    /// Reads `path`; a missing file is `None` (no modules) when the path
+    /// was not asked for (`explicit` false: upstream's default file name).
+    pub fn load(path: &Path, explicit: bool) -> Result<Option<Self>, ConfigFileError> {
         let shown = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, &shown),
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Ok(text) => Self::parse(&text, &shown).map(Some),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ConfigFileError::Read {
                 path: shown,
                 reason: e.to_string(),
@@ -306,7 +306,7 @@ auth_modules:
     #[test]
     fn the_default_file_may_be_missing_a_named_one_may_not() {
         let missing = Path::new("/nonexistent/postgres_exporter.yml");
-        assert!(AuthModules::load(missing, false).unwrap().is_empty());
+        assert!(AuthModules::load(missing, false).unwrap().is_none());
         let err = AuthModules::load(missing, true).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/postgres_exporter.yml"), "{err}");
     }

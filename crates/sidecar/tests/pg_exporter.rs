@@ -291,6 +291,23 @@ fn every_default_family_on(server: &PgServer) {
         p.stderr_text()
     );
     assert_eq!(value(&families, "pg_up", &[]), Some(1.0));
+    // No config file (upstream's default name absent): upstream v0.20 says 0.
+    assert_eq!(
+        value(
+            &families,
+            "postgres_exporter_config_last_reload_successful",
+            &[]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &families,
+            "postgres_exporter_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
     let short = &families["pg_static"].samples[0].0["short_version"];
     assert!(
         short.starts_with(&format!("{}.", server.major())),

@@ -209,6 +209,20 @@ fn two_databases_probed_with_their_own_auth_modules() {
     let (_, _, landing) = http_get(addr, "/");
     assert_no_secret("/metrics", &metrics);
     assert_no_secret("the landing page", &landing);
+    // Upstream v0.20's families about its config file: read, and when.
+    let own = families(&metrics);
+    let sample = |name: &str| own[name].samples[0].1;
+    assert_eq!(
+        sample("postgres_exporter_config_last_reload_successful"),
+        1.0
+    );
+    let read_at = sample("postgres_exporter_config_last_reload_success_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(read_at > now - 600.0 && read_at <= now, "{read_at}");
+    assert_eq!(sample("postgres_exporter_build_info"), 1.0);
     for body in &bodies {
         assert_no_secret("a /probe", body);
     }

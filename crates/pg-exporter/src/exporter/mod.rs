@@ -65,6 +65,9 @@ pub struct Options {
     pub queries: Option<Queries>,
     /// `--config.file`'s auth modules, for `/probe?auth_module=`.
     pub auth_modules: AuthModules,
+    /// When the config file (`--config.file`) was read; `None` when there
+    /// was none to read (`postgres_exporter_config_last_reload_*`).
+    pub config_loaded: Option<std::time::SystemTime>,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             database_interval: Duration::from_secs(60),
             queries: None,
             auth_modules: AuthModules::default(),
+            config_loaded: None,
         }
     }
 }

@@ -203,6 +203,7 @@ impl Exporter {
         if let Some(queries) = &self.opts.queries {
             queries.add_load_status(out, p);
         }
+        self.process_families(out);
         let name = format!("{p}_exporter_missing_pg_monitor");
         let help = "1 when the exporter's role is not a member of pg_monitor (statistics of other sessions are hidden from it).";
         match &stats.missing_monitor {
@@ -215,6 +216,49 @@ impl Exporter {
             ),
             None => out.declare(&name, help, Kind::Gauge),
         }
+    }
+
+    /// What postgres_exporter v0.20 always exports about itself, with its
+    /// names and labels: the build, and the config file's last (here: only)
+    /// read, 0 when there was no file (upstream's default name absent).
+    fn process_families(&self, out: &mut Families) {
+        let labels = [
+            ("branch", ""),
+            ("goarch", std::env::consts::ARCH),
+            ("goos", std::env::consts::OS),
+            ("goversion", ""),
+            ("revision", ""),
+            ("tags", ""),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ];
+        out.add(
+            "postgres_exporter_build_info",
+            "A metric with a constant '1' value labeled by version, revision, branch, goversion from which postgres_exporter was built, and the goos and goarch for the build.",
+            Kind::Gauge,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            1.0,
+        );
+        let loaded = self.opts.config_loaded.map(|at| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        out.add(
+            "postgres_exporter_config_last_reload_successful",
+            "Postgres exporter config loaded successfully.",
+            Kind::Gauge,
+            Vec::new(),
+            if loaded.is_some() { 1.0 } else { 0.0 },
+        );
+        out.add(
+            "postgres_exporter_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload.",
+            Kind::Gauge,
+            Vec::new(),
+            loaded.unwrap_or(0.0),
+        );
     }
 }
 

@@ -182,10 +182,12 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(vars.source()?)
     };
-    let auth_modules = match &args.config_file {
+    let config_file = match &args.config_file {
         Some(path) => AuthModules::load(path, true)?,
         None => AuthModules::load(std::path::Path::new(DEFAULT_FILE), false)?,
     };
+    let config_loaded = config_file.is_some().then(std::time::SystemTime::now);
+    let auth_modules = config_file.unwrap_or_default();
     if !auth_modules.is_empty() {
         tracing::info!(
             "auth modules for /probe: {}",
@@ -220,6 +222,7 @@ pub fn run(args: PgExporterArgs) -> anyhow::Result<ExitCode> {
         database_interval: args.database_interval,
         queries,
         auth_modules,
+        config_loaded,
         ..Options::default()
     };
     let listen = args.listen;
