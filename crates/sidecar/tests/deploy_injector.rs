@@ -847,3 +847,77 @@ fn the_injector_checks_catch_each_fault() {
         );
     }
 }
+
+/// The walk-through's demo: demo 1's website as deploy/demo1/ has it, with
+/// only `sidecar.dev/logs` added to its pod template (the `kubectl patch`
+/// of deploy-injector-walkthrough.md), in a namespace that opted in. The
+/// injector adds what `sidecar inject` adds from the same annotations (its
+/// contract); until it exists, `sidecar inject` stands in for it here. The
+/// Pod it makes runs as the cluster would run it: the relay reads the
+/// volume the website writes, its admin port is named for Prometheus, the
+/// checks of deploy.rs pass.
+#[test]
+fn demo_1s_website_with_only_the_annotation_gets_its_relay() {
+    use std::io::Write as _;
+    let root = kube::deploy_root();
+    let text = std::fs::read_to_string(root.join("demo1/widgetario.yaml")).unwrap();
+    let mut web = kube::documents(&text)
+        .into_iter()
+        .find(|d| {
+            st(d, &["kind"]) == Some("Deployment") && st(d, &["metadata", "name"]) == Some("web")
+        })
+        .unwrap();
+    let meta = web["spec"]["template"]["metadata"]
+        .as_mapping_mut()
+        .unwrap();
+    let mut annotations = serde_norway::Mapping::new();
+    annotations.insert("sidecar.dev/logs".into(), "/logs/app.log".into());
+    assert!(
+        meta.insert("annotations".into(), Value::Mapping(annotations))
+            .is_none()
+    );
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["inject", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_norway::to_string(&web).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected = String::from_utf8(out.stdout).unwrap();
+    let docs = kube::documents(&injected);
+    assert_eq!(docs.len(), 1);
+    let template = kube::pod_template(&docs[0]).unwrap();
+    let relay = kube::container(template, "sidecar-logs").expect("the relay");
+    assert!(
+        strings(relay, &["args"])
+            .iter()
+            .any(|a| a == "/logs/app.log"),
+        "{injected}"
+    );
+    assert_eq!(kube::check_rules(&docs[0], "injected web"), 1);
+    assert_eq!(kube::check_metrics_ports(&docs[0], "injected web"), 1);
+
+    // demo 1 (setup, logging, demo1), then the injected Pod in its place.
+    let mut c = cluster::Cluster::default();
+    let mut p = Vec::new();
+    for d in ["setup", "logging", "demo1"] {
+        p.extend(c.apply_dir(&root.join(d)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), &injected).unwrap();
+    p.extend(c.apply_dir(dir.path()));
+    p.extend(c.problems());
+    assert!(p.is_empty(), "{}\n{injected}", p.join("\n"));
+}
