@@ -27,12 +27,92 @@ fn manifests() -> Vec<PathBuf> {
     out
 }
 
+/// Built-in kinds against the Kubernetes 1.33 schemas; the custom resources
+/// (the injector's cert-manager Issuers and Certificates, which
+/// kubernetes-validate has no schema for) against cert-manager's CRD schemas.
+/// A file holds either kind of document, never both, so that no built-in
+/// object skips kubernetes-validate.
 #[test]
 fn every_manifest_validates_strictly_against_kubernetes_1_33() {
     let files = manifests();
     assert!(files.len() >= 12, "{files:?}");
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    kube::validate(&refs);
+    let (mut builtin, mut custom) = (Vec::new(), Vec::new());
+    for f in &files {
+        let docs = kube::documents(&std::fs::read_to_string(f).unwrap());
+        let n = docs.iter().filter(|d| kube::is_custom_resource(d)).count();
+        match n {
+            0 => builtin.push(f.as_path()),
+            n if n == docs.len() => custom.push(f.as_path()),
+            _ => panic!(
+                "{}: custom resources and built-in kinds in one file",
+                f.display()
+            ),
+        }
+    }
+    assert_eq!(
+        custom,
+        [deploy_root()
+            .join("injector/cert-manager/certificates.yaml")
+            .as_path()]
+    );
+    kube::validate(&builtin);
+    kube::validate_crds(&custom);
+}
+
+/// The CRD check refuses what the API server would: an unknown field, a
+/// missing required one, a value outside an enum, a field with CEL rules it
+/// cannot evaluate, a kind it has no schema for.
+#[test]
+fn the_crd_schema_check_refuses_what_the_api_server_would() {
+    let text =
+        std::fs::read_to_string(deploy_root().join("injector/cert-manager/certificates.yaml"))
+            .unwrap();
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "a misspelt field",
+            "  secretName: sidecar-injector-tls",
+            "  secretname: sidecar-injector-tls",
+            "'secretName' is a required property",
+        ),
+        (
+            "an unknown field",
+            "  isCA: true",
+            "  isCA: true\n  ca: true",
+            "('ca' was unexpected)",
+        ),
+        (
+            "a value outside the enum",
+            "algorithm: ECDSA",
+            "algorithm: EC",
+            "'EC' is not one of",
+        ),
+        (
+            "a field with CEL rules",
+            "  selfSigned: {}",
+            "  venafi: {zone: z, tpp: {url: \"https://v\", credentialsRef: {name: v}}}",
+            "has CEL rules this check cannot evaluate",
+        ),
+        (
+            "a kind without a schema",
+            "kind: Issuer",
+            "kind: ClusterIssuer",
+            "no schema for cert-manager.io/v1/ClusterIssuer",
+        ),
+    ];
+    for (what, from, to, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("certificates.yaml");
+        assert!(text.contains(from), "{what}: {from:?}");
+        std::fs::write(&f, text.replacen(from, to, 1)).unwrap();
+        let err = std::panic::catch_unwind(|| kube::validate_crds(&[f.as_path()]))
+            .expect_err(what)
+            .downcast::<String>()
+            .unwrap();
+        assert!(
+            err.contains(expected),
+            "{what}: expected {expected:?} in {err}"
+        );
+    }
 }
 
 #[test]
@@ -44,8 +124,10 @@ fn our_containers_are_native_sidecars_with_probes_limits_and_a_restricted_contex
             checked += kube::check_rules(&doc, &f.display().to_string());
         }
     }
-    // logs relay, exporter, two service proxies, the front proxy.
-    assert_eq!(checked, 5);
+    // logs relay, exporter, two service proxies, the front proxy, and the
+    // injector (deploy/injector: not a sidecar, but our image, with the same
+    // probes, limits, restricted context and scrape annotation).
+    assert_eq!(checked, 6);
 }
 
 #[test]
@@ -72,7 +154,11 @@ fn proxy_configs_in_config_maps_parse_and_validate() {
 }
 
 fn deploy_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+    kube::deploy_root()
+}
+
+fn mutated(file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    kube::deploy_copy_with(file, from, to)
 }
 
 /// Runs the walk-through on the manifests under `root`; returns each step's problems.
@@ -105,30 +191,6 @@ fn every_step_of_the_walk_through_runs_as_a_cluster_would_run_it() {
     assert_eq!(steps.len(), cluster::WALK_THROUGH.len());
     let report = report(&steps);
     assert!(report.is_empty(), "{report}");
-}
-
-/// A copy of deploy/ with one file's text changed.
-fn mutated(file: &str, from: &str, to: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = deploy_root();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(&root).unwrap();
-            if p.is_dir() {
-                std::fs::create_dir_all(dir.path().join(rel)).unwrap();
-                stack.push(p);
-            } else {
-                std::fs::copy(&p, dir.path().join(rel)).unwrap();
-            }
-        }
-    }
-    let path = dir.path().join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} no longer contains {from:?}");
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    dir
 }
 
 /// The checks catch each fault the manifests once had (issue 16); each
@@ -219,6 +281,27 @@ fn the_walk_through_check_catches_each_fault_the_manifests_once_had() {
             "\"/logs-ro/app.log\"",
             "\"/logs-state/app.log\"",
             "/logs-state/app.log is on volume logs-state, which no app container writes",
+        ),
+        (
+            "the injector's Pod may run as root in a restricted namespace",
+            "injector/injector.yaml",
+            "        runAsNonRoot: true\n",
+            "",
+            "namespace sidecar-system enforces Pod Security \"restricted\", which refuses it: sidecar-injector may run as root",
+        ),
+        (
+            "the injector's Service targets a port name its container does not declare",
+            "injector/injector.yaml",
+            "      targetPort: webhook",
+            "      targetPort: https",
+            "Service sidecar-system/sidecar-injector targets port https that no container",
+        ),
+        (
+            "the injector's namespace applied after what it holds",
+            "injector/01-namespace.yaml",
+            "name: sidecar-system",
+            "name: sidecar",
+            "namespace \"sidecar-system\" not found",
         ),
     ];
     for (what, file, from, to, expected) in cases {
@@ -425,6 +508,16 @@ fn prometheus_scrapes_each_sidecar_once_by_port_name_and_keeps_the_apps_annotati
             &[("prometheus.io/scrape", "false")],
             &[(9187, "sidecar-pg")],
         ),
+        // the injector (deploy/injector): its admin port by name, not its webhook.
+        (
+            "sidecar-system",
+            "sidecar-injector",
+            &[
+                ("prometheus.io/scrape", "true"),
+                ("prometheus.io/port", "9465"),
+            ],
+            &[(8443, "webhook"), (9465, "sidecar-inj")],
+        ),
     ]);
     let expected: BTreeSet<_> = [
         t("default-pods", "10.0.0.1:9464", "/metrics"),
@@ -434,6 +527,7 @@ fn prometheus_scrapes_each_sidecar_once_by_port_name_and_keeps_the_apps_annotati
         t("default-pods", "10.0.0.3:9187", "/metrics"),
         t("sidecars", "10.0.0.4:9464", "/metrics"),
         t("sidecars", "10.0.0.4:9901", "/metrics"),
+        t("sidecars", "10.0.0.7:9465", "/metrics"),
     ]
     .into_iter()
     .collect();

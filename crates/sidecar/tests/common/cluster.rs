@@ -45,11 +45,21 @@ pub const WALK_THROUGH: &[(&str, &[&str])] = &[
     ("demo 3 reverted", &["demo3"]),
     ("demo 1 reverted", &["demo1"]),
     ("demo 2 reverted", &["demo2"]),
+    // The injector (issue 18; deploy-injector-walkthrough.md until the README
+    // has it): its manifests, then cert-manager's objects for its certificate.
+    ("injector", &["injector", "injector/cert-manager"]),
 ];
 
 type Key = (String, String, String);
 
-const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ClusterIssuer",
+];
 const WORKLOADS: &[&str] = &[
     "Deployment",
     "StatefulSet",

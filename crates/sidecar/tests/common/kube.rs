@@ -2,7 +2,7 @@
 //! rules every container of ours follows.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_norway::Value;
@@ -27,6 +27,47 @@ pub fn validate(files: &[&Path]) {
     );
     for line in report.lines() {
         assert!(line.starts_with("INFO"), "kubernetes-validate: {line}");
+    }
+}
+
+/// The API groups of custom resources in deploy/ (cert-manager's, for the
+/// injector's certificates): kubernetes-validate has no schema for them (it
+/// warns "Couldn't find schema"), so they are validated by [`validate_crds`].
+pub const CRD_GROUPS: &[&str] = &["cert-manager.io/"];
+
+/// Whether a document is a custom resource of one of [`CRD_GROUPS`].
+pub fn is_custom_resource(doc: &Value) -> bool {
+    doc.get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| CRD_GROUPS.iter().any(|g| v.starts_with(g)))
+}
+
+/// Validates custom resources strictly against their CRDs' OpenAPI schemas
+/// (tests/data/cert-manager-crds.json, cert-manager's own CRDs vendored with
+/// tests/py/vendor_crd_schemas.py): unknown fields are errors, as with
+/// `kubectl apply`'s default field validation; CEL rules are not evaluated,
+/// and a document setting a field that has some fails (tests/py/validate_crd.py).
+pub fn validate_crds(files: &[&Path]) {
+    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let out = Command::new(&python)
+        .arg(format!("{dir}/py/validate_crd.py"))
+        .arg(format!("{dir}/data/cert-manager-crds.json"))
+        .args(files)
+        .output()
+        .expect("python with jsonschema and pyyaml (./scripts/test installs them)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "CRD schema validation failed:\n{report}"
+    );
+    assert!(!report.trim().is_empty(), "validate_crd.py checked nothing");
+    for line in report.lines() {
+        assert!(line.starts_with("INFO"), "validate_crd.py: {line}");
     }
 }
 
@@ -202,6 +243,8 @@ pub fn metrics_port_name(container: &str) -> &'static str {
         "sidecar-logs" => "sidecar-logs",
         "sidecar-postgres-exporter" => "sidecar-pg",
         "sidecar-proxy" => "sidecar-proxy",
+        // The injector's own (deploy/injector), not a sidecar.
+        "sidecar-injector" => "sidecar-inj",
         other => panic!("{other} is not a container of ours"),
     }
 }
@@ -246,4 +289,34 @@ pub fn check_metrics_ports(doc: &Value, what: &str) -> usize {
         }
     }
     checked
+}
+
+/// The repository's deploy/ directory.
+pub fn deploy_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// A copy of deploy/ with one file's text changed (the first `from`, which
+/// must be there, replaced by `to`).
+pub fn deploy_copy_with(file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = deploy_root();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(&root).unwrap();
+            if p.is_dir() {
+                std::fs::create_dir_all(dir.path().join(rel)).unwrap();
+                stack.push(p);
+            } else {
+                std::fs::copy(&p, dir.path().join(rel)).unwrap();
+            }
+        }
+    }
+    let path = dir.path().join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} no longer contains {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    dir
 }

@@ -131,6 +131,7 @@ impl Cluster {
             let port_name = match pos.first().map(String::as_str) {
                 Some("logs") => "sidecar-logs",
                 Some("postgres-exporter") => "sidecar-pg",
+                Some("injector") => "sidecar-inj",
                 _ => "sidecar-proxy",
             };
             let probe =
@@ -212,6 +213,9 @@ impl Cluster {
                     }
                 }
                 Some("logs") => self.check_relay(pod, &r, &pos[1..], problems, &what),
+                // The webhook server, not a sidecar: tests/deploy_injector.rs
+                // checks its certificate, Service, webhook and RBAC.
+                Some("injector") => {}
                 other => problems.push(format!("{what}: unknown subcommand {other:?}")),
             }
         }
