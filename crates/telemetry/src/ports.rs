@@ -13,6 +13,10 @@ pub const POSTGRES_EXPORTER: u16 = 9187;
 /// `sidecar proxy`: the proxy's admin and metrics port (Envoy's admin port).
 pub const PROXY: u16 = 9901;
 
+/// `sidecar injector`: the admission webhook's admin and metrics port (its
+/// webhook itself is HTTPS on 8443). Not in a Pod with the other sidecars.
+pub const INJECTOR: u16 = 9465;
+
 /// The container port name of the relay's [`LOGS`] port.
 pub const LOGS_NAME: &str = "sidecar-logs";
 /// The container port name of the exporter's [`POSTGRES_EXPORTER`] port.
