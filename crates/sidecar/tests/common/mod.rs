@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod exporter;
+pub mod injector;
 pub mod kube;
 pub mod logs;
 pub mod peers;
