@@ -109,7 +109,7 @@ pub fn admit(
             return skip(Skip::NotAWorkload);
         };
         let annotations: &mut Mapping =
-            mapping_at(template, &["metadata", "annotations"]).map_err(|message| error(message))?;
+            mapping_at(template, &["metadata", "annotations"]).map_err(&error)?;
         for (k, v) in defaults {
             annotations
                 .entry(key(k))
