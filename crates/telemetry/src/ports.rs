@@ -45,7 +45,9 @@ mod tests {
             );
         }
         assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2]);
-        let ports = [LOGS, POSTGRES_EXPORTER, PROXY];
-        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+        let ports = [LOGS, POSTGRES_EXPORTER, PROXY, INJECTOR];
+        for (i, a) in ports.iter().enumerate() {
+            assert!(!ports[i + 1..].contains(a), "{a}");
+        }
     }
 }
