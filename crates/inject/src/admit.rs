@@ -199,6 +199,39 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_pod_is_named_after_its_controller_in_spans() {
+        let inbound = json!({"sidecar.dev/proxy-inbound": "8000:8080"});
+        let service = |metadata: serde_json::Value| {
+            let mut p = pod(inbound.clone(), json!({}));
+            p["metadata"] = metadata;
+            let out = injected(admit(&p, &BTreeMap::new(), &test_options()).unwrap());
+            let args = out["spec"]["initContainers"][0]["args"].to_string();
+            args.split("--service=")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let ann = inbound.clone();
+        assert_eq!(
+            service(json!({"generateName": "web-5d8f7c9b6-", "annotations": ann,
+                           "labels": {"pod-template-hash": "5d8f7c9b6"}})),
+            "web"
+        );
+        assert_eq!(
+            service(json!({"generateName": "nightly-", "annotations": ann})),
+            "nightly"
+        );
+        assert_eq!(
+            service(json!({"name": "db-0", "generateName": "db-", "annotations": ann})),
+            "db-0"
+        );
+        assert_eq!(service(json!({"annotations": ann})), "app");
+    }
+
+    #[test]
     fn skips() {
         let opts = test_options();
         let none = BTreeMap::new();
