@@ -539,3 +539,32 @@ fn generated_certificate_verifies_for_the_service_and_is_served() {
     }
     assert!(Conn::try_open(inj.addr, &config, "other.sidecar-system.svc").is_err());
 }
+
+#[test]
+fn sigterm_lets_the_review_in_flight_finish_then_exits_0() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    api.set("apps", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
+    *api.delay.lock().unwrap() = Duration::from_millis(1000);
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let flags = api.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut inj = Injector::start(&tls, &ca.pem, &flags);
+    let pod = workload("Pod", template(&Value::Null, &json!({})));
+    let body = review(&pod, "apps", false).to_string();
+    let mut conn = inj.conn();
+    let in_flight = std::thread::spawn(move || conn.request("POST", "/mutate", body.as_bytes()));
+    // The review waits on the (slow) Namespace lookup.
+    wait_until("the namespace lookup", Duration::from_secs(10), || {
+        api.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    inj.proc.terminate();
+    let (status, _, answer) = in_flight.join().unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert!(patch_of(&answer["response"]).is_some(), "{answer}");
+    let exit = inj.proc.wait(Duration::from_secs(10));
+    assert!(exit.success(), "{exit:?}\n{}", inj.proc.stderr_text());
+    assert!(Conn::try_open(inj.addr, &inj.client, "localhost").is_err());
+}

@@ -388,6 +388,8 @@ pub struct FakeApi {
     pub sa_dir: tempfile::TempDir,
     /// The token the API accepts.
     pub token: Arc<Mutex<String>>,
+    /// How long the API waits before it answers.
+    pub delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeApi {
@@ -413,10 +415,12 @@ impl FakeApi {
         let requests = Arc::new(AtomicUsize::new(0));
         let namespaces = Arc::new(Mutex::new(HashMap::new()));
         let token = Arc::new(Mutex::new(token.to_string()));
-        let (count, nss, accepted) = (
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (count, nss, accepted, wait) = (
             Arc::clone(&requests),
             Arc::clone(&namespaces),
             Arc::clone(&token),
+            Arc::clone(&delay),
         );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -427,8 +431,9 @@ impl FakeApi {
                     Arc::clone(&nss),
                     Arc::clone(&accepted),
                 );
+                let wait = *wait.lock().unwrap();
                 std::thread::spawn(move || {
-                    let _ = serve_one(stream, config, &count, &nss, &accepted);
+                    let _ = serve_one(stream, config, &count, &nss, &accepted, wait);
                 });
             }
         });
@@ -438,6 +443,7 @@ impl FakeApi {
             namespaces,
             sa_dir,
             token,
+            delay,
         }
     }
 
@@ -466,6 +472,7 @@ fn serve_one(
     count: &AtomicUsize,
     nss: &Mutex<HashMap<String, Value>>,
     accepted: &Mutex<String>,
+    delay: Duration,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
@@ -480,6 +487,7 @@ fn serve_one(
         head.push(line.trim_end().to_string());
     }
     count.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(delay);
     let path = head
         .first()
         .and_then(|l| l.split_whitespace().nth(1))
