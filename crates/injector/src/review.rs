@@ -89,6 +89,12 @@ impl Reviewer {
         answer
     }
 
+    /// Counts an answer made without [`Reviewer::review`] (a body that could not be read).
+    pub(crate) fn count(&self, answer: Answer) -> Answer {
+        self.metrics.count(answer.outcome);
+        answer
+    }
+
     async fn decide(&self, body: &[u8]) -> Answer {
         let review: Value = match serde_json::from_slice(body) {
             Ok(v) => v,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -20,6 +20,10 @@ use crate::review::{self, Reviewer};
 
 /// The largest AdmissionReview read (the API server's own limit is 3 MiB objects).
 pub const MAX_BODY: usize = 8 << 20;
+/// How much of a too large body is read (and dropped) before answering.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY;
+/// A request body must arrive within this time.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 256;
 /// A client that does not finish the TLS handshake or send a request header in this time is dropped.
@@ -58,18 +62,13 @@ async fn handle(reviewer: Arc<Reviewer>, req: Request<Incoming>) -> Response<Bod
         return r;
     }
     let started = Instant::now();
-    let answer = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => reviewer.review(&body.to_bytes(), started).await,
-        Err(e) => {
-            let why = if e.is::<http_body_util::LengthLimitError>() {
-                format!("the body is larger than {} MiB", MAX_BODY >> 20)
-            } else {
-                format!("the body could not be read: {e}")
-            };
-            let answer = review::malformed("", &why);
-            reviewer.metrics.count(answer.outcome);
-            answer
-        }
+    let answer = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
+        Ok(Ok(body)) => reviewer.review(&body, started).await,
+        Ok(Err(why)) => reviewer.count(review::malformed("", &why)),
+        Err(_) => reviewer.count(review::malformed(
+            "",
+            &format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
     };
     tracing::debug!("review: {}", answer.outcome.as_str());
     let body = serde_json::to_vec(&answer.body).unwrap_or_default();
@@ -79,6 +78,30 @@ async fn handle(reviewer: Arc<Reviewer>, req: Request<Incoming>) -> Response<Bod
         header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes. A larger one is
+/// read on (and dropped) up to [`DRAIN_LIMIT`], so that the client, which
+/// is still sending it, gets the answer rather than a reset connection.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, String> {
+    let too_large = || format!("the body is larger than {} MiB", MAX_BODY >> 20);
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the body could not be read: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(buf)
 }
 
 /// Serves until `shutdown` resolves, then waits (up to [`GRACE`]) for open
