@@ -14,8 +14,11 @@ use crate::metrics::{Metrics, Outcome};
 use crate::namespaces::Namespaces;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
-/// Warnings longer than this are cut (the API server shows them to kubectl).
+/// Warnings longer than this are cut: the API server may truncate those
+/// over 256 characters (it shows them to kubectl).
 const MAX_WARNING: usize = 240;
+/// At most this many warnings per answer (the last says how many were left out).
+const MAX_WARNINGS: usize = 8;
 
 /// What a review decided, for the metrics and the tests.
 #[derive(Debug)]
@@ -59,6 +62,14 @@ fn response(uid: &str, patch: Option<String>, warnings: Vec<String>) -> Value {
         r["patch"] = json!(p);
     }
     if !warnings.is_empty() {
+        let mut warnings = warnings;
+        if warnings.len() > MAX_WARNINGS {
+            let left = warnings.len() - (MAX_WARNINGS - 1);
+            warnings.truncate(MAX_WARNINGS - 1);
+            warnings.push(warning(&format!(
+                "{left} more warnings; run `sidecar inject` on the object to see them all"
+            )));
+        }
         r["warnings"] = json!(warnings);
     }
     json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": r})

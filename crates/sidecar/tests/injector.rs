@@ -568,3 +568,97 @@ fn sigterm_lets_the_review_in_flight_finish_then_exits_0() {
     assert!(exit.success(), "{exit:?}\n{}", inj.proc.stderr_text());
     assert!(Conn::try_open(inj.addr, &inj.client, "localhost").is_err());
 }
+
+#[test]
+fn reviews_over_http2_are_answered() {
+    use http_body_util::BodyExt;
+    let (inj, _tls, ca) = start(&["--kube-api", "off"]);
+    let pod = workload(
+        "Pod",
+        template(
+            &json!({"sidecar.dev/logs": "/var/log/app/a.log"}),
+            &json!({}),
+        ),
+    );
+    let body = review(&pod, "apps", false).to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(inj.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_config(&ca.pem, &[b"h2"]))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        // Several streams on the one connection.
+        for _ in 0..3 {
+            let req = hyper::Request::post("https://localhost/mutate")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let answer: Value =
+                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            assert!(patch_of(&answer["response"]).is_some(), "{answer}");
+        }
+    });
+    assert_eq!(inj.outcome("injected"), 3.0);
+}
+
+#[test]
+fn missing_or_wrong_certificate_files_stop_the_start_with_the_flag_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let run = || {
+        std::process::Command::new(common::BIN)
+            .args([
+                "injector",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--kube-api",
+                "off",
+            ])
+            .arg("--tls-cert")
+            .arg(&crt)
+            .arg("--tls-key")
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--tls-cert")
+            && err.contains("--generate-cert")
+            && err.contains("cert-manager"),
+        "{err}"
+    );
+    let ca = Ca::new("c");
+    let (cert1, _, _) = ca.leaf();
+    let (_, key2, _) = ca.leaf();
+    std::fs::write(&crt, &cert1).unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let err = String::from_utf8_lossy(&run().stderr).into_owned();
+    assert!(
+        err.contains("--tls-key") && err.contains("not a PEM private key"),
+        "{err}"
+    );
+    std::fs::write(&key, &key2).unwrap();
+    let err = String::from_utf8_lossy(&run().stderr).into_owned();
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+}
