@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::injector::{
     Ca, Conn, FakeApi, Injector, SecretDir, apply_patches, client_config, inject_cli, patch_of,
-    review, warnings_of,
+    review, try_inject_cli, warnings_of,
 };
 use common::wait_until;
 use serde_json::{Value, json};
@@ -661,4 +661,142 @@ fn missing_or_wrong_certificate_files_stop_the_start_with_the_flag_to_fix() {
     std::fs::write(&key, &key2).unwrap();
     let err = String::from_utf8_lossy(&run().stderr).into_owned();
     assert!(err.contains("does not belong to the certificate"), "{err}");
+}
+
+/// A small deterministic generator (xorshift), so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn coin(&mut self) -> bool {
+        self.below(2) == 0
+    }
+}
+
+/// A random workload: any kind, any mix of annotations (some invalid, some
+/// clashing with the app's ports), app containers with ports and volumes,
+/// with or without the lists and maps injection adds to.
+fn random_workload(rng: &mut Rng) -> Value {
+    let mut ann = serde_json::Map::new();
+    let choices: [(&str, &[&str]); 10] = [
+        (
+            "sidecar.dev/logs",
+            &[
+                "/var/log/app/app.log",
+                "/data/log/*.log,/var/log/x.log",
+                "/tmp/a.log",
+            ],
+        ),
+        (
+            "sidecar.dev/postgres-exporter",
+            &["pg-secret", "Not_A_Name"],
+        ),
+        ("sidecar.dev/proxy", &["web-proxy"]),
+        (
+            "sidecar.dev/proxy-inbound",
+            &["8000:8080", "9000:8081", "8080:8080", "80"],
+        ),
+        ("sidecar.dev/zipkin", &["http://z:9411/api/v2/spans"]),
+        ("sidecar.dev/logs-admin-port", &["9470", "8080", "x"]),
+        (
+            "sidecar.dev/postgres-exporter-admin-port",
+            &["9190", "9464"],
+        ),
+        ("sidecar.dev/proxy-admin-port", &["9910"]),
+        ("prometheus.io/scrape", &["false"]),
+        ("team.io/owner~x", &["a/b"]),
+    ];
+    for (k, values) in choices {
+        if rng.below(3) == 0 {
+            ann.insert(k.to_string(), json!(rng.pick(values)));
+        }
+    }
+    if !ann
+        .keys()
+        .any(|k| k.starts_with("sidecar.dev/") && !k.contains("port") && !k.contains("zipkin"))
+    {
+        ann.insert("sidecar.dev/logs".into(), json!("/var/log/app/app.log"));
+    }
+    let ports = [8080, 8081, 8000, 9464, 9187, 9901, 5432];
+    let mut containers = Vec::new();
+    for i in 0..1 + rng.below(2) {
+        let mut c = json!({"name": format!("app{i}"), "image": "app:1"});
+        if rng.coin() {
+            c["ports"] = json!([{"containerPort": rng.pick(&ports)}]);
+        }
+        if rng.coin() {
+            c["volumeMounts"] =
+                json!([{"name": "data", "mountPath": rng.pick(&["/data", "/var/log", "/srv"])}]);
+        }
+        containers.push(c);
+    }
+    let mut spec = json!({"containers": containers});
+    if rng.coin() || spec.to_string().contains("\"data\"") {
+        spec["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    }
+    if rng.coin() {
+        spec["initContainers"] = json!([{"name": "migrate", "image": "busybox"}]);
+    }
+    let mut t = template(&Value::Object(ann), &json!({}));
+    t["spec"] = spec;
+    if rng.below(4) == 0 {
+        t["metadata"].as_object_mut().unwrap().remove("labels");
+    }
+    let kind = *rng.pick(&KINDS);
+    workload(kind, t)
+}
+
+#[test]
+fn random_workloads_get_what_inject_gives_them_or_its_error_as_a_warning() {
+    let seed = std::env::var("SIDECAR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_u64);
+    let mut rng = Rng(seed);
+    let (inj, _tls, _ca) = start(&["--kube-api", "off"]);
+    let objects: Vec<Value> = (0..60).map(|_| random_workload(&mut rng)).collect();
+    let mut patched = Vec::new();
+    let mut refused = 0;
+    for object in &objects {
+        let r = inj.review(object, "apps", false);
+        match (patch_of(&r), try_inject_cli(object)) {
+            (Some(p), Ok(expected)) => patched.push((object.clone(), p, expected)),
+            (None, Err(e)) => {
+                refused += 1;
+                let w = warnings_of(&r).join("\n");
+                assert!(
+                    w.contains("starts without them"),
+                    "seed {seed}: {w}\ninject: {e}"
+                );
+            }
+            (p, cli) => panic!("seed {seed}: webhook patch {p:?}, inject {cli:?}, for {object}"),
+        }
+    }
+    let cases: Vec<(Value, Value)> = patched
+        .iter()
+        .map(|(o, p, _)| (o.clone(), p.clone()))
+        .collect();
+    for ((object, _, expected), after) in patched.iter().zip(apply_patches(&cases)) {
+        assert_eq!(&after, expected, "seed {seed}: {object}");
+        assert!(
+            patch_of(&inj.review(&after, "apps", false)).is_none(),
+            "seed {seed}: {after}"
+        );
+    }
+    // Both kinds of answer were exercised.
+    assert!(
+        patched.len() > 10 && refused > 5,
+        "{} patched, {refused} refused",
+        patched.len()
+    );
 }

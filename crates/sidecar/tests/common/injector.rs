@@ -356,6 +356,11 @@ pub fn apply_patches(cases: &[(Value, Value)]) -> Vec<Value> {
 
 /// `sidecar inject --image sidecar:test` on `object` alone, parsed back.
 pub fn inject_cli(object: &Value) -> Value {
+    try_inject_cli(object).unwrap_or_else(|e| panic!("sidecar inject: {e}"))
+}
+
+/// `sidecar inject` on `object` alone: the object parsed back, or its stderr.
+pub fn try_inject_cli(object: &Value) -> Result<Value, String> {
     let mut child = Command::new(super::BIN)
         .args(["inject", "--image", "sidecar:test"])
         .stdin(Stdio::piped())
@@ -370,12 +375,10 @@ pub fn inject_cli(object: &Value) -> Value {
         .write_all(object.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "sidecar inject: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_norway::from_slice(&out.stdout).unwrap()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_norway::from_slice(&out.stdout).unwrap())
 }
 
 /// A fake Kubernetes API: `GET /api/v1/namespaces/NAME` over HTTPS, with
