@@ -12,6 +12,7 @@ pub mod prom;
 pub mod proxy;
 pub mod receiver;
 pub mod tls;
+pub mod workloads;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
