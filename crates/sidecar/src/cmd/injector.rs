@@ -43,8 +43,10 @@ sidecar_injector_review_duration_seconds, sidecar_injector_tls_reloads_total,
 sidecar_injector_tls_reload_errors_total, sidecar_injector_namespace_lookup_errors_total.
 
 Examples:
-  # A CA and serving certificate as a Secret, then the caBundle patch it prints
-  sidecar injector --generate-cert | kubectl apply -f -
+  # A CA and a serving certificate as a Secret, with the caBundle patch as comments
+  sidecar injector --generate-cert > injector-tls.yaml
+  kubectl apply -f injector-tls.yaml
+  sed -n 's/^# \\(kubectl patch .*\\)/\\1/p' injector-tls.yaml | sh   # once {webhook} exists
   sidecar injector --tls-cert /tls/tls.crt --tls-key /tls/tls.key
 Manifests: deploy/injector/ (webhook configuration {webhook}).",
         ttl = sidecar_injector::TTL.as_secs(),
