@@ -455,6 +455,9 @@ fn generated_certificate_verifies_for_the_service_and_is_served() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let secret: Value = serde_norway::from_str(&text).unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    common::kube::validate(&[file.path()]);
     assert_eq!(secret["kind"], "Secret");
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert_eq!(secret["metadata"]["name"], "sidecar-injector-tls");
