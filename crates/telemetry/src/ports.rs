@@ -23,6 +23,9 @@ pub const LOGS_NAME: &str = "sidecar-logs";
 pub const POSTGRES_EXPORTER_NAME: &str = "sidecar-pg";
 /// The container port name of the proxy's [`PROXY`] admin port.
 pub const PROXY_NAME: &str = "sidecar-proxy";
+/// The container port name deploy/injector gives the injector's
+/// [`INJECTOR`] port (`sidecar-injector` is one character too long).
+pub const INJECTOR_NAME: &str = "sidecar-inj";
 
 /// `0.0.0.0:PORT`: every interface, as a Pod's sidecar listens.
 pub fn all_interfaces(port: u16) -> String {
@@ -36,7 +39,7 @@ mod tests {
     #[test]
     fn port_names_are_valid_and_distinct() {
         // IANA_SVC_NAME: at most 15 lower-case letters, digits and '-', with a letter.
-        let names = [LOGS_NAME, POSTGRES_EXPORTER_NAME, PROXY_NAME];
+        let names = [LOGS_NAME, POSTGRES_EXPORTER_NAME, PROXY_NAME, INJECTOR_NAME];
         for n in names {
             assert!(n.len() <= 15, "{n}");
             assert!(
@@ -44,7 +47,9 @@ mod tests {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             );
         }
-        assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2]);
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(n), "{n}");
+        }
         let ports = [LOGS, POSTGRES_EXPORTER, PROXY, INJECTOR];
         for (i, a) in ports.iter().enumerate() {
             assert!(!ports[i + 1..].contains(a), "{a}");
