@@ -654,3 +654,36 @@ fn random_workloads_get_what_inject_gives_them_or_its_error_as_a_warning() {
         patched.len()
     );
 }
+
+#[test]
+fn in_a_cluster_the_api_defaults_to_kubernetes_service_host_and_port() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    api.set("apps", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let sa = api.sa_dir.path().display().to_string();
+    let port = api.addr.port().to_string();
+    let inj = Injector::start_env(
+        &tls,
+        &ca.pem,
+        &["--service-account-dir", &sa],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+        ],
+    );
+    let pod = workload("Pod", template(&Value::Null, &json!({})));
+    assert!(patch_of(&inj.review(&pod, "apps", false)).is_some());
+    assert_eq!(api.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Outside a cluster (no KUBERNETES_SERVICE_*, no --kube-api): off, said once.
+    let (off, _tls, _ca) = start(&[]);
+    assert!(patch_of(&off.review(&pod, "apps", false)).is_none());
+    assert_eq!(
+        off.proc
+            .stderr_text()
+            .matches("Namespace sidecar.dev/* defaults are not read")
+            .count(),
+        1
+    );
+}

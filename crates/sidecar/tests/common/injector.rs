@@ -207,6 +207,11 @@ pub struct Injector {
 impl Injector {
     /// Starts with the pair in `tls` (trusted through `ca_pem`) and `extra` flags.
     pub fn start(tls: &SecretDir, ca_pem: &str, extra: &[&str]) -> Self {
+        Self::start_env(tls, ca_pem, extra, &[])
+    }
+
+    /// Starts with `env` set (KUBERNETES_SERVICE_* are removed unless given).
+    pub fn start_env(tls: &SecretDir, ca_pem: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (cert, key) = (tls.cert(), tls.key());
         let mut args = vec![
             "injector",
@@ -225,7 +230,8 @@ impl Injector {
         let mut cmd = Command::new(super::BIN);
         cmd.args(&args)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT");
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .envs(env.iter().copied());
         let proc = Proc::start_with(&mut cmd);
         let admin = proc.admin_addr();
         let addr = proc.logged_addr("webhook on https://");
