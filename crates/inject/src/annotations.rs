@@ -29,8 +29,14 @@ pub const EXPORTER_ADMIN_PORT: &str = "sidecar.dev/postgres-exporter-admin-port"
 /// [`ports::PROXY`](sidecar_telemetry::ports::PROXY) (or the `admin:` of its ConfigMap's `proxy.yaml`).
 pub const PROXY_ADMIN_PORT: &str = "sidecar.dev/proxy-admin-port";
 
-/// Every annotation `inject` reads.
-const KNOWN: [&str; 8] = [
+/// `sidecar.dev/inject: "false"` (a Pod label, or an annotation): the
+/// `sidecar injector` webhook leaves the Pod alone. `sidecar inject` does not
+/// read it (it injects what the file asks for), but knows the name.
+pub const INJECT: &str = "sidecar.dev/inject";
+
+/// Every annotation `inject` reads (and the webhook's opt-out).
+const KNOWN: [&str; 9] = [
+    INJECT,
     LOGS,
     EXPORTER,
     PROXY,

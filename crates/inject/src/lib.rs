@@ -19,12 +19,17 @@
 //! changed, annotations in the wrong place, an `emptyDir` that hides the
 //! image's files) comes back as [`Note`]s for stderr.
 //!
+//! [`admit`] is the same for one object given as JSON (the `sidecar
+//! injector` webhook): it merges a Namespace's `sidecar.dev/*` defaults into
+//! the pod template's annotations and calls the same `workload` code.
+//!
 //! Modules depend one way, helpers first: `value`, `template`, `notes` ←
 //! `documents`, `annotations` ← `volumes`, `ports`, `proxy_config` ←
-//! `containers` ← `services` ← `workload` ← this file.
+//! `containers` ← `services` ← `workload` ← `admit`, this file.
 
 #![forbid(unsafe_code)]
 
+mod admit;
 mod annotations;
 mod containers;
 mod documents;
@@ -37,9 +42,10 @@ mod value;
 mod volumes;
 mod workload;
 
+pub use admit::{Admitted, Skip, admit};
 pub use annotations::{
-    EXPORTER, EXPORTER_ADMIN_PORT, LOGS, LOGS_ADMIN_PORT, PROXY, PROXY_ADMIN_PORT, PROXY_INBOUND,
-    ZIPKIN,
+    EXPORTER, EXPORTER_ADMIN_PORT, INJECT, LOGS, LOGS_ADMIN_PORT, PROXY, PROXY_ADMIN_PORT,
+    PROXY_INBOUND, ZIPKIN,
 };
 pub use containers::Options;
 pub use documents::InjectError;

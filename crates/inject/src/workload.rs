@@ -40,6 +40,27 @@ fn admin_arg(args: &mut Vec<String>, annotated: Option<u16>, port: u16) {
     }
 }
 
+/// The service name in the inbound proxy's spans: the object's name; for a
+/// Pod a controller creates (the webhook sees it before it has a name), its
+/// `generateName` without the trailing `-` and the ReplicaSet's
+/// `pod-template-hash`, i.e. the Deployment's name; else `app`.
+fn service_name(obj: &Value) -> String {
+    if let Some(name) = str_at(obj, &["metadata", "name"]) {
+        return name.to_string();
+    }
+    let Some(base) = str_at(obj, &["metadata", "generateName"])
+        .map(|g| g.trim_end_matches('-'))
+        .filter(|g| !g.is_empty())
+    else {
+        return "app".to_string();
+    };
+    let hash = str_at(obj, &["metadata", "labels", "pod-template-hash"]);
+    hash.and_then(|h| base.strip_suffix(h)?.strip_suffix('-'))
+        .filter(|b| !b.is_empty())
+        .unwrap_or(base)
+        .to_string()
+}
+
 /// Injects into one object if it is a workload that asks for sidecars.
 pub(crate) fn inject_object(
     obj: &mut Value,
@@ -53,9 +74,7 @@ pub(crate) fn inject_object(
     let Some(path) = template_path(&kind) else {
         return Ok(out);
     };
-    let name = str_at(obj, &["metadata", "name"])
-        .unwrap_or("app")
-        .to_string();
+    let name = service_name(obj);
     let namespace = str_at(obj, &["metadata", "namespace"]).map(str::to_string);
     let template_ann = path
         .iter()

@@ -18,6 +18,7 @@ Examples:
   sidecar proxy --listen 0.0.0.0:8000 --upstream 127.0.0.1:8080 --service service1 \
       --zipkin http://jaeger-collector:9411/api/v2/spans   # a tracing sidecar
   kubectl apply -f <(sidecar inject -f app.yaml)   # add sidecars to annotated workloads
+  sidecar injector                      # the same as an admission webhook (deploy/injector/)
 
 Every option can also be set with an environment variable, shown in each subcommand's --help.";
 
@@ -52,6 +53,7 @@ enum Command {
     PostgresExporter(cmd::pg_exporter::PgExporterArgs),
     Proxy(cmd::proxy::ProxyArgs),
     Inject(cmd::inject::InjectArgs),
+    Injector(cmd::injector::InjectorArgs),
     Demo(cmd::demo::DemoArgs),
     /// The demo's log-writing app (started by `sidecar demo`).
     #[command(hide = true)]
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::PostgresExporter(args) => cmd::pg_exporter::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Inject(args) => cmd::inject::run(args),
+        Command::Injector(args) => cmd::injector::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::DemoApp(args) => cmd::demo::run_app(args),
         Command::DemoService(args) => cmd::demo::run_service(args),

@@ -13,12 +13,19 @@ pub const POSTGRES_EXPORTER: u16 = 9187;
 /// `sidecar proxy`: the proxy's admin and metrics port (Envoy's admin port).
 pub const PROXY: u16 = 9901;
 
+/// `sidecar injector`: the admission webhook's admin and metrics port (its
+/// webhook itself is HTTPS on 8443). Not in a Pod with the other sidecars.
+pub const INJECTOR: u16 = 9465;
+
 /// The container port name of the relay's [`LOGS`] port.
 pub const LOGS_NAME: &str = "sidecar-logs";
 /// The container port name of the exporter's [`POSTGRES_EXPORTER`] port.
 pub const POSTGRES_EXPORTER_NAME: &str = "sidecar-pg";
 /// The container port name of the proxy's [`PROXY`] admin port.
 pub const PROXY_NAME: &str = "sidecar-proxy";
+/// The container port name deploy/injector gives the injector's
+/// [`INJECTOR`] port (`sidecar-injector` is one character too long).
+pub const INJECTOR_NAME: &str = "sidecar-inj";
 
 /// `0.0.0.0:PORT`: every interface, as a Pod's sidecar listens.
 pub fn all_interfaces(port: u16) -> String {
@@ -32,7 +39,7 @@ mod tests {
     #[test]
     fn port_names_are_valid_and_distinct() {
         // IANA_SVC_NAME: at most 15 lower-case letters, digits and '-', with a letter.
-        let names = [LOGS_NAME, POSTGRES_EXPORTER_NAME, PROXY_NAME];
+        let names = [LOGS_NAME, POSTGRES_EXPORTER_NAME, PROXY_NAME, INJECTOR_NAME];
         for n in names {
             assert!(n.len() <= 15, "{n}");
             assert!(
@@ -40,8 +47,12 @@ mod tests {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             );
         }
-        assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2]);
-        let ports = [LOGS, POSTGRES_EXPORTER, PROXY];
-        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(n), "{n}");
+        }
+        let ports = [LOGS, POSTGRES_EXPORTER, PROXY, INJECTOR];
+        for (i, a) in ports.iter().enumerate() {
+            assert!(!ports[i + 1..].contains(a), "{a}");
+        }
     }
 }

@@ -61,7 +61,7 @@ pub struct InjectArgs {
     file: PathBuf,
 
     /// The sidecar image to use.
-    #[arg(long, default_value = "sidecar:0.1.0", env = "SIDECAR_INJECT_IMAGE")]
+    #[arg(long, default_value = super::injector::DEFAULT_IMAGE, env = "SIDECAR_INJECT_IMAGE")]
     image: String,
 }
 

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod inject;
+pub mod injector;
 pub mod logs;
 pub mod pg_exporter;
 pub mod proxy;

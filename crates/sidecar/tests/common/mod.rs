@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod exporter;
+pub mod injector;
 pub mod kube;
 pub mod logs;
 pub mod peers;
@@ -11,6 +12,7 @@ pub mod prom;
 pub mod proxy;
 pub mod receiver;
 pub mod tls;
+pub mod workloads;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

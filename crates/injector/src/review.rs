@@ -1,0 +1,242 @@
+//! One AdmissionReview: read the request, find the Namespace's defaults,
+//! run `sidecar_inject::admit`, answer with a JSONPatch (RFC 6902) from the
+//! object as sent to the injected one. Every answer allows the object: a
+//! request we cannot read or an object `inject` refuses gets a warning,
+//! never an error status, so the webhook cannot stop Pods from starting.
+
+use std::time::Instant;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sidecar_inject::{Admitted, Level, Options, Skip, admit};
+
+use crate::metrics::{Metrics, Outcome};
+use crate::namespaces::Namespaces;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// Warnings longer than this are cut: the API server may truncate those
+/// over 256 characters (it shows them to kubectl).
+const MAX_WARNING: usize = 240;
+/// At most this many warnings per answer (the last says how many were left out).
+const MAX_WARNINGS: usize = 8;
+
+/// What a review decided, for the metrics and the tests.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) outcome: Outcome,
+    /// The AdmissionReview to send back.
+    pub(crate) body: Value,
+}
+
+/// Answers reviews.
+pub(crate) struct Reviewer {
+    pub(crate) opts: Options,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) metrics: Metrics,
+}
+
+/// One line, prefixed, at most [`MAX_WARNING`] characters.
+fn warning(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut w = format!("sidecar-injector: {one_line}");
+    if w.chars().count() > MAX_WARNING {
+        w = w.chars().take(MAX_WARNING - 3).collect::<String>() + "...";
+    }
+    w
+}
+
+/// The JSONPatch from `from` to `to`, base64-encoded, or nothing when they are equal.
+pub(crate) fn patch(from: &Value, to: &Value) -> Option<String> {
+    let ops = json_patch::diff(from, to);
+    if ops.0.is_empty() {
+        return None;
+    }
+    let bytes = serde_json::to_vec(&ops).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn response(uid: &str, patch: Option<String>, warnings: Vec<String>) -> Value {
+    let mut r = json!({"uid": uid, "allowed": true});
+    if let Some(p) = patch {
+        r["patchType"] = json!("JSONPatch");
+        r["patch"] = json!(p);
+    }
+    if !warnings.is_empty() {
+        let mut warnings = warnings;
+        if warnings.len() > MAX_WARNINGS {
+            let left = warnings.len() - (MAX_WARNINGS - 1);
+            warnings.truncate(MAX_WARNINGS - 1);
+            warnings.push(warning(&format!(
+                "{left} more warnings; run `sidecar inject` on the object to see them all"
+            )));
+        }
+        r["warnings"] = json!(warnings);
+    }
+    json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": r})
+}
+
+/// A request we cannot read: allowed, with a warning saying why.
+pub(crate) fn malformed(uid: &str, why: &str) -> Answer {
+    Answer {
+        outcome: Outcome::Malformed,
+        body: response(
+            uid,
+            None,
+            vec![warning(&format!(
+                "cannot read the AdmissionReview ({why}); the object is admitted without sidecars"
+            ))],
+        ),
+    }
+}
+
+impl Reviewer {
+    /// Answers one request body, and counts it.
+    pub(crate) async fn review(&self, body: &[u8], started: Instant) -> Answer {
+        let answer = self.decide(body).await;
+        self.metrics.count(answer.outcome);
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// Counts an answer made without [`Reviewer::review`] (a body that could not be read).
+    pub(crate) fn count(&self, answer: Answer) -> Answer {
+        self.metrics.count(answer.outcome);
+        answer
+    }
+
+    async fn decide(&self, body: &[u8]) -> Answer {
+        let review: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return malformed("", &format!("the body is not JSON: {e}")),
+        };
+        let uid = review
+            .pointer("/request/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let (api_version, kind) = (
+            review.get("apiVersion").and_then(Value::as_str),
+            review.get("kind").and_then(Value::as_str),
+        );
+        if api_version != Some(API_VERSION) || kind != Some("AdmissionReview") {
+            return malformed(
+                &uid,
+                &format!(
+                    "expected apiVersion {API_VERSION} and kind AdmissionReview, got {} and {}",
+                    api_version.unwrap_or("none"),
+                    kind.unwrap_or("none")
+                ),
+            );
+        }
+        let Some(request) = review.get("request").filter(|r| r.is_object()) else {
+            return malformed(&uid, "no `request`");
+        };
+        if uid.is_empty() {
+            return malformed(&uid, "no `request.uid`");
+        }
+        let Some(object) = request.get("object").filter(|o| o.is_object()) else {
+            return malformed(&uid, "no `request.object`");
+        };
+        let dry_run = request.get("dryRun").and_then(Value::as_bool) == Some(true);
+        let namespace = request.get("namespace").and_then(Value::as_str);
+        let opts = &self.opts;
+        let none = std::collections::BTreeMap::new();
+        let admitted = match self.namespaces.defaults(namespace).await {
+            Ok(defaults) => admit(object, &defaults, opts),
+            Err(e) => {
+                // The Pod is left alone, unless it would be anyway.
+                return match admit(object, &none, opts) {
+                    Ok(Admitted::Skipped {
+                        reason: reason @ (Skip::OptedOut | Skip::NotAWorkload),
+                        ..
+                    }) => self.skipped(&uid, reason, Vec::new()),
+                    _ => Answer {
+                        outcome: Outcome::NamespaceUnavailable,
+                        body: response(
+                            &uid,
+                            None,
+                            vec![warning(&format!(
+                                "no sidecars added: {e}; the sidecar.dev/* defaults of the Namespace are needed to decide"
+                            ))],
+                        ),
+                    },
+                };
+            }
+        };
+        let warnings = |notes: Vec<(Level, String)>| -> Vec<String> {
+            notes.iter().map(|(_, m)| warning(m)).collect()
+        };
+        match admitted {
+            Ok(Admitted::Injected {
+                object: after,
+                notes,
+            }) => match patch(object, &after) {
+                Some(p) => Answer {
+                    outcome: if dry_run {
+                        Outcome::DryRun
+                    } else {
+                        Outcome::Injected
+                    },
+                    body: response(&uid, Some(p), warnings(notes)),
+                },
+                None => Answer {
+                    outcome: Outcome::AlreadyInjected,
+                    body: response(&uid, None, warnings(notes)),
+                },
+            },
+            Ok(Admitted::Skipped { reason, notes }) => self.skipped(&uid, reason, warnings(notes)),
+            Err(e) => Answer {
+                outcome: Outcome::Error,
+                body: response(
+                    &uid,
+                    None,
+                    vec![warning(&format!(
+                        "no sidecars added, the Pod starts without them: {}",
+                        e.message
+                    ))],
+                ),
+            },
+        }
+    }
+
+    fn skipped(&self, uid: &str, reason: Skip, warnings: Vec<String>) -> Answer {
+        Answer {
+            outcome: match reason {
+                Skip::OptedOut => Outcome::OptedOut,
+                Skip::NotAWorkload | Skip::NotAsked => Outcome::Skipped,
+            },
+            body: response(uid, None, warnings),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn patches_escape_keys_and_apply_to_missing_fields() {
+        let from = json!({"metadata": {}});
+        let to = json!({"metadata": {"annotations": {"sidecar.dev/logs": "/a", "a~b": "c"}}});
+        let p = patch(&from, &to).unwrap();
+        let ops: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+                .unwrap();
+        let mut applied = from.clone();
+        let ops: json_patch::Patch = serde_json::from_value(ops).unwrap();
+        json_patch::patch(&mut applied, &ops).unwrap();
+        assert_eq!(applied, to);
+        assert_eq!(patch(&to, &to), None);
+    }
+
+    #[test]
+    fn warnings_are_one_short_line() {
+        let w = warning(&format!("a\nb {}", "x".repeat(400)));
+        assert!(w.starts_with("sidecar-injector: a b x"));
+        assert_eq!(w.chars().count(), MAX_WARNING);
+    }
+}

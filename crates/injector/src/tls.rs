@@ -1,0 +1,268 @@
+//! The webhook's certificate: loaded from PEM files at start (a clear error
+//! naming the flag when they are missing or wrong), served through a
+//! resolver whose key is swapped when the files change. Kubernetes updates
+//! a mounted Secret by swapping a symlink (`..data`), which inotify on the
+//! file paths does not see, so the files are read every [`POLL`] and
+//! compared by content. A pair that does not load (half written, key not
+//! matching the certificate) keeps the previous one in service, counts an
+//! error and warns once until a pair loads again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::metrics::Metrics;
+
+/// How often the certificate and key files are read for changes.
+pub const POLL: Duration = Duration::from_secs(2);
+
+const HOW_TO_FIX: &str = "create the Secret with `sidecar injector --generate-cert | kubectl apply -f -` (or cert-manager) and mount it there";
+
+/// Why the certificate and key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path} ({flag}): {source}; {HOW_TO_FIX}")]
+    Read {
+        path: String,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path} ({flag}) {problem}; {HOW_TO_FIX}")]
+    Invalid {
+        path: String,
+        flag: &'static str,
+        problem: String,
+    },
+    #[error(
+        "the key {key} (--tls-key) does not belong to the certificate {cert} (--tls-cert): {reason}; give the pair from the same Secret"
+    )]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Config(String),
+}
+
+/// Where the certificate chain and its key are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        flag,
+        source,
+    })
+}
+
+/// The pair as a rustls key, from the files' contents.
+fn certified(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let invalid = |path: &Path, flag, problem: String| TlsError::Invalid {
+        path: path.display().to_string(),
+        flag,
+        problem,
+    };
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            invalid(
+                &files.cert,
+                "--tls-cert",
+                format!("is not a PEM certificate chain ({e})"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(invalid(
+            &files.cert,
+            "--tls-cert",
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        invalid(
+            &files.key,
+            "--tls-key",
+            format!("is not a PEM private key ({e})"),
+        )
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
+        cert: files.cert.display().to_string(),
+        key: files.key.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The certificate the server presents, swapped on reload.
+#[derive(Debug)]
+pub(crate) struct Resolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
+/// The loaded certificate, its resolver and the files it came from.
+pub struct Certificate {
+    files: TlsFiles,
+    resolver: Arc<Resolver>,
+    /// The contents last tried (loaded or not): a pair is tried once.
+    seen: (Vec<u8>, Vec<u8>),
+}
+
+impl Certificate {
+    /// Loads the pair, or says which flag to fix.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let cert = read(&files.cert, "--tls-cert")?;
+        let key = read(&files.key, "--tls-key")?;
+        let ck = certified(&files, &cert, &key)?;
+        Ok(Self {
+            files,
+            resolver: Arc::new(Resolver {
+                current: RwLock::new(Arc::new(ck)),
+            }),
+            seen: (cert, key),
+        })
+    }
+
+    /// A rustls server configuration that serves the current pair (h2 and http/1.1).
+    pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&self.resolver) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Reads the files once: loads a changed pair. `Ok(true)`: reloaded.
+    fn poll(&mut self) -> Result<bool, TlsError> {
+        let cert = read(&self.files.cert, "--tls-cert")?;
+        let key = read(&self.files.key, "--tls-key")?;
+        if (&cert, &key) == (&self.seen.0, &self.seen.1) {
+            return Ok(false);
+        }
+        let tried = certified(&self.files, &cert, &key);
+        self.seen = (cert, key);
+        let ck = tried?;
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        Ok(true)
+    }
+
+    /// Reads the files every `every` and serves a changed pair, forever.
+    /// Read errors are retried (and counted once per episode): a Secret
+    /// update may remove the files for a moment.
+    pub(crate) async fn watch(mut self, every: Duration, metrics: Metrics) {
+        let mut failing = false;
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match self.poll() {
+                Ok(false) => {}
+                Ok(true) => {
+                    failing = false;
+                    metrics.tls_reloads.inc();
+                    tracing::info!(
+                        "serving the new certificate from {} and {}",
+                        self.files.cert.display(),
+                        self.files.key.display()
+                    );
+                }
+                Err(e) => {
+                    // Each bad pair counts once (it is tried once); a file
+                    // that cannot be read counts once per episode.
+                    if !failing || !matches!(e, TlsError::Read { .. }) {
+                        metrics.tls_reload_errors.inc();
+                    }
+                    if !failing {
+                        tracing::warn!(
+                            "the certificate files changed but cannot be loaded; still serving the previous certificate: {e}"
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn served(c: &Certificate) -> Vec<u8> {
+        c.resolver.current.read().unwrap().cert[0].to_vec()
+    }
+
+    #[test]
+    fn load_reload_and_keep_the_old_pair_on_errors() {
+        let dir = std::env::temp_dir().join(format!("injector-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        let err = Certificate::load(files.clone()).err().unwrap().to_string();
+        assert!(
+            err.contains("--tls-cert") && err.contains("--generate-cert"),
+            "{err}"
+        );
+        let (c1, k1) = pair("one");
+        std::fs::write(&files.cert, &c1).unwrap();
+        std::fs::write(&files.key, &k1).unwrap();
+        let mut c = Certificate::load(files.clone()).unwrap();
+        let first = served(&c);
+        assert!(!c.poll().unwrap());
+        // A new certificate with the old key: mismatch, the old pair stays.
+        let (c2, k2) = pair("two");
+        std::fs::write(&files.cert, &c2).unwrap();
+        let err = c.poll().unwrap_err().to_string();
+        assert!(err.contains("does not belong"), "{err}");
+        assert_eq!(served(&c), first);
+        // Tried once: the same contents are not an error again.
+        assert!(!c.poll().unwrap());
+        std::fs::write(&files.key, &k2).unwrap();
+        assert!(c.poll().unwrap());
+        assert_ne!(served(&c), first);
+        std::fs::write(&files.key, "garbage").unwrap();
+        assert!(c.poll().unwrap_err().to_string().contains("--tls-key"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
