@@ -858,7 +858,6 @@ fn the_injector_checks_catch_each_fault() {
 /// checks of deploy.rs pass.
 #[test]
 fn demo_1s_website_with_only_the_annotation_gets_its_relay() {
-    use std::io::Write as _;
     let root = kube::deploy_root();
     let text = std::fs::read_to_string(root.join("demo1/widgetario.yaml")).unwrap();
     let mut web = kube::documents(&text)
@@ -876,20 +875,11 @@ fn demo_1s_website_with_only_the_annotation_gets_its_relay() {
         meta.insert("annotations".into(), Value::Mapping(annotations))
             .is_none()
     );
-    let mut child = std::process::Command::new(common::BIN)
-        .args(["inject", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_norway::to_string(&web).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_input(
+        std::process::Command::new(common::BIN).args(["inject", "-f", "-"]),
+        serde_norway::to_string(&web).unwrap().as_bytes(),
+        "cannot start it",
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -85,7 +85,6 @@ fn golden_files_idempotence_and_valid_output() {
 
 #[test]
 fn stdin_directories_and_errors() {
-    use std::io::Write;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject");
     let out = Command::new(common::BIN)
         .args(["inject", "-f"])
@@ -95,20 +94,8 @@ fn stdin_directories_and_errors() {
     assert!(out.status.success());
     let all = String::from_utf8(out.stdout).unwrap();
     assert!(all.matches("restartPolicy: Always").count() >= 7, "{all}");
-    let mut child = Command::new(common::BIN)
-        .args(["inject"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"kind: Service\nmetadata: {name: s}\n---\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    metadata:\n      annotations: {sidecar.dev/proxy-inbound: \"80\"}\n    spec: {containers: [{name: a, image: x}]}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_input(Command::new(common::BIN)
+        .args(["inject"]), b"kind: Service\nmetadata: {name: s}\n---\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    metadata:\n      annotations: {sidecar.dev/proxy-inbound: \"80\"}\n    spec: {containers: [{name: a, image: x}]}\n", "cannot start it");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -125,21 +112,11 @@ struct Run {
 }
 
 fn run_stdin(input: &str) -> Run {
-    use std::io::Write;
-    let mut child = Command::new(common::BIN)
-        .args(["inject", "--image", "sidecar:0.1.0"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_input(
+        Command::new(common::BIN).args(["inject", "--image", "sidecar:0.1.0"]),
+        input.as_bytes(),
+        "cannot start it",
+    );
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8(out.stdout).unwrap(),

@@ -128,24 +128,16 @@ fn find<'a>(spans: &'a [Value], service: &str, kind: &str) -> &'a Value {
 }
 
 fn validate_zipkin(spans: &[Value]) {
-    let mut child = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/validate_zipkin.py"
-        ))
-        .arg(ZIPKIN_SPEC)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (./scripts/test installs it with jsonschema and pyyaml)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(spans).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_input(
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/validate_zipkin.py"
+            ))
+            .arg(ZIPKIN_SPEC),
+        &serde_json::to_vec(spans).unwrap(),
+        "python3 (./scripts/test installs it with jsonschema and pyyaml)",
+    );
     assert!(
         out.status.success(),
         "Zipkin JSON does not validate against zipkin2-api.yaml:\n{}{}",

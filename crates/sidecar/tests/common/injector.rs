@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -334,20 +334,11 @@ pub fn apply_patches(cases: &[(Value, Value)]) -> Vec<Value> {
         .iter()
         .map(|(o, p)| json!({"object": o, "patch": p}))
         .collect();
-    let mut child = Command::new(peers::python())
-        .arg(peers::script("apply_patch.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python (SIDECAR_TEST_PYTHON) with jsonpatch; run ./scripts/test once");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(Value::from(input).to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_input(
+        Command::new(peers::python()).arg(peers::script("apply_patch.py")),
+        Value::from(input).to_string().as_bytes(),
+        "python (SIDECAR_TEST_PYTHON) with jsonpatch; run ./scripts/test once",
+    );
     assert!(
         out.status.success(),
         "apply_patch.py: {}",
@@ -367,20 +358,11 @@ pub fn inject_cli(object: &Value) -> Value {
 
 /// `sidecar inject` on `object` alone: the object parsed back, or its stderr.
 pub fn try_inject_cli(object: &Value) -> Result<Value, String> {
-    let mut child = Command::new(super::BIN)
-        .args(["inject", "--image", "sidecar:test"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(object.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_input(
+        Command::new(super::BIN).args(["inject", "--image", "sidecar:test"]),
+        object.to_string().as_bytes(),
+        "cannot start it",
+    );
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }

@@ -10,23 +10,32 @@ use serde_norway::Value;
 /// Validates files strictly against the Kubernetes 1.33 schemas
 /// (`kubernetes-validate --strict`, from the test venv); warnings fail too.
 pub fn validate(files: &[&Path]) {
+    python_check(
+        "kubernetes-validate",
+        &["-m", "kubernetes_validate", "-k", "1.33.0", "--strict"],
+        files,
+        "python with kubernetes-validate (./scripts/test installs it)",
+    );
+}
+
+/// Runs a Python checker (`args`, then `files`) from the test venv: it must
+/// succeed, say something, and every line it says must be INFO.
+fn python_check(name: &str, args: &[&str], files: &[&Path], needs: &str) {
     let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["-m", "kubernetes_validate", "-k", "1.33.0", "--strict"])
+        .args(args)
         .args(files)
         .output()
-        .expect("python with kubernetes-validate (./scripts/test installs it)");
+        .expect(needs);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "kubernetes-validate failed:\n{report}"
-    );
+    assert!(out.status.success(), "{name} failed:\n{report}");
+    assert!(!report.trim().is_empty(), "{name} checked nothing");
     for line in report.lines() {
-        assert!(line.starts_with("INFO"), "kubernetes-validate: {line}");
+        assert!(line.starts_with("INFO"), "{name}: {line}");
     }
 }
 
@@ -48,27 +57,15 @@ pub fn is_custom_resource(doc: &Value) -> bool {
 /// `kubectl apply`'s default field validation; CEL rules are not evaluated,
 /// and a document setting a field that has some fails (tests/py/validate_crd.py).
 pub fn validate_crds(files: &[&Path]) {
-    let python = std::env::var("SIDECAR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
-    let out = Command::new(&python)
-        .arg(format!("{dir}/py/validate_crd.py"))
-        .arg(format!("{dir}/data/cert-manager-crds.json"))
-        .args(files)
-        .output()
-        .expect("python with jsonschema and pyyaml (./scripts/test installs them)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let script = format!("{dir}/py/validate_crd.py");
+    let schemas = format!("{dir}/data/cert-manager-crds.json");
+    python_check(
+        "validate_crd.py",
+        &[&script, &schemas],
+        files,
+        "python with jsonschema and pyyaml (./scripts/test installs them)",
     );
-    assert!(
-        out.status.success(),
-        "CRD schema validation failed:\n{report}"
-    );
-    assert!(!report.trim().is_empty(), "validate_crd.py checked nothing");
-    for line in report.lines() {
-        assert!(line.starts_with("INFO"), "validate_crd.py: {line}");
-    }
 }
 
 /// Every YAML document of a multi-document text.

@@ -25,6 +25,23 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidecar");
 
+/// Runs `cmd` to its end with `input` on its stdin (written from a thread
+/// of its own, so a large output cannot block it), stdout and stderr
+/// captured. `what` says what is missing when it cannot start.
+pub fn run_with_input(cmd: &mut Command, input: &[u8], what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(input).unwrap());
+        child.wait_with_output().unwrap()
+    })
+}
+
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -115,21 +115,11 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 /// Runs `promtool check metrics` on the text: it must parse; the only lint
 /// findings allowed are upstream postgres_exporter's historical names.
 pub fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`; ./scripts/test installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_input(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+        "promtool (Debian package `prometheus`; ./scripts/test installs it)",
+    );
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
