@@ -350,7 +350,12 @@ fn builtin_families_are_declared_on(server: &PgServer) {
     let p = Proc::start_with(&mut command(&env(server), &args));
     let f = scrape(p.logged_addr(" on http://"));
     let own = ["pg_up", "pg_static"];
-    let own_prefixes = ["pg_exporter_", "pg_scrape_collector_", "process_"];
+    let own_prefixes = [
+        "pg_exporter_",
+        "pg_scrape_collector_",
+        "process_",
+        "postgres_exporter_",
+    ];
     let mut unclaimed = Vec::new();
     for name in f.keys() {
         if own.contains(&name.as_str()) || own_prefixes.iter().any(|p| name.starts_with(p)) {
