@@ -19,6 +19,30 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 const MAX_WARNING: usize = 240;
 /// At most this many warnings per answer (the last says how many were left out).
 const MAX_WARNINGS: usize = 8;
+/// Objects with more JSON values than this are admitted without sidecars:
+/// a review takes a few hundred bytes per value while it runs, and no Pod
+/// that can start needs as many (exec's limit on a container's arguments
+/// and environment is about 2 MiB).
+pub(crate) const MAX_VALUES: usize = 200_000;
+
+/// How many JSON values `v` holds (itself included), counting no further
+/// than `limit`.
+fn values(v: &Value, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count > limit {
+            break;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
+}
 
 /// What a review decided, for the metrics and the tests.
 #[derive(Debug)]
@@ -100,9 +124,13 @@ impl Reviewer {
         answer
     }
 
-    /// Counts an answer made without [`Reviewer::review`] (a body that could not be read).
-    pub(crate) fn count(&self, answer: Answer) -> Answer {
+    /// Counts an answer made without [`Reviewer::review`] (a body that
+    /// could not be read), with its time since `started`.
+    pub(crate) fn count(&self, answer: Answer, started: Instant) -> Answer {
         self.metrics.count(answer.outcome);
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
         answer
     }
 
@@ -139,6 +167,29 @@ impl Reviewer {
         let Some(object) = request.get("object").filter(|o| o.is_object()) else {
             return malformed(&uid, "no `request.object`");
         };
+        // Only a creation can take sidecars: an object that exists cannot
+        // have its containers changed (the API server would refuse the
+        // update), and a subresource (binding, status) is not the object.
+        let operation = request.get("operation").and_then(Value::as_str);
+        let subresource = request
+            .get("subResource")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        if operation.is_some_and(|o| o != "CREATE") || subresource.is_some() {
+            return self.skipped(&uid, Skip::NotAWorkload, Vec::new());
+        }
+        if values(object, MAX_VALUES) > MAX_VALUES {
+            return Answer {
+                outcome: Outcome::Error,
+                body: response(
+                    &uid,
+                    None,
+                    vec![warning(&format!(
+                        "no sidecars added, the Pod starts without them: the object holds more than {MAX_VALUES} JSON values, too many to inject into"
+                    ))],
+                ),
+            };
+        }
         let dry_run = request.get("dryRun").and_then(Value::as_bool) == Some(true);
         let namespace = request.get("namespace").and_then(Value::as_str);
         let opts = &self.opts;
@@ -231,6 +282,13 @@ mod tests {
         json_patch::patch(&mut applied, &ops).unwrap();
         assert_eq!(applied, to);
         assert_eq!(patch(&to, &to), None);
+    }
+
+    #[test]
+    fn values_are_counted_up_to_the_limit() {
+        let v = json!({"a": [1, 2, {"b": null}], "c": "d"});
+        assert_eq!(values(&v, 100), 7);
+        assert_eq!(values(&v, 3), 4);
     }
 
     #[test]

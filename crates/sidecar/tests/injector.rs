@@ -206,7 +206,7 @@ fn skips_opt_outs_errors_and_malformed_requests_are_allowed_with_warnings() {
             "request.uid",
         ),
         (no_object.to_string().into_bytes(), "u-1", "request.object"),
-        (big.into_bytes(), "", "8 MiB"),
+        (big.into_bytes(), "", "4 MiB"),
     ];
     let n = cases.len();
     for (body, uid, says) in cases {
