@@ -3,6 +3,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -62,6 +63,8 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     pub tls_reload_errors: Counter,
     pub namespace_lookup_errors: Counter,
+    /// When the served certificate expires (Unix seconds).
+    pub tls_not_after: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,7 @@ impl Default for Metrics {
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
             namespace_lookup_errors: Counter::default(),
+            tls_not_after: Gauge::default(),
         }
     }
 }
@@ -106,6 +110,11 @@ impl Metrics {
             "namespace_lookup_errors",
             "Namespace lookups (for sidecar.dev/* defaults) that failed or timed out",
             m.namespace_lookup_errors.clone(),
+        );
+        r.register(
+            "tls_not_after_timestamp_seconds",
+            "When the served certificate expires (Unix time); alert well before it",
+            m.tls_not_after.clone(),
         );
         for outcome in [
             Outcome::Injected,

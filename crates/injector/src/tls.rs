@@ -5,7 +5,11 @@
 //! file paths does not see, so the files are read every [`POLL`] and
 //! compared by content. A pair that does not load (half written, key not
 //! matching the certificate) keeps the previous one in service, counts an
-//! error and warns once until a pair loads again.
+//! error and warns once until a pair loads again. The served certificate's
+//! expiry is exported, and a warning is logged (once per episode) when it
+//! has expired or expires within [`EXPIRY_WARNING`]: the API server then
+//! refuses the webhook, and with `failurePolicy: Ignore` Pods start
+//! without sidecars, which nobody would otherwise notice.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -21,6 +25,52 @@ use crate::metrics::Metrics;
 
 /// How often the certificate and key files are read for changes.
 pub const POLL: Duration = Duration::from_secs(2);
+/// A served certificate this close to its end is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// When a DER certificate stops being valid (`notAfter`), read with yasna
+/// (the DER reader rcgen already builds on); `None` if it does not parse.
+pub(crate) fn not_after(der: &[u8]) -> Option<time::OffsetDateTime> {
+    use yasna::{ASN1Result, BERReader, Tag, tags};
+    fn time_of(r: BERReader) -> ASN1Result<time::OffsetDateTime> {
+        if r.lookahead_tag()? == tags::TAG_UTCTIME {
+            Ok(*r.read_utctime()?.datetime())
+        } else {
+            Ok(*r.read_generalized_time()?.datetime())
+        }
+    }
+    yasna::parse_der(der, |r| {
+        r.read_sequence(|r| {
+            let end = r.next().read_sequence(|r| {
+                // TBSCertificate: [0] version, serial, signature, issuer,
+                // validity, subject, key, then up to three [n] extras.
+                r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                for _ in 0..3 {
+                    r.next().read_der()?;
+                }
+                let end = r.next().read_sequence(|r| {
+                    time_of(r.next())?;
+                    time_of(r.next())
+                })?;
+                r.next().read_der()?;
+                r.next().read_der()?;
+                for _ in 0..3 {
+                    r.read_optional(|r| r.read_der())?;
+                }
+                Ok(end)
+            })?;
+            r.next().read_der()?;
+            r.next().read_der()?;
+            Ok(end)
+        })
+    })
+    .ok()
+}
+
+/// Seconds since the Unix epoch.
+fn unix(t: time::OffsetDateTime) -> f64 {
+    t.unix_timestamp() as f64
+}
 
 const HOW_TO_FIX: &str = "create the Secret with `sidecar injector --generate-cert | kubectl apply -f -` (or cert-manager) and mount it there";
 
@@ -144,6 +194,39 @@ impl Certificate {
         })
     }
 
+    /// When the served certificate (the chain's first) stops being valid.
+    pub(crate) fn not_after(&self) -> Option<time::OffsetDateTime> {
+        let current = self
+            .resolver
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        current.cert.first().and_then(|c| not_after(c))
+    }
+
+    /// Exports the served certificate's end, and warns (once per episode,
+    /// `warned`) when it has expired or soon will.
+    pub(crate) fn check_expiry(&self, metrics: &Metrics, warned: &mut bool) {
+        let Some(end) = self.not_after() else {
+            return;
+        };
+        metrics.tls_not_after.set(unix(end) as i64);
+        let left = end - time::OffsetDateTime::now_utc();
+        let soon = left < time::Duration::try_from(EXPIRY_WARNING).unwrap_or(time::Duration::ZERO);
+        if soon && !*warned {
+            let when = if left.is_negative() {
+                format!("expired {} hours ago", -left.whole_hours())
+            } else {
+                format!("expires in {} hours", left.whole_hours())
+            };
+            tracing::warn!(
+                "the webhook's certificate {} {when} ({end}): the API server refuses an expired one, and Pods are then created without sidecars; renew the Secret (cert-manager renews it by itself; else `sidecar injector --generate-cert` again)",
+                self.files.cert.display()
+            );
+        }
+        *warned = soon;
+    }
+
     /// A rustls server configuration that serves the current pair (h2 and http/1.1).
     pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -178,12 +261,19 @@ impl Certificate {
     /// update may remove the files for a moment.
     pub(crate) async fn watch(mut self, every: Duration, metrics: Metrics) {
         let mut failing = false;
+        let mut expiring = false;
+        self.check_expiry(&metrics, &mut expiring);
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            match self.poll() {
+            let polled = self.poll();
+            if matches!(polled, Ok(true)) {
+                expiring = false;
+            }
+            self.check_expiry(&metrics, &mut expiring);
+            match polled {
                 Ok(false) => {}
                 Ok(true) => {
                     failing = false;
@@ -264,5 +354,19 @@ mod tests {
         std::fs::write(&files.key, "garbage").unwrap();
         assert!(c.poll().unwrap_err().to_string().contains("--tls-key"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn not_after_is_read_from_utc_and_generalized_times() {
+        for year in [2031, 2077] {
+            // rcgen writes UTCTime before 2050, GeneralizedTime from 2050 on.
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, 3, 4);
+            let cert = params.self_signed(&key).unwrap();
+            let end = not_after(cert.der()).unwrap();
+            assert_eq!((end.year(), end.month() as u8, end.day()), (year, 3, 4));
+        }
+        assert!(not_after(b"not DER").is_none());
     }
 }

@@ -298,3 +298,27 @@ fn only_pod_creation_is_patched() {
         );
     }
 }
+
+/// Observed on fabc787: an expired certificate was served silently (the
+/// injector started and said it was ready, with no warning), though the
+/// API server refuses it and Pods are then created without sidecars. Now
+/// its end is exported and a warning is logged once, naming the fix.
+#[test]
+fn an_expired_certificate_is_warned_about_and_its_end_exported() {
+    let ca = Ca::new("injector test CA");
+    let ended = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let (cert, key, _) = ca.leaf_until(Some(ended));
+    let tls = SecretDir::new(&cert, &key);
+    let inj = Injector::start(&tls, &ca.pem, &["--kube-api", "off"]);
+    inj.proc.wait_stderr("expired", Duration::from_secs(10));
+    let end = inj.metric("sidecar_injector_tls_not_after_timestamp_seconds");
+    assert!((end - ended.unix_timestamp() as f64).abs() < 2.0, "{end}");
+    let log = inj.proc.stderr_text();
+    assert!(
+        log.contains("--generate-cert") && log.contains("cert-manager"),
+        "{log}"
+    );
+    // Once per episode, not every poll.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(inj.proc.stderr_text().matches("hours ago").count(), 1);
+}

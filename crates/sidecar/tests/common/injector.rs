@@ -48,9 +48,18 @@ impl Ca {
 
     /// A server certificate for localhost and 127.0.0.1: (cert PEM, key PEM, cert DER).
     pub fn leaf(&self) -> (String, String, Vec<u8>) {
+        self.leaf_until(None)
+    }
+
+    /// The same, valid until `not_after` (rcgen's default when `None`).
+    pub fn leaf_until(&self, not_after: Option<time::OffsetDateTime>) -> (String, String, Vec<u8>) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        if let Some(end) = not_after {
+            params.not_before = end - time::Duration::days(30);
+            params.not_after = end;
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
