@@ -325,7 +325,7 @@ fn namespace_defaults_come_from_the_api_and_the_pod_wins() {
 }
 
 #[test]
-fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
+fn api_down_injects_what_the_pods_own_annotations_ask_for_with_a_warning_counted_and_logged_once() {
     let ca = Ca::new("injector test CA");
     let api = FakeApi::start(&ca, "t");
     // A port nothing listens on.
@@ -341,6 +341,7 @@ fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
         &ca.pem,
         &["--kube-api", &url, "--service-account-dir", &sa],
     );
+    // Its own annotations ask for sidecars: injected from them, with a warning.
     let pod = workload(
         "Pod",
         template(
@@ -348,24 +349,40 @@ fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
             &json!({}),
         ),
     );
+    let mut cases = Vec::new();
     for ns in ["a", "b", "c"] {
         let r = inj.review(&pod, ns, false);
-        assert!(patch_of(&r).is_none(), "{r}");
+        let patch = patch_of(&r).unwrap_or_else(|| panic!("{r}"));
+        cases.push((pod.clone(), patch));
         let w = warnings_of(&r).join("\n");
         assert!(
-            w.contains("no sidecars added") && w.contains(&format!("Namespace {ns}")),
+            w.contains(&format!("cannot read Namespace {ns}"))
+                && w.contains("only the Pod's own sidecar.dev/* annotations were used"),
             "{w}"
         );
     }
-    assert_eq!(inj.outcome("namespace_unavailable"), 3.0);
+    for after in apply_patches(&cases) {
+        assert_eq!(after, inject_cli(&pod));
+    }
+    // Nothing of its own: admitted unchanged, with a warning.
+    let bare = workload("Pod", template(&Value::Null, &json!({})));
+    let r = inj.review(&bare, "d", false);
+    assert!(patch_of(&r).is_none(), "{r}");
+    let w = warnings_of(&r).join("\n");
+    assert!(
+        w.contains("no sidecars added") && w.contains("Namespace d"),
+        "{w}"
+    );
+    assert_eq!(inj.outcome("namespace_unavailable"), 4.0);
+    assert_eq!(inj.outcome("injected"), 0.0);
     assert_eq!(
         inj.metric("sidecar_injector_namespace_lookup_errors_total"),
-        3.0
+        4.0
     );
     // An opted-out Pod is simply opted out.
     let mut out = pod.clone();
     out["metadata"]["labels"]["sidecar.dev/inject"] = json!("false");
-    inj.review(&out, "d", false);
+    inj.review(&out, "e", false);
     assert_eq!(inj.outcome("opted_out"), 1.0);
     let log = inj.proc.stderr_text();
     assert_eq!(log.matches("cannot read Namespace").count(), 1, "{log}");
