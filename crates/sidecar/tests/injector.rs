@@ -244,7 +244,7 @@ fn namespace_defaults_come_from_the_api_and_the_pod_wins() {
     let api = FakeApi::start(&ca, "token-1");
     api.set(
         "apps",
-        json!({"sidecar.dev/logs": "/var/log/ns/ns.log", "sidecar.dev/inject": "false",
+        json!({"sidecar.dev/logs": "/var/log/ns/ns.log", "sidecar.dev/inject": "true",
                "other.io/x": "y"}),
     );
     let (cert, key, _) = ca.leaf();
@@ -386,6 +386,36 @@ fn api_down_injects_what_the_pods_own_annotations_ask_for_with_a_warning_counted
     assert_eq!(inj.outcome("opted_out"), 1.0);
     let log = inj.proc.stderr_text();
     assert_eq!(log.matches("cannot read Namespace").count(), 1, "{log}");
+}
+
+#[test]
+fn a_namespace_annotated_inject_false_opts_out_its_pods_whatever_their_annotations() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    api.set(
+        "quiet",
+        json!({"sidecar.dev/inject": "false", "sidecar.dev/logs": "/var/log/ns/ns.log"}),
+    );
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let flags = api.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let bare = workload("Pod", template(&Value::Null, &json!({})));
+    let own = workload(
+        "Pod",
+        template(
+            &json!({"sidecar.dev/logs": "/var/log/app/a.log", "sidecar.dev/inject": "true"}),
+            &json!({}),
+        ),
+    );
+    for pod in [&bare, &own] {
+        let r = inj.review(pod, "quiet", false);
+        assert!(patch_of(&r).is_none(), "{r}");
+    }
+    assert_eq!(inj.outcome("opted_out"), 2.0);
+    // Elsewhere the same Pod is injected.
+    assert!(patch_of(&inj.review(&own, "apps", false)).is_some());
 }
 
 #[test]
