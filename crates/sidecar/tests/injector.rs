@@ -419,6 +419,35 @@ fn a_namespace_annotated_inject_false_opts_out_its_pods_whatever_their_annotatio
 }
 
 #[test]
+fn reinvocation_after_another_webhook_put_its_init_container_first_gives_no_patch() {
+    let (inj, _tls, _ca) = start(&["--kube-api", "off"]);
+    let pod = workload(
+        "Pod",
+        template(
+            &json!({"sidecar.dev/logs": "/var/log/app/a.log",
+                    "sidecar.dev/proxy-inbound": "8000:8080"}),
+            &json!({"initContainers": [{"name": "migrate", "image": "app:1"}]}),
+        ),
+    );
+    let r = inj.review(&pod, "apps", false);
+    let mut after = apply_patches(&[(pod.clone(), patch_of(&r).unwrap())])
+        .pop()
+        .unwrap();
+    // A later webhook (Istio's iptables init, say) puts its own first.
+    let init = after["spec"]["initContainers"].as_array_mut().unwrap();
+    assert_eq!(init.len(), 3, "{after}");
+    init.insert(0, json!({"name": "other-init", "image": "other:1"}));
+    let r = inj.review(&after, "apps", false);
+    assert!(
+        patch_of(&r).is_none(),
+        "the second review moved things: {r}"
+    );
+    assert_eq!(inj.outcome("already_injected"), 1.0);
+    // `sidecar inject` follows the same rule.
+    assert_eq!(inject_cli(&after), after);
+}
+
+#[test]
 fn the_certificate_is_reloaded_while_serving_and_a_bad_pair_keeps_the_old_one() {
     let ca = Ca::new("injector test CA");
     let (cert1, key1, der1) = ca.leaf();
