@@ -23,7 +23,8 @@ pub enum Skip {
     NotAWorkload,
     /// Neither the pod template nor the Namespace asks for a sidecar.
     NotAsked,
-    /// `sidecar.dev/inject: "false"` as a label or an annotation.
+    /// `sidecar.dev/inject: "false"` as a label or an annotation, or in the
+    /// Namespace's annotations.
     OptedOut,
 }
 
@@ -55,7 +56,9 @@ fn opted_out(v: &Value, field: &str) -> bool {
 /// ReplicaSet, Job or CronJob) as `sidecar inject` would, after merging
 /// `namespace_defaults` (the Namespace's annotations; only `sidecar.dev/*`
 /// keys but `sidecar.dev/inject` are used) into its pod template's
-/// annotations. An object `inject` refuses gives its error.
+/// annotations. `sidecar.dev/inject: "false"` in `namespace_defaults` opts
+/// the whole namespace out: the object's own annotations do not override
+/// it. An object `inject` refuses gives its error.
 pub fn admit(
     object: &serde_json::Value,
     namespace_defaults: &BTreeMap<String, String>,
@@ -97,6 +100,12 @@ pub fn admit(
     if [&obj, template]
         .iter()
         .any(|v| opted_out(v, "labels") || opted_out(v, "annotations"))
+    {
+        return skip(Skip::OptedOut);
+    }
+    if namespace_defaults
+        .get(INJECT)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
     {
         return skip(Skip::OptedOut);
     }
@@ -180,7 +189,7 @@ mod tests {
         let ns: BTreeMap<String, String> = [
             ("sidecar.dev/logs", "/ns/a.log"),
             ("sidecar.dev/zipkin", "http://z:9411/api/v2/spans"),
-            ("sidecar.dev/inject", "false"),
+            ("sidecar.dev/inject", "true"),
             ("other/x", "y"),
         ]
         .into_iter()
@@ -271,5 +280,42 @@ mod tests {
         let err = admit(&bad, &none, &opts).unwrap_err();
         assert!(err.message.contains("logs-admin-port"), "{err}");
         assert_eq!(err.what, "Pod web-");
+    }
+
+    #[test]
+    fn a_namespace_opted_out_wins_over_the_pods_own_annotations() {
+        let opts = test_options();
+        let ns = |v: &str| -> BTreeMap<String, String> {
+            [
+                ("sidecar.dev/inject", v),
+                ("sidecar.dev/zipkin", "http://z:9411"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        let own = json!({"sidecar.dev/logs": "/logs/a.log", "sidecar.dev/inject": "true"});
+        for value in ["false", " False "] {
+            match admit(&pod(own.clone(), json!({})), &ns(value), &opts).unwrap() {
+                Admitted::Skipped { reason, .. } => assert_eq!(reason, Skip::OptedOut),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        // Any other value is not an opt-out, and is not merged into the Pod.
+        let out = injected(admit(&pod(own.clone(), json!({})), &ns("true"), &opts).unwrap());
+        assert_eq!(out["metadata"]["annotations"]["sidecar.dev/inject"], "true");
+        let out = injected(
+            admit(
+                &pod(json!({"sidecar.dev/logs": "/logs/a.log"}), json!({})),
+                &ns("yes"),
+                &opts,
+            )
+            .unwrap(),
+        );
+        assert!(
+            out["metadata"]["annotations"]
+                .get("sidecar.dev/inject")
+                .is_none()
+        );
     }
 }

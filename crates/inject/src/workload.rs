@@ -1,8 +1,8 @@
 //! One workload: reads what its pod template asks for, builds our
 //! containers in a fixed order (exporter, proxy, logs) with the ports they
 //! take, stops on a port taken twice, gives the relay its mounts, then puts
-//! the sidecars first in `initContainers` (replacing an earlier injection)
-//! and adds the `prometheus.io/*` annotations.
+//! the sidecars first in `initContainers` (those of an earlier injection
+//! are replaced where they are) and adds the `prometheus.io/*` annotations.
 
 use serde_norway::Value;
 use sidecar_telemetry::ports;
@@ -19,7 +19,7 @@ use crate::ports::{
 use crate::proxy_config::ProxyConfig;
 use crate::services::Route;
 use crate::template::{
-    EXPORTER_NAME, LOGS_NAME, PROXY_NAME, annotations_of, is_ours, template_path,
+    EXPORTER_NAME, LOGS_NAME, PROXY_NAME, annotations_of, is_ours, name_of, template_path,
 };
 use crate::value::{kind_of, mapping_at, seq_at, str_at};
 use crate::volumes::{PROXY_DIR, ensure_proxy_volume, ensure_state_volume, log_mounts, state_dir};
@@ -59,6 +59,43 @@ fn service_name(obj: &Value) -> String {
         .filter(|b| !b.is_empty())
         .unwrap_or(base)
         .to_string()
+}
+
+/// Puts `sidecars` (native sidecars, in their fixed order) in `init`,
+/// replacing an earlier injection: one of ours already there is replaced
+/// where it is (another webhook may have put its own init containers
+/// before it, as Istio's iptables init does, and injecting again must not
+/// undo that); a new one goes just before the next of ours already there,
+/// or after the previous one, or first when none is there; ours no longer
+/// asked for (and a second of one name) are removed.
+fn place_sidecars(init: &mut Vec<Value>, sidecars: Vec<Value>) {
+    let mut seen = Vec::new();
+    init.retain(|c| {
+        let name = name_of(c).to_string();
+        if !is_ours(c) {
+            return true;
+        }
+        let keep = !seen.contains(&name) && sidecars.iter().any(|s| name_of(s) == name);
+        seen.push(name);
+        keep
+    });
+    let mut previous: Option<usize> = None;
+    for c in sidecars {
+        if let Some(i) = init
+            .iter()
+            .position(|old| is_ours(old) && name_of(old) == name_of(&c))
+        {
+            init[i] = c;
+            previous = Some(i);
+            continue;
+        }
+        let at = match previous {
+            Some(p) => p + 1,
+            None => init.iter().position(is_ours).unwrap_or(0),
+        };
+        init.insert(at, c);
+        previous = Some(at);
+    }
 }
 
 /// Injects into one object if it is a workload that asks for sidecars.
@@ -200,13 +237,65 @@ pub(crate) fn inject_object(
         sidecars.push(logs_container(opts, args, logs_port, &mounts, state_dir));
         ensure_state_volume(template)?;
     }
-    // Native sidecars first, in a fixed order, replacing earlier injections.
     let spec = mapping_at(template, &["spec"])?;
-    let init = seq_at(spec, "initContainers")?;
-    init.retain(|c| !is_ours(c));
-    for (i, c) in sidecars.into_iter().enumerate() {
-        init.insert(i, c);
-    }
+    place_sidecars(seq_at(spec, "initContainers")?, sidecars);
     prometheus_annotations(template, &ours.metrics, &mut out.notes)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn named(names: &[&str]) -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| serde_norway::from_str(&format!("{{name: {n}, image: new}}")).unwrap())
+            .collect()
+    }
+
+    fn names(init: &[Value]) -> Vec<&str> {
+        init.iter().map(name_of).collect()
+    }
+
+    #[test]
+    fn sidecars_already_there_keep_their_places_and_new_ones_join_them() {
+        let place = |before: &[&str], ours: &[&str]| {
+            let mut init: Vec<Value> = named(before)
+                .into_iter()
+                .map(|mut c| {
+                    c["image"] = Value::from("old");
+                    c
+                })
+                .collect();
+            place_sidecars(&mut init, named(ours));
+            assert!(
+                init.iter()
+                    .filter(|c| is_ours(c))
+                    .all(|c| c["image"] == "new")
+            );
+            names(&init).join(" ")
+        };
+        let (e, p, l) = (EXPORTER_NAME, PROXY_NAME, LOGS_NAME);
+        // First injection: first, in the fixed order.
+        assert_eq!(place(&["a"], &[p, l]), format!("{p} {l} a"));
+        // Another webhook's init container before ours stays there.
+        assert_eq!(
+            place(&["istio-init", p, l, "a"], &[p, l]),
+            format!("istio-init {p} {l} a")
+        );
+        // New ones join the others, in the fixed order.
+        assert_eq!(
+            place(&["istio-init", p, "a"], &[e, p, l]),
+            format!("istio-init {e} {p} {l} a")
+        );
+        // Ours no longer asked for, and a duplicate, go.
+        assert_eq!(
+            place(&["istio-init", p, "a", l, l], &[l]),
+            format!("istio-init a {l}")
+        );
+        assert_eq!(place(&[p, "a"], &[]), "a");
+    }
 }

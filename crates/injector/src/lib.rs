@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 pub use certgen::{CertGenError, CertRequest, WEBHOOK_CONFIGURATION, dns_names, generate};
 pub use metrics::{Metrics, Outcome};
-pub use namespaces::{BUDGET, KubeApi, TTL};
+pub use namespaces::{BUDGET, FAILED_TTL, KubeApi, TTL};
 pub use server::{MAX_BODY, PATH};
 pub use tls::{Certificate, POLL, TlsError, TlsFiles};
 

@@ -18,13 +18,15 @@ pub enum Outcome {
     AlreadyInjected,
     /// Not a workload, or nothing asked for (neither the pod nor its Namespace).
     Skipped,
-    /// `sidecar.dev/inject: "false"` on the Pod (label or annotation).
+    /// `sidecar.dev/inject: "false"` on the Pod (label or annotation), or
+    /// as an annotation on its Namespace.
     OptedOut,
     /// The request was not an AdmissionReview we can read.
     Malformed,
     /// `inject` refused the object (a bad annotation, a port taken twice).
     Error,
-    /// The Namespace's defaults could not be read: the Pod is left alone.
+    /// The Namespace's defaults could not be read: the Pod gets what its own
+    /// annotations ask for (a patch, with a warning), or is left alone.
     NamespaceUnavailable,
 }
 

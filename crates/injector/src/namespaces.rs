@@ -1,7 +1,8 @@
 //! A Namespace's `sidecar.dev/*` annotations (defaults for its Pods), read
 //! with `GET /api/v1/namespaces/{name}` when a review needs them and cached
-//! per namespace for [`TTL`] (found, not found and failed alike), in a
-//! bounded map.
+//! per namespace for [`TTL`] (found or not found; a failure for
+//! [`FAILED_TTL`]), in a bounded map. Concurrent reviews of one namespace
+//! share one lookup, and at most [`CONCURRENT`] lookups run at once.
 //!
 //! Why not a watch (kube-rs): this needs only `get` on namespaces (no
 //! cluster-wide list/watch, no copy of every Namespace in memory), no
@@ -25,6 +26,15 @@ use crate::metrics::Metrics;
 
 /// How long an answer is used before the Namespace is read again.
 pub const TTL: Duration = Duration::from_secs(10);
+/// How long a failed lookup is remembered: a blip (a 429 from API priority
+/// and fairness, a 503 while etcd elects a leader) costs about a second,
+/// and a failing API server is still asked at most once a second per
+/// namespace.
+pub const FAILED_TTL: Duration = Duration::from_secs(1);
+/// Lookups in flight at most, whatever the namespaces: reviews naming many
+/// namespaces (a client making them up) cannot flood the API server; a
+/// lookup that waits here past [`BUDGET`] fails.
+const CONCURRENT: usize = 4;
 /// The longest a lookup may take: well under the webhook's timeout (5 s in the shipped configuration).
 pub const BUDGET: Duration = Duration::from_secs(2);
 /// Namespaces remembered at most.
@@ -152,13 +162,28 @@ impl Api {
     }
 }
 
-type Cached = (Instant, Result<Defaults, String>);
+/// A lookup's answer, and when it came.
+type Answer = (Instant, Result<Defaults, String>);
+
+/// One namespace's lookup: in flight until its cell is set, then its
+/// answer until it is older than [`TTL`] (or [`FAILED_TTL`] for a failure).
+/// Reviews that need it meanwhile wait on the same cell: one `GET` per
+/// namespace at a time.
+type Slot = Arc<tokio::sync::OnceCell<Answer>>;
+
+/// Whether an answer may still be used at `now`.
+fn fresh((at, answer): &Answer, now: Instant) -> bool {
+    let ttl = if answer.is_ok() { TTL } else { FAILED_TTL };
+    now.duration_since(*at) < ttl
+}
 
 /// Namespace defaults for reviews: off, or looked up and cached.
 #[derive(Debug)]
 pub(crate) struct Namespaces {
     api: Option<Api>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<HashMap<String, Slot>>,
+    /// At most [`CONCURRENT`] lookups at once, whatever the namespaces.
+    lookups: tokio::sync::Semaphore,
     failing: std::sync::atomic::AtomicBool,
     metrics: Metrics,
 }
@@ -177,6 +202,7 @@ impl Namespaces {
         Ok(Self {
             api: api.map(Api::new).transpose()?,
             cache: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(CONCURRENT),
             failing: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
@@ -191,13 +217,48 @@ impl Namespaces {
         if !valid_name(ns) {
             return Ok(Defaults::default());
         }
+        let slot = self.slot(ns);
+        let lookup = slot.get_or_init(|| self.lookup(api, ns));
+        // The lookup is bounded by BUDGET; this bounds the wait of a review
+        // that took over a lookup whose first caller went away.
+        match tokio::time::timeout(BUDGET * 2, lookup).await {
+            Ok((_, answer)) => answer.clone(),
+            Err(_) => Err(format!(
+                "cannot read Namespace {ns} from the API server (no answer within {BUDGET:?})"
+            )),
+        }
+    }
+
+    /// The slot of `ns`: its fresh answer, the lookup in flight, or a new one.
+    fn slot(&self, ns: &str) -> Slot {
         let now = Instant::now();
-        if let Some((at, answer)) = self.lock().get(ns) {
-            if now.duration_since(*at) < TTL {
-                return answer.clone();
+        let usable = |slot: &Slot| slot.get().is_none_or(|a| fresh(a, now));
+        let mut cache = self.lock();
+        if let Some(slot) = cache.get(ns).filter(|s| usable(s)) {
+            return Arc::clone(slot);
+        }
+        if cache.len() >= CAPACITY {
+            cache.retain(|_, slot| usable(slot));
+            if cache.len() >= CAPACITY {
+                cache.clear();
             }
         }
-        let answer = match tokio::time::timeout(BUDGET, api.get(ns)).await {
+        let slot = Slot::default();
+        cache.insert(ns.to_string(), Arc::clone(&slot));
+        slot
+    }
+
+    /// One `GET` of `ns`, within [`BUDGET`] (waiting for a free lookup included).
+    async fn lookup(&self, api: &Api, ns: &str) -> Answer {
+        let get = async {
+            let _permit = self
+                .lookups
+                .acquire()
+                .await
+                .map_err(|_| "the injector is stopping".to_string())?;
+            api.get(ns).await
+        };
+        let answer = match tokio::time::timeout(BUDGET, get).await {
             Ok(Ok(map)) => Ok(Arc::new(map)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("no answer within {BUDGET:?}")),
@@ -205,18 +266,10 @@ impl Namespaces {
         let answer =
             answer.map_err(|e| format!("cannot read Namespace {ns} from the API server ({e})"));
         self.report(&answer);
-        let mut cache = self.lock();
-        if cache.len() >= CAPACITY {
-            cache.retain(|_, (at, _)| now.duration_since(*at) < TTL);
-            if cache.len() >= CAPACITY {
-                cache.clear();
-            }
-        }
-        cache.insert(ns.to_string(), (now, answer.clone()));
-        answer
+        (Instant::now(), answer)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -233,7 +286,7 @@ impl Namespaces {
                 self.metrics.namespace_lookup_errors.inc();
                 if !self.failing.swap(true, Ordering::SeqCst) {
                     tracing::warn!(
-                        "{e}; Pods are admitted without sidecars until lookups work again (the service account needs `get` on namespaces)"
+                        "{e}; until lookups work again, Pods get only the sidecars their own annotations ask for (the service account needs `get` on namespaces)"
                     );
                 }
             }

@@ -194,30 +194,45 @@ impl Reviewer {
         let namespace = request.get("namespace").and_then(Value::as_str);
         let opts = &self.opts;
         let none = std::collections::BTreeMap::new();
-        let admitted = match self.namespaces.defaults(namespace).await {
-            Ok(defaults) => admit(object, &defaults, opts),
-            Err(e) => {
-                // The Pod is left alone, unless it would be anyway.
-                return match admit(object, &none, opts) {
-                    Ok(Admitted::Skipped {
-                        reason: reason @ (Skip::OptedOut | Skip::NotAWorkload),
-                        ..
-                    }) => self.skipped(&uid, reason, Vec::new()),
-                    _ => Answer {
+        // When the Namespace cannot be read, the Pod's own annotations
+        // still count: `unavailable` says why its defaults are missing.
+        let (admitted, unavailable) = match self.namespaces.defaults(namespace).await {
+            Ok(defaults) => (admit(object, &defaults, opts), None),
+            Err(e) => match admit(object, &none, opts) {
+                Ok(Admitted::Skipped {
+                    reason: reason @ (Skip::OptedOut | Skip::NotAWorkload),
+                    ..
+                }) => return self.skipped(&uid, reason, Vec::new()),
+                injected @ Ok(Admitted::Injected { .. }) => (injected, Some(e)),
+                not_injected => {
+                    let mut warnings = vec![warning(&format!(
+                        "no sidecars added: {e}; the sidecar.dev/* defaults of the Namespace are needed to decide"
+                    ))];
+                    if let Err(refused) = not_injected {
+                        warnings.push(warning(&refused.message));
+                    }
+                    return Answer {
                         outcome: Outcome::NamespaceUnavailable,
-                        body: response(
-                            &uid,
-                            None,
-                            vec![warning(&format!(
-                                "no sidecars added: {e}; the sidecar.dev/* defaults of the Namespace are needed to decide"
-                            ))],
-                        ),
-                    },
-                };
-            }
+                        body: response(&uid, None, warnings),
+                    };
+                }
+            },
         };
         let warnings = |notes: Vec<(Level, String)>| -> Vec<String> {
-            notes.iter().map(|(_, m)| warning(m)).collect()
+            let missing = unavailable.iter().map(|e| {
+                warning(&format!(
+                    "{e}; only the Pod's own sidecar.dev/* annotations were used, not the Namespace's defaults"
+                ))
+            });
+            missing
+                .chain(notes.iter().map(|(_, m)| warning(m)))
+                .collect()
+        };
+        let outcome = |injected| match (&unavailable, dry_run) {
+            (Some(_), _) => Outcome::NamespaceUnavailable,
+            (None, true) if injected => Outcome::DryRun,
+            (None, _) if injected => Outcome::Injected,
+            (None, _) => Outcome::AlreadyInjected,
         };
         match admitted {
             Ok(Admitted::Injected {
@@ -225,15 +240,11 @@ impl Reviewer {
                 notes,
             }) => match patch(object, &after) {
                 Some(p) => Answer {
-                    outcome: if dry_run {
-                        Outcome::DryRun
-                    } else {
-                        Outcome::Injected
-                    },
+                    outcome: outcome(true),
                     body: response(&uid, Some(p), warnings(notes)),
                 },
                 None => Answer {
-                    outcome: Outcome::AlreadyInjected,
+                    outcome: outcome(false),
                     body: response(&uid, None, warnings(notes)),
                 },
             },

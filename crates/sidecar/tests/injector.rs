@@ -244,7 +244,7 @@ fn namespace_defaults_come_from_the_api_and_the_pod_wins() {
     let api = FakeApi::start(&ca, "token-1");
     api.set(
         "apps",
-        json!({"sidecar.dev/logs": "/var/log/ns/ns.log", "sidecar.dev/inject": "false",
+        json!({"sidecar.dev/logs": "/var/log/ns/ns.log", "sidecar.dev/inject": "true",
                "other.io/x": "y"}),
     );
     let (cert, key, _) = ca.leaf();
@@ -325,7 +325,7 @@ fn namespace_defaults_come_from_the_api_and_the_pod_wins() {
 }
 
 #[test]
-fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
+fn api_down_injects_what_the_pods_own_annotations_ask_for_with_a_warning_counted_and_logged_once() {
     let ca = Ca::new("injector test CA");
     let api = FakeApi::start(&ca, "t");
     // A port nothing listens on.
@@ -341,6 +341,7 @@ fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
         &ca.pem,
         &["--kube-api", &url, "--service-account-dir", &sa],
     );
+    // Its own annotations ask for sidecars: injected from them, with a warning.
     let pod = workload(
         "Pod",
         template(
@@ -348,27 +349,102 @@ fn api_down_admits_unchanged_with_a_warning_counted_and_logged_once() {
             &json!({}),
         ),
     );
+    let mut cases = Vec::new();
     for ns in ["a", "b", "c"] {
         let r = inj.review(&pod, ns, false);
-        assert!(patch_of(&r).is_none(), "{r}");
+        let patch = patch_of(&r).unwrap_or_else(|| panic!("{r}"));
+        cases.push((pod.clone(), patch));
         let w = warnings_of(&r).join("\n");
         assert!(
-            w.contains("no sidecars added") && w.contains(&format!("Namespace {ns}")),
+            w.contains(&format!("cannot read Namespace {ns}"))
+                && w.contains("only the Pod's own sidecar.dev/* annotations were used"),
             "{w}"
         );
     }
-    assert_eq!(inj.outcome("namespace_unavailable"), 3.0);
+    for after in apply_patches(&cases) {
+        assert_eq!(after, inject_cli(&pod));
+    }
+    // Nothing of its own: admitted unchanged, with a warning.
+    let bare = workload("Pod", template(&Value::Null, &json!({})));
+    let r = inj.review(&bare, "d", false);
+    assert!(patch_of(&r).is_none(), "{r}");
+    let w = warnings_of(&r).join("\n");
+    assert!(
+        w.contains("no sidecars added") && w.contains("Namespace d"),
+        "{w}"
+    );
+    assert_eq!(inj.outcome("namespace_unavailable"), 4.0);
+    assert_eq!(inj.outcome("injected"), 0.0);
     assert_eq!(
         inj.metric("sidecar_injector_namespace_lookup_errors_total"),
-        3.0
+        4.0
     );
     // An opted-out Pod is simply opted out.
     let mut out = pod.clone();
     out["metadata"]["labels"]["sidecar.dev/inject"] = json!("false");
-    inj.review(&out, "d", false);
+    inj.review(&out, "e", false);
     assert_eq!(inj.outcome("opted_out"), 1.0);
     let log = inj.proc.stderr_text();
     assert_eq!(log.matches("cannot read Namespace").count(), 1, "{log}");
+}
+
+#[test]
+fn a_namespace_annotated_inject_false_opts_out_its_pods_whatever_their_annotations() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    api.set(
+        "quiet",
+        json!({"sidecar.dev/inject": "false", "sidecar.dev/logs": "/var/log/ns/ns.log"}),
+    );
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let flags = api.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let bare = workload("Pod", template(&Value::Null, &json!({})));
+    let own = workload(
+        "Pod",
+        template(
+            &json!({"sidecar.dev/logs": "/var/log/app/a.log", "sidecar.dev/inject": "true"}),
+            &json!({}),
+        ),
+    );
+    for pod in [&bare, &own] {
+        let r = inj.review(pod, "quiet", false);
+        assert!(patch_of(&r).is_none(), "{r}");
+    }
+    assert_eq!(inj.outcome("opted_out"), 2.0);
+    // Elsewhere the same Pod is injected.
+    assert!(patch_of(&inj.review(&own, "apps", false)).is_some());
+}
+
+#[test]
+fn reinvocation_after_another_webhook_put_its_init_container_first_gives_no_patch() {
+    let (inj, _tls, _ca) = start(&["--kube-api", "off"]);
+    let pod = workload(
+        "Pod",
+        template(
+            &json!({"sidecar.dev/logs": "/var/log/app/a.log",
+                    "sidecar.dev/proxy-inbound": "8000:8080"}),
+            &json!({"initContainers": [{"name": "migrate", "image": "app:1"}]}),
+        ),
+    );
+    let r = inj.review(&pod, "apps", false);
+    let mut after = apply_patches(&[(pod.clone(), patch_of(&r).unwrap())])
+        .pop()
+        .unwrap();
+    // A later webhook (Istio's iptables init, say) puts its own first.
+    let init = after["spec"]["initContainers"].as_array_mut().unwrap();
+    assert_eq!(init.len(), 3, "{after}");
+    init.insert(0, json!({"name": "other-init", "image": "other:1"}));
+    let r = inj.review(&after, "apps", false);
+    assert!(
+        patch_of(&r).is_none(),
+        "the second review moved things: {r}"
+    );
+    assert_eq!(inj.outcome("already_injected"), 1.0);
+    // `sidecar inject` follows the same rule.
+    assert_eq!(inject_cli(&after), after);
 }
 
 #[test]

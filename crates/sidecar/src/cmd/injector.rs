@@ -29,8 +29,10 @@ How it decides (the same rules as `sidecar inject`, on one object per review):
     injector honours it too, and the same key as an annotation).
   Namespace defaults: sidecar.dev/* annotations on a Namespace apply to its Pods; a
     Pod's own annotation wins, key by key. They are read with GET on the Namespace
-    (RBAC: get namespaces), cached {ttl}s; when that fails the Pod is admitted
-    unchanged, with a warning.
+    (RBAC: get namespaces), cached {ttl}s (a failure {failed}s); when that fails the
+    Pod gets only what its own annotations ask for, with a warning.
+  Namespace opt-out: annotate the Namespace  sidecar.dev/inject: \"false\"  (a Pod's
+    own annotations do not override it).
   Already injected: no patch (a second review changes nothing). Errors (a bad
   annotation, a port taken twice, an unreadable review) admit the Pod unchanged
   with a warning: the webhook never blocks a Pod.
@@ -50,6 +52,7 @@ Examples:
   sidecar injector --tls-cert /tls/tls.crt --tls-key /tls/tls.key
 Manifests: deploy/injector/ (webhook configuration {webhook}).",
         ttl = sidecar_injector::TTL.as_secs(),
+        failed = sidecar_injector::FAILED_TTL.as_secs(),
         poll = sidecar_injector::POLL.as_secs(),
         path = PATH,
         webhook = WEBHOOK_CONFIGURATION,
