@@ -11,7 +11,7 @@
 //! account's token is read from its file for every lookup (bound tokens
 //! rotate), and so is `ca.crt`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -184,7 +184,11 @@ pub(crate) struct Namespaces {
     cache: Mutex<HashMap<String, Slot>>,
     /// At most [`CONCURRENT`] lookups at once, whatever the namespaces.
     lookups: tokio::sync::Semaphore,
-    failing: std::sync::atomic::AtomicBool,
+    /// Namespaces whose last lookup failed. An episode lasts while any is
+    /// in it: one warning when the first fails, one line when the last
+    /// can be read again (one namespace that keeps failing is not logged
+    /// again each time another one is read).
+    failing: Mutex<HashSet<String>>,
     metrics: Metrics,
 }
 
@@ -203,7 +207,7 @@ impl Namespaces {
             api: api.map(Api::new).transpose()?,
             cache: Mutex::new(HashMap::new()),
             lookups: tokio::sync::Semaphore::new(CONCURRENT),
-            failing: std::sync::atomic::AtomicBool::new(false),
+            failing: Mutex::new(HashSet::new()),
             metrics,
         })
     }
@@ -265,7 +269,7 @@ impl Namespaces {
         };
         let answer =
             answer.map_err(|e| format!("cannot read Namespace {ns} from the API server ({e})"));
-        self.report(&answer);
+        self.report(ns, &answer);
         (Instant::now(), answer)
     }
 
@@ -273,18 +277,23 @@ impl Namespaces {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a failed lookup; logs once when lookups start failing and once when they work again.
-    fn report(&self, answer: &Result<Defaults, String>) {
-        use std::sync::atomic::Ordering;
+    /// Counts a failed lookup; logs once when lookups start failing (the
+    /// first namespace) and once when every namespace can be read again.
+    fn report(&self, ns: &str, answer: &Result<Defaults, String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Ok(_) => {
-                if self.failing.swap(false, Ordering::SeqCst) {
+                if failing.remove(ns) && failing.is_empty() {
                     tracing::info!("Namespace lookups work again");
                 }
             }
             Err(e) => {
                 self.metrics.namespace_lookup_errors.inc();
-                if !self.failing.swap(true, Ordering::SeqCst) {
+                if failing.len() >= CAPACITY {
+                    failing.clear();
+                }
+                let first = failing.is_empty();
+                if failing.insert(ns.to_string()) && first {
                     tracing::warn!(
                         "{e}; until lookups work again, Pods get only the sidecars their own annotations ask for (the service account needs `get` on namespaces)"
                     );

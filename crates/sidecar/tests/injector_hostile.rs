@@ -358,3 +358,34 @@ fn lookups_of_many_namespaces_run_at_most_four_at_once() {
     );
     assert_eq!(api.requests.load(std::sync::atomic::Ordering::SeqCst), 8);
 }
+
+/// Found by the review on fabc787: the "lookups failing" warning was one
+/// flag for all namespaces, so one namespace that always fails was logged
+/// again each time another one was read. Now an episode lasts while any
+/// namespace fails: one warning, whatever the others do.
+#[test]
+fn a_namespace_that_keeps_failing_is_warned_about_once_while_others_work() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    api.set("good", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
+    api.fail("bad");
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let flags = api.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let pod = workload("Pod", template(&Value::Null, &json!({})));
+    let bad_lookups = || inj.metric("sidecar_injector_namespace_lookup_errors_total");
+    // Failures are cached for 1 s: each round past that looks up again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bad_lookups() < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no third failed lookup within 20 s"
+        );
+        assert!(patch_of(&inj.review(&pod, "bad", false)).is_none());
+        assert!(patch_of(&inj.review(&pod, "good", false)).is_some());
+    }
+    let log = inj.proc.stderr_text();
+    assert_eq!(log.matches("cannot read Namespace bad").count(), 1, "{log}");
+}

@@ -455,6 +455,14 @@ impl FakeApi {
         );
     }
 
+    /// Lookups of `name` get a 503.
+    pub fn fail(&self, name: &str) {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), json!("503"));
+    }
+
     /// The injector's flags for this API.
     pub fn flags(&self) -> Vec<String> {
         vec![
@@ -504,6 +512,7 @@ fn serve_one(
             .strip_prefix("/api/v1/namespaces/")
             .and_then(|n| nss.lock().unwrap().get(n).cloned())
         {
+            Some(Value::String(_)) => (503, json!({"kind": "Status", "message": "unavailable"})),
             Some(ns) => (200, ns),
             None => (404, json!({"kind": "Status", "message": "not found"})),
         }
