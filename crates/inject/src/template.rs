@@ -6,7 +6,7 @@ use serde_norway::{Mapping, Value};
 pub(crate) const LOGS_NAME: &str = "sidecar-logs";
 pub(crate) const EXPORTER_NAME: &str = "sidecar-postgres-exporter";
 pub(crate) const PROXY_NAME: &str = "sidecar-proxy";
-const OURS: [&str; 3] = [LOGS_NAME, EXPORTER_NAME, PROXY_NAME];
+pub(crate) const OURS: [&str; 3] = [LOGS_NAME, EXPORTER_NAME, PROXY_NAME];
 
 /// The path of the pod template in a workload, by kind.
 pub(crate) fn template_path(kind: &str) -> Option<&'static [&'static str]> {

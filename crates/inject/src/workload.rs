@@ -19,7 +19,8 @@ use crate::ports::{
 use crate::proxy_config::ProxyConfig;
 use crate::services::Route;
 use crate::template::{
-    EXPORTER_NAME, LOGS_NAME, PROXY_NAME, annotations_of, is_ours, name_of, template_path,
+    EXPORTER_NAME, LOGS_NAME, OURS, PROXY_NAME, annotations_of, containers, is_ours, name_of,
+    template_path,
 };
 use crate::value::{kind_of, mapping_at, seq_at, str_at};
 use crate::volumes::{PROXY_DIR, ensure_proxy_volume, ensure_state_volume, log_mounts, state_dir};
@@ -98,6 +99,26 @@ fn place_sidecars(init: &mut Vec<Value>, sidecars: Vec<Value>) {
     }
 }
 
+/// The app's containers: at least one, and none with the name of one of
+/// ours (the Pod would have two containers of one name, which the API
+/// server refuses; and injecting again would not find its own).
+fn check_app_containers(template: &Value) -> Result<(), String> {
+    if containers(template, "containers").next().is_none() {
+        return Err(
+            "the pod template has no containers: add the app's container before asking for sidecars"
+                .into(),
+        );
+    }
+    if let Some(c) = containers(template, "containers").find(|c| is_ours(c)) {
+        return Err(format!(
+            "the app's container `{}` has the name of one of the sidecars ({}); rename it",
+            name_of(c),
+            OURS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Injects into one object if it is a workload that asks for sidecars.
 pub(crate) fn inject_object(
     obj: &mut Value,
@@ -129,6 +150,7 @@ pub(crate) fn inject_object(
     let Some(asked) = Asked::read(&template_ann)? else {
         return Ok(out);
     };
+    check_app_containers(template)?;
     out.changed = true;
 
     // Our containers, and the ports they take, in a fixed order.
@@ -297,5 +319,32 @@ mod tests {
             format!("istio-init a {l}")
         );
         assert_eq!(place(&[p, "a"], &[]), "a");
+    }
+
+    /// Found by the injector's review: an app container named like one of
+    /// ours gave a Pod with two containers of one name (refused by the API
+    /// server), and injecting again added a second volume (`sidecar-logs-1`);
+    /// so did a template without containers.
+    #[test]
+    fn an_app_container_with_our_name_or_no_app_container_is_refused() {
+        let inject = |spec: &str| {
+            let mut pod: Value = serde_norway::from_str(&format!(
+                "{{kind: Pod, metadata: {{name: p, annotations: {{sidecar.dev/logs: /var/log/a.log}}}}, spec: {spec}}}"
+            ))
+            .unwrap();
+            inject_object(&mut pod, &Options { image: "i".into() }, &[])
+        };
+        let err = inject("{containers: [{name: sidecar-logs, image: x}]}")
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("`sidecar-logs`") && err.contains("rename it"),
+            "{err}"
+        );
+        for spec in ["{containers: []}", "{}"] {
+            let err = inject(spec).err().unwrap();
+            assert!(err.contains("no containers"), "{err}");
+        }
+        assert!(inject("{containers: [{name: app, image: x}]}").is_ok());
     }
 }
