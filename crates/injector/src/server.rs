@@ -8,8 +8,9 @@
 //! accepted and is closed after [`IDLE`] without one; one address holds at
 //! most [`MAX_PER_PEER`] of the [`MAX_CONNECTIONS`]; bodies being read hold
 //! at most [`BUFFERED`] bytes in all, and reviews being worked on at most
-//! [`WORKING`] bytes of body (a large one runs alone), so memory stays
-//! bounded whatever arrives.
+//! [`WORKING`] bytes of body (a large one runs alone), and what each
+//! connection may have in flight beside them is one [`WINDOW`], so memory
+//! stays bounded whatever arrives.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -52,6 +53,10 @@ pub(crate) const BUFFERED: usize = 32 << 20;
 /// Bytes of request bodies whose reviews are worked on at once (a review
 /// takes several times its body in memory while it runs).
 pub(crate) const WORKING: usize = MAX_BODY;
+/// HTTP/2 flow-control windows (per stream and per connection) and the
+/// HTTP/1.1 read buffer: data a connection may have in the server's
+/// buffers beside the body budget. A usual review (10-50 KiB) fits.
+pub(crate) const WINDOW: u32 = 128 << 10;
 /// How long in-flight reviews may run after the shutdown signal.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -353,14 +358,23 @@ pub(crate) async fn serve(
                 })
             };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // hyper's header timer also runs between requests of a kept-alive
+            // HTTP/1.1 connection: IDLE, like the loop below (which bounds
+            // the first request by FIRST_REQUEST). Its read buffer, and
+            // HTTP/2's flow-control windows, are small: what a client can
+            // make the server hold beyond the body budget is bounded by them
+            // (256 connections x WINDOW).
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(FIRST_REQUEST);
+                .header_read_timeout(IDLE)
+                .max_buf_size(WINDOW as usize);
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(16);
+                .max_concurrent_streams(16)
+                .initial_stream_window_size(WINDOW)
+                .initial_connection_window_size(WINDOW);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             // Closed politely (HTTP/2: GOAWAY) when it sends no request in

@@ -389,3 +389,109 @@ fn a_namespace_that_keeps_failing_is_warned_about_once_while_others_work() {
     let log = inj.proc.stderr_text();
     assert_eq!(log.matches("cannot read Namespace bad").count(), 1, "{log}");
 }
+
+/// An HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// Found by the second review (branch `injreview2`): VmHWM 91 MB with 64
+/// HTTP/2 connections from one address, 331 MB with 256 from four (the
+/// Deployment's limit is 128 Mi). Each connection sends the headers of a
+/// POST and 1 MiB of body, then waits. The 32 MiB body budget counts only
+/// what `read_body` has taken; hyper's HTTP/2 connection and stream
+/// windows (1 MiB each by default) let every connection put 1 MiB more in
+/// the server's buffers, counted nowhere: once the budget is spent, the
+/// waiting streams' data still arrives. Now the windows are 128 KiB
+/// (256 connections x 128 KiB = 32 MiB at most beside the budget), and a
+/// client sending past them is cut off.
+#[test]
+fn http2_windows_count_against_the_memory_limit() {
+    let (inj, _tls, ca) = start(&["--kube-api", "off"]);
+    let lit = |n: &str, v: &str| {
+        let mut b = vec![0u8, n.len() as u8];
+        b.extend(n.as_bytes());
+        b.push(v.len() as u8);
+        b.extend(v.as_bytes());
+        b
+    };
+    let mut headers = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":path", "/mutate"),
+        (":authority", "localhost"),
+        ("content-type", "application/json"),
+    ] {
+        headers.extend(lit(n, v));
+    }
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let Some(mut c) = try_tls_conn(&inj, &ca, &[b"h2"]) else {
+            continue;
+        };
+        c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        c.write_all(&h2_frame(4, 0, 0, &[])).unwrap();
+        c.flush().unwrap();
+        // The server's SETTINGS (1 MiB stream window) and WINDOW_UPDATE.
+        c.sock
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut c, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        c.write_all(&h2_frame(4, 1, 0, &[])).unwrap();
+        c.write_all(&h2_frame(1, 4, 1, &headers)).unwrap();
+        let chunk = vec![b' '; 16 << 10];
+        // Past the window the server may reset the connection (a flow
+        // control error): that is one way to refuse the data.
+        let sent =
+            (0..63).all(|_| c.write_all(&h2_frame(0, 0, 1, &chunk)).is_ok()) && c.flush().is_ok();
+        if sent {
+            open.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss = status_kib(&inj, "VmHWM");
+    assert!(
+        rss < LIMIT_KIB / 2,
+        "VmHWM {rss} KiB with 64 HTTP/2 connections holding 1 MiB of body each; the limit is {LIMIT_KIB} KiB"
+    );
+    drop(open);
+}
+
+/// Found by the second review (branch `injreview2`): an HTTP/1.1
+/// connection kept alive after a review is closed 5 s later, not 60 s
+/// (README: "closed after 60 s without one"): hyper's
+/// `header_read_timeout` (set to 5 s for the first request) also runs
+/// between requests on a kept-alive connection. A client that sends its
+/// next review as the close happens (Go's transport keeps idle
+/// connections 90 s) reads EOF without an answer, and a POST is not
+/// retried: the API server fails open and the Pod starts without sidecars.
+/// Observed: a review sent 5.00 s after the last was answered, one sent
+/// 5.01 s after got EOF. Expected: the connection stays usable for
+/// [`IDLE`]; bound the first request with the connection loop's own timer
+/// only (or set `header_read_timeout` to IDLE, which hyper then applies
+/// to a request's headers after its first byte).
+#[test]
+fn http1_keep_alive_connections_stay_open_while_idle_under_a_minute() {
+    let (inj, _tls, _ca) = start(&["--kube-api", "off"]);
+    let body = common::injector::review(&logs_pod(), "apps", false).to_string();
+    let mut c = inj.conn();
+    assert_eq!(c.request("POST", "/mutate", body.as_bytes()).0, 200);
+    std::thread::sleep(Duration::from_secs(7));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.request("POST", "/mutate", body.as_bytes()).0
+    }));
+    assert!(
+        matches!(again, Ok(200)),
+        "a review on a connection idle for 7 s was not answered: {again:?}"
+    );
+}
