@@ -67,6 +67,8 @@ pub struct Metrics {
     pub namespace_lookup_errors: Counter,
     /// When the served certificate expires (Unix seconds).
     pub tls_not_after: Gauge,
+    /// Bytes of request bodies held while they are read.
+    pub body_buffered: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,7 @@ impl Default for Metrics {
             tls_reload_errors: Counter::default(),
             namespace_lookup_errors: Counter::default(),
             tls_not_after: Gauge::default(),
+            body_buffered: Gauge::default(),
         }
     }
 }
@@ -117,6 +120,11 @@ impl Metrics {
             "tls_not_after_timestamp_seconds",
             "When the served certificate expires (Unix time); alert well before it",
             m.tls_not_after.clone(),
+        );
+        r.register(
+            "body_buffered_bytes",
+            "Bytes of request bodies held in memory while they are read or reviewed (bounded by the body budget)",
+            m.body_buffered.clone(),
         );
         for outcome in [
             Outcome::Injected,

@@ -25,23 +25,60 @@ const MAX_WARNINGS: usize = 8;
 /// and environment is about 2 MiB).
 pub(crate) const MAX_VALUES: usize = 200_000;
 
-/// How many JSON values `v` holds (itself included), counting no further
-/// than `limit`.
-fn values(v: &Value, limit: usize) -> usize {
-    let mut count = 0;
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        count += 1;
-        if count > limit {
-            break;
+/// About how many JSON values the JSON text `raw` holds, counting no
+/// further than `limit`: one, plus one per `,` `[` `{` outside strings (an
+/// upper bound), read before anything is built from it.
+fn values(raw: &str, limit: usize) -> usize {
+    let mut count = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in raw.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
         }
-        match v {
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => stack.extend(map.values()),
+        match b {
+            b'"' => in_string = true,
+            b',' | b'[' | b'{' => {
+                count += 1;
+                if count > limit {
+                    break;
+                }
+            }
             _ => {}
         }
     }
     count
+}
+
+/// The parts of an AdmissionReview the injector reads; the rest (the
+/// `oldObject` of an update, ...) is skipped without being built, and the
+/// object is kept as text until its size is known.
+#[derive(serde::Deserialize)]
+struct ReviewIn<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RequestIn<'a> {
+    uid: Option<String>,
+    operation: Option<String>,
+    #[serde(rename = "subResource")]
+    sub_resource: Option<String>,
+    namespace: Option<String>,
+    #[serde(rename = "dryRun")]
+    dry_run: Option<bool>,
+    #[serde(borrow)]
+    object: Option<&'a serde_json::value::RawValue>,
 }
 
 /// What a review decided, for the metrics and the tests.
@@ -135,19 +172,21 @@ impl Reviewer {
     }
 
     async fn decide(&self, body: &[u8]) -> Answer {
-        let review: Value = match serde_json::from_slice(body) {
+        let review: ReviewIn = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(e) => return malformed("", &format!("the body is not JSON: {e}")),
+            Err(e) => {
+                return malformed(
+                    "",
+                    &format!("the body is not JSON, or not an AdmissionReview's: {e}"),
+                );
+            }
         };
         let uid = review
-            .pointer("/request/uid")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let (api_version, kind) = (
-            review.get("apiVersion").and_then(Value::as_str),
-            review.get("kind").and_then(Value::as_str),
-        );
+            .request
+            .as_ref()
+            .and_then(|r| r.uid.clone())
+            .unwrap_or_default();
+        let (api_version, kind) = (review.api_version.as_deref(), review.kind.as_deref());
         if api_version != Some(API_VERSION) || kind != Some("AdmissionReview") {
             return malformed(
                 &uid,
@@ -158,27 +197,26 @@ impl Reviewer {
                 ),
             );
         }
-        let Some(request) = review.get("request").filter(|r| r.is_object()) else {
+        let Some(request) = review.request else {
             return malformed(&uid, "no `request`");
         };
         if uid.is_empty() {
             return malformed(&uid, "no `request.uid`");
         }
-        let Some(object) = request.get("object").filter(|o| o.is_object()) else {
+        let Some(raw) = request
+            .object
+            .filter(|o| o.get().trim_start().starts_with('{'))
+        else {
             return malformed(&uid, "no `request.object`");
         };
         // Only a creation can take sidecars: an object that exists cannot
         // have its containers changed (the API server would refuse the
         // update), and a subresource (binding, status) is not the object.
-        let operation = request.get("operation").and_then(Value::as_str);
-        let subresource = request
-            .get("subResource")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        if operation.is_some_and(|o| o != "CREATE") || subresource.is_some() {
+        let subresource = request.sub_resource.as_deref().filter(|s| !s.is_empty());
+        if request.operation.as_deref().is_some_and(|o| o != "CREATE") || subresource.is_some() {
             return self.skipped(&uid, Skip::NotAWorkload, Vec::new());
         }
-        if values(object, MAX_VALUES) > MAX_VALUES {
+        if values(raw.get(), MAX_VALUES) > MAX_VALUES {
             return Answer {
                 outcome: Outcome::Error,
                 body: response(
@@ -190,8 +228,13 @@ impl Reviewer {
                 ),
             };
         }
-        let dry_run = request.get("dryRun").and_then(Value::as_bool) == Some(true);
-        let namespace = request.get("namespace").and_then(Value::as_str);
+        let object: Value = match serde_json::from_str(raw.get()) {
+            Ok(o) => o,
+            Err(e) => return malformed(&uid, &format!("`request.object` does not read: {e}")),
+        };
+        let object = &object;
+        let dry_run = request.dry_run == Some(true);
+        let namespace = request.namespace.as_deref();
         let opts = &self.opts;
         let none = std::collections::BTreeMap::new();
         // When the Namespace cannot be read, the Pod's own annotations
@@ -296,10 +339,11 @@ mod tests {
     }
 
     #[test]
-    fn values_are_counted_up_to_the_limit() {
-        let v = json!({"a": [1, 2, {"b": null}], "c": "d"});
-        assert_eq!(values(&v, 100), 7);
-        assert_eq!(values(&v, 3), 4);
+    fn values_are_counted_up_to_the_limit_outside_strings() {
+        let v = r#"{"a": [1, 2, {"b": null}], "c": "d,[{\\\",x"}"#;
+        assert_eq!(values(v, 100), 7);
+        assert_eq!(values(v, 3), 4);
+        assert_eq!(values("{}", 100), 2);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub(crate) const FIRST_REQUEST: Duration = Duration::from_secs(5);
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
 /// Bytes of request bodies held while they are read, in all.
 pub(crate) const BUFFERED: usize = 32 << 20;
+/// ... and from one client address: one address cannot spend the budget
+/// of all.
+pub(crate) const BUFFERED_PER_PEER: usize = 8 << 20;
 /// Bytes of request bodies whose reviews are worked on at once (a review
 /// takes several times its body in memory while it runs).
 pub(crate) const WORKING: usize = MAX_BODY;
@@ -83,11 +86,26 @@ struct Shared {
     working: Arc<Semaphore>,
 }
 
+impl Shared {
+    /// Sets the buffered-bytes gauge from what the body budget has lent.
+    fn show_buffered(&self) {
+        let lent = kib(BUFFERED) as usize - self.buffered.available_permits();
+        self.reviewer
+            .metrics
+            .body_buffered
+            .set(i64::try_from(lent * 1024).unwrap_or(i64::MAX));
+    }
+}
+
 fn kib(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    peer_budget: Arc<Semaphore>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.uri().path() != PATH {
         return text(
             StatusCode::NOT_FOUND,
@@ -105,7 +123,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let started = Instant::now();
     let reviewer = &shared.reviewer;
-    let read = read_body(req.into_body(), &shared.buffered);
+    let read = read_body(req.into_body(), [&peer_budget, &shared.buffered], || {
+        shared.show_buffered();
+    });
     let answer = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok((body, held))) => {
             // The larger the body, the fewer reviews beside it (one of
@@ -119,6 +139,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 }
             };
             drop(held);
+            shared.show_buffered();
             answer
         }
         Ok(Err(why)) => reviewer.count(review::malformed("", &why), started),
@@ -130,6 +151,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             started,
         ),
     };
+    shared.show_buffered();
     tracing::debug!("review: {}", answer.outcome.as_str());
     let body = serde_json::to_vec(&answer.body).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -141,38 +163,43 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes, holding a share of
-/// `buffered` (KiB) for what it keeps; it waits while the budget is spent.
-/// A larger body is read on (and dropped) up to [`DRAIN_LIMIT`], so that
-/// the client, which is still sending it, gets the answer rather than a
-/// reset connection.
+/// each of `budgets` (KiB: the client address's, then the server's) for
+/// what it keeps; it waits while one is spent. A larger body is read on
+/// (and dropped) up to [`DRAIN_LIMIT`], so that the client, which is still
+/// sending it, gets the answer rather than a reset connection.
 async fn read_body(
     mut body: Incoming,
-    buffered: &Arc<Semaphore>,
-) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), String> {
+    budgets: [&Arc<Semaphore>; 2],
+    lent: impl Fn(),
+) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), String> {
     let too_large = || format!("the body is larger than {} MiB", MAX_BODY >> 20);
     let mut buf = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("the body could not be read: {e}"))?;
         if let Ok(data) = frame.into_data() {
             total = total.saturating_add(data.len());
             if total <= MAX_BODY {
-                let more = kib(total) - held.as_ref().map_or(0, |h| h.num_permits() as u32);
+                let have = held.first().map_or(0, |h| h.num_permits() as u32);
+                let more = kib(total) - have;
                 if more > 0 {
-                    let permit = Arc::clone(buffered)
-                        .acquire_many_owned(more)
-                        .await
-                        .map_err(|_| "the injector is stopping".to_string())?;
-                    match &mut held {
-                        Some(h) => h.merge(permit),
-                        None => held = Some(permit),
+                    for (i, budget) in budgets.iter().enumerate() {
+                        let permit = Arc::clone(budget)
+                            .acquire_many_owned(more)
+                            .await
+                            .map_err(|_| "the injector is stopping".to_string())?;
+                        match held.get_mut(i) {
+                            Some(h) => h.merge(permit),
+                            None => held.push(permit),
+                        }
                     }
+                    lent();
                 }
                 buf.extend_from_slice(&data);
             } else {
                 // Not kept: what was held goes back at once.
-                held = None;
+                held.clear();
                 buf = Vec::new();
                 if total > DRAIN_LIMIT {
                     return Err(too_large());
@@ -186,9 +213,9 @@ async fn read_body(
     Ok((buf, held))
 }
 
-/// Connections open per client address.
+/// Connections open per client address, and its body budget (KiB).
 #[derive(Default)]
-struct Peers(Mutex<HashMap<IpAddr, usize>>);
+struct Peers(Mutex<HashMap<IpAddr, (usize, Arc<Semaphore>)>>);
 
 impl Peers {
     /// Counts a connection from `ip`, unless it already has [`MAX_PER_PEER`].
@@ -197,17 +224,20 @@ impl Peers {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = open.entry(ip).or_insert(0);
+        let (n, budget) = open
+            .entry(ip)
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(kib(BUFFERED_PER_PEER) as usize))));
         if *n >= MAX_PER_PEER {
             return None;
         }
         *n += 1;
-        Some(PeerSlot(Arc::clone(self), ip))
+        Some(PeerSlot(Arc::clone(self), ip, Arc::clone(budget)))
     }
 }
 
-/// One connection's place in [`Peers`], given back when dropped.
-struct PeerSlot(Arc<Peers>, IpAddr);
+/// One connection's place in [`Peers`] (given back when dropped), and its
+/// address's body budget.
+struct PeerSlot(Arc<Peers>, IpAddr, Arc<Semaphore>);
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
@@ -215,7 +245,7 @@ impl Drop for PeerSlot {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.1) {
+        if let Some((n, _)) = open.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.1);
@@ -332,7 +362,7 @@ pub(crate) async fn serve(
         let shared = Arc::clone(&shared);
         let mut stopping = stopped.clone();
         tokio::spawn(async move {
-            let _permits = (permit, peer_slot);
+            let permits = (permit, peer_slot);
             let activity = Activity::new();
             let tls = match tokio::time::timeout(FIRST_REQUEST, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -347,11 +377,13 @@ pub(crate) async fn serve(
             };
             let service = {
                 let activity = Arc::clone(&activity);
+                let peer_budget = Arc::clone(&permits.1.2);
                 service_fn(move |req| {
                     let shared = Arc::clone(&shared);
+                    let peer_budget = Arc::clone(&peer_budget);
                     let running = Running::start(&activity);
                     async move {
-                        let r = handle(shared, req).await;
+                        let r = handle(shared, peer_budget, req).await;
                         drop(running);
                         Ok::<_, Infallible>(r)
                     }

@@ -194,14 +194,15 @@ impl Certificate {
         })
     }
 
-    /// When the served certificate (the chain's first) stops being valid.
+    /// When the served chain stops being valid: the earliest `notAfter` of
+    /// its certificates (an expired intermediate fails it as well).
     pub(crate) fn not_after(&self) -> Option<time::OffsetDateTime> {
         let current = self
             .resolver
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        current.cert.first().and_then(|c| not_after(c))
+        current.cert.iter().filter_map(|c| not_after(c)).min()
     }
 
     /// Exports the served certificate's end, and warns (once per episode,
@@ -220,7 +221,7 @@ impl Certificate {
                 format!("expires in {} hours", left.whole_hours())
             };
             tracing::warn!(
-                "the webhook's certificate {} {when} ({end}): the API server refuses an expired one, and Pods are then created without sidecars; renew the Secret (cert-manager renews it by itself; else `sidecar injector --generate-cert` again)",
+                "the webhook's certificate chain {} {when} ({end}): the API server refuses an expired one, and Pods are then created without sidecars; renew the Secret (cert-manager renews it by itself; else `sidecar injector --generate-cert` again)",
                 self.files.cert.display()
             );
         }

@@ -43,7 +43,22 @@ fn tls_conn(inj: &Injector, ca: &Ca, alpn: &[&[u8]]) -> Tls {
 
 /// The same, or `None` when the server closes it.
 fn try_tls_conn(inj: &Injector, ca: &Ca, alpn: &[&[u8]]) -> Option<Tls> {
-    let tcp = TcpStream::connect(inj.addr).ok()?;
+    try_tls_conn_from(inj, ca, alpn, std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// The same from another loopback address (`from`), as another client.
+fn try_tls_conn_from(
+    inj: &Injector,
+    ca: &Ca,
+    alpn: &[&[u8]],
+    from: std::net::Ipv4Addr,
+) -> Option<Tls> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .ok()?;
+    socket.connect(&inj.addr.into()).ok()?;
+    let tcp: TcpStream = socket.into();
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(client_config(&ca.pem, alpn), name).unwrap();
@@ -494,4 +509,128 @@ fn http1_keep_alive_connections_stay_open_while_idle_under_a_minute() {
         matches!(again, Ok(200)),
         "a review on a connection idle for 7 s was not answered: {again:?}"
     );
+}
+
+/// Found by the second review: the value cap was checked after the whole
+/// body was parsed, and counted only `request.object`: a 4.17 MB review
+/// whose `oldObject` held 1.39 M empty objects took VmHWM from 22 to 70 MB
+/// on its own. Now only the fields the injector reads are parsed (the rest
+/// is skipped unbuilt) and the object's values are counted in its text
+/// before it is built.
+#[test]
+fn a_review_full_of_tiny_values_is_not_built_in_memory() {
+    let (inj, _tls, _ca) = start(&["--kube-api", "off"]);
+    let before = status_kib(&inj, "VmHWM");
+    let tiny = format!("[{}{{}}]", "{},".repeat(1_300_000));
+    let mut r = common::injector::review(&logs_pod(), "apps", false);
+    r["request"]["operation"] = json!("CREATE");
+    let body = r.to_string();
+    // The old object, and then the object itself, full of tiny values.
+    let old = body.replacen(
+        "\"request\":{",
+        &format!("\"request\":{{\"oldObject\":{{\"x\":{tiny}}},"),
+        1,
+    );
+    let answer = inj.post(old.as_bytes());
+    assert!(
+        patch_of(&answer["response"]).is_some(),
+        "{}",
+        answer.to_string().len()
+    );
+    let mut pod = logs_pod();
+    pod["spec"]["x"] = json!("PLACEHOLDER");
+    let heavy = common::injector::review(&pod, "apps", false)
+        .to_string()
+        .replace("\"PLACEHOLDER\"", &tiny);
+    let answer = inj.post(heavy.as_bytes());
+    let w = answer["response"]["warnings"].to_string();
+    assert!(w.contains("JSON values"), "{w}");
+    let grew = status_kib(&inj, "VmHWM") - before;
+    assert!(
+        grew < 24 * 1024,
+        "VmHWM grew by {grew} KiB for two 4 MB reviews"
+    );
+}
+
+/// Found by the second review: one address could hold the whole 32 MiB
+/// body budget (8 stalled 4 MiB bodies), so a review from another client
+/// waited 4.1 s, until the stalled bodies timed out: past the API server's
+/// 5 s timeout with any network delay. Now one address holds at most
+/// 8 MiB of it.
+#[test]
+fn one_address_cannot_spend_the_body_budget_of_all() {
+    let (inj, _tls, ca) = start(&["--kube-api", "off"]);
+    let size = sidecar_injector::MAX_BODY - 10;
+    let mut stalled = Vec::new();
+    for _ in 0..9 {
+        let Some(mut c) = try_tls_conn_from(&inj, &ca, &[b"http/1.1"], [127, 0, 0, 2].into())
+        else {
+            continue;
+        };
+        c.write_all(
+            format!(
+                "POST /mutate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                size + 10
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        // A write blocks only once the server stops reading (its budget
+        // spent): then the next connection.
+        c.sock
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let chunk = vec![b' '; 64 << 10];
+        for _ in 0..size / chunk.len() {
+            if c.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        stalled.push(c);
+    }
+    assert!(stalled.len() >= 8, "{} stalled connections", stalled.len());
+    // The server reads what its budgets allow, then stops: wait until the
+    // bytes it holds stop growing.
+    let held = || inj.metric("sidecar_injector_body_buffered_bytes");
+    let mut last = -1.0;
+    common::wait_until(
+        "the held bodies stop growing",
+        Duration::from_secs(20),
+        || {
+            let now = held();
+            let settled = now > 0.0 && now == last;
+            last = now;
+            if !settled {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            settled
+        },
+    );
+    assert!(
+        last <= (8 << 20) as f64,
+        "one address holds {last} bytes of the body budget"
+    );
+    let t0 = Instant::now();
+    assert!(
+        answered_within(&inj, Duration::from_secs(2)),
+        "a review from another address waited behind the stalled bodies"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    drop(stalled);
+}
+
+/// Found by the second review: only the leaf's expiry was read, so an
+/// expired certificate further up the served chain (which the API server
+/// refuses as well) went unwarned. Now the chain's earliest end counts.
+#[test]
+fn an_expired_certificate_further_up_the_chain_is_warned_about() {
+    let ca = Ca::new("injector test CA");
+    let (leaf, key, _) = ca.leaf();
+    let ended = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    let (expired, _, _) = Ca::new("intermediate").leaf_until(Some(ended));
+    let tls = SecretDir::new(&format!("{leaf}{expired}"), &key);
+    let inj = Injector::start(&tls, &ca.pem, &["--kube-api", "off"]);
+    inj.proc.wait_stderr("hours ago", Duration::from_secs(10));
+    let end = inj.metric("sidecar_injector_tls_not_after_timestamp_seconds");
+    assert!((end - ended.unix_timestamp() as f64).abs() < 2.0, "{end}");
 }
