@@ -152,8 +152,17 @@ pub(crate) fn malformed(uid: &str, why: &str) -> Answer {
 
 impl Reviewer {
     /// Answers one request body, and counts it.
-    pub(crate) async fn review(&self, body: &[u8], started: Instant) -> Answer {
-        let answer = self.decide(body).await;
+    /// `working` is the budget of bodies being worked on, of which this
+    /// one takes `weight` once its Namespace has been read (a slow lookup
+    /// holds no share of it).
+    pub(crate) async fn review(
+        &self,
+        body: &[u8],
+        started: Instant,
+        working: &tokio::sync::Semaphore,
+        weight: u32,
+    ) -> Answer {
+        let answer = self.decide(body, working, weight).await;
         self.metrics.count(answer.outcome);
         self.metrics
             .duration
@@ -171,7 +180,7 @@ impl Reviewer {
         answer
     }
 
-    async fn decide(&self, body: &[u8]) -> Answer {
+    async fn decide(&self, body: &[u8], working: &tokio::sync::Semaphore, weight: u32) -> Answer {
         let review: ReviewIn = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
@@ -216,6 +225,12 @@ impl Reviewer {
         if request.operation.as_deref().is_some_and(|o| o != "CREATE") || subresource.is_some() {
             return self.skipped(&uid, Skip::NotAWorkload, Vec::new());
         }
+        let dry_run = request.dry_run == Some(true);
+        let namespace = request.namespace.as_deref();
+        let looked_up = self.namespaces.defaults(namespace).await;
+        let Ok(_working) = working.acquire_many(weight).await else {
+            return malformed(&uid, "the injector is stopping");
+        };
         if values(raw.get(), MAX_VALUES) > MAX_VALUES {
             return Answer {
                 outcome: Outcome::Error,
@@ -233,13 +248,11 @@ impl Reviewer {
             Err(e) => return malformed(&uid, &format!("`request.object` does not read: {e}")),
         };
         let object = &object;
-        let dry_run = request.dry_run == Some(true);
-        let namespace = request.namespace.as_deref();
         let opts = &self.opts;
         let none = std::collections::BTreeMap::new();
         // When the Namespace cannot be read, the Pod's own annotations
         // still count: `unavailable` says why its defaults are missing.
-        let (admitted, unavailable) = match self.namespaces.defaults(namespace).await {
+        let (admitted, unavailable) = match looked_up {
             Ok(defaults) => (admit(object, &defaults, opts), None),
             Err(e) => match admit(object, &none, opts) {
                 Ok(Admitted::Skipped {

@@ -129,15 +129,13 @@ async fn handle(
     let answer = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok((body, held))) => {
             // The larger the body, the fewer reviews beside it (one of
-            // WORKING bytes runs alone); the body stays counted as
-            // buffered until the answer is made.
+            // WORKING bytes runs alone; the share is taken once the
+            // Namespace is read); the body stays counted as buffered until
+            // the answer is made.
             let weight = kib(body.len()).min(kib(WORKING)).max(1);
-            let answer = match Arc::clone(&shared.working).acquire_many_owned(weight).await {
-                Ok(_working) => reviewer.review(&body, started).await,
-                Err(_) => {
-                    reviewer.count(review::malformed("", "the injector is stopping"), started)
-                }
-            };
+            let answer = reviewer
+                .review(&body, started, &shared.working, weight)
+                .await;
             drop(held);
             shared.show_buffered();
             answer

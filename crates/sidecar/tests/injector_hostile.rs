@@ -634,3 +634,49 @@ fn an_expired_certificate_further_up_the_chain_is_warned_about() {
     let end = inj.metric("sidecar_injector_tls_not_after_timestamp_seconds");
     assert!((end - ended.unix_timestamp() as f64).abs() < 2.0, "{end}");
 }
+
+/// Found by the second review (analysis): a large review took its share
+/// of the working budget (all of it) before its Namespace lookup, so a
+/// slow lookup (up to 2 s) held every small review behind it. Now the
+/// share is taken once the Namespace is read.
+#[test]
+fn a_large_review_waiting_for_its_namespace_holds_up_no_other_review() {
+    let ca = Ca::new("injector test CA");
+    let api = FakeApi::start(&ca, "t");
+    for ns in ["fast", "slow"] {
+        api.set(ns, json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
+    }
+    let (cert, key, _) = ca.leaf();
+    let tls = SecretDir::new(&cert, &key);
+    let flags = api.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let inj = Arc::new(Injector::start(&tls, &ca.pem, &flags));
+    let pod = workload("Pod", template(&Value::Null, &json!({})));
+    // "fast" is read (and cached) before the API slows down.
+    assert!(patch_of(&inj.review(&pod, "fast", false)).is_some());
+    let asked = api.requests.load(std::sync::atomic::Ordering::SeqCst);
+    *api.delay.lock().unwrap() = Duration::from_millis(1500);
+    // A body just under the limit: its share is the whole working budget.
+    let mut large = pod.clone();
+    large["metadata"]["annotations"]["big"] = json!("PLACEHOLDER");
+    let text = common::injector::review(&large, "slow", false).to_string();
+    let fill = sidecar_injector::MAX_BODY - 100 - (text.len() - "PLACEHOLDER".len());
+    let body = text.replace("PLACEHOLDER", &"x".repeat(fill));
+    let slow = {
+        let inj = Arc::clone(&inj);
+        std::thread::spawn(move || patch_of(&inj.post(body.as_bytes())["response"]).is_some())
+    };
+    common::wait_until(
+        "the slow lookup is under way",
+        Duration::from_secs(10),
+        || api.requests.load(std::sync::atomic::Ordering::SeqCst) > asked,
+    );
+    let t0 = Instant::now();
+    assert!(patch_of(&inj.review(&pod, "fast", false)).is_some());
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "a small review waited {took:?} behind a large one's Namespace lookup"
+    );
+    assert!(slow.join().unwrap());
+}
