@@ -67,6 +67,12 @@ pub(crate) fn not_after(der: &[u8]) -> Option<time::OffsetDateTime> {
     .ok()
 }
 
+/// When a chain stops being valid: the earliest `notAfter` of its
+/// certificates (an expired intermediate fails it as well).
+fn chain_end(ck: &CertifiedKey) -> Option<time::OffsetDateTime> {
+    ck.cert.iter().filter_map(|c| not_after(c)).min()
+}
+
 /// Seconds since the Unix epoch.
 fn unix(t: time::OffsetDateTime) -> f64 {
     t.unix_timestamp() as f64
@@ -177,6 +183,8 @@ pub struct Certificate {
     resolver: Arc<Resolver>,
     /// The contents last tried (loaded or not): a pair is tried once.
     seen: (Vec<u8>, Vec<u8>),
+    /// When the served chain stops being valid (read when it is loaded).
+    end: Option<time::OffsetDateTime>,
 }
 
 impl Certificate {
@@ -186,6 +194,7 @@ impl Certificate {
         let key = read(&files.key, "--tls-key")?;
         let ck = certified(&files, &cert, &key)?;
         Ok(Self {
+            end: chain_end(&ck),
             files,
             resolver: Arc::new(Resolver {
                 current: RwLock::new(Arc::new(ck)),
@@ -194,21 +203,10 @@ impl Certificate {
         })
     }
 
-    /// When the served chain stops being valid: the earliest `notAfter` of
-    /// its certificates (an expired intermediate fails it as well).
-    pub(crate) fn not_after(&self) -> Option<time::OffsetDateTime> {
-        let current = self
-            .resolver
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        current.cert.iter().filter_map(|c| not_after(c)).min()
-    }
-
     /// Exports the served certificate's end, and warns (once per episode,
     /// `warned`) when it has expired or soon will.
     pub(crate) fn check_expiry(&self, metrics: &Metrics, warned: &mut bool) {
-        let Some(end) = self.not_after() else {
+        let Some(end) = self.end else {
             return;
         };
         metrics.tls_not_after.set(unix(end) as i64);
@@ -249,6 +247,7 @@ impl Certificate {
         let tried = certified(&self.files, &cert, &key);
         self.seen = (cert, key);
         let ck = tried?;
+        self.end = chain_end(&ck);
         *self
             .resolver
             .current

@@ -247,11 +247,7 @@ fn namespace_defaults_come_from_the_api_and_the_pod_wins() {
         json!({"sidecar.dev/logs": "/var/log/ns/ns.log", "sidecar.dev/inject": "true",
                "other.io/x": "y"}),
     );
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
 
     // No annotations of its own: the Namespace's apply, and show on the Pod.
     let bare = workload("Pod", template(&Value::Null, &json!({})));
@@ -396,11 +392,7 @@ fn a_namespace_annotated_inject_false_opts_out_its_pods_whatever_their_annotatio
         "quiet",
         json!({"sidecar.dev/inject": "false", "sidecar.dev/logs": "/var/log/ns/ns.log"}),
     );
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
     let bare = workload("Pod", template(&Value::Null, &json!({})));
     let own = workload(
         "Pod",
@@ -569,11 +561,7 @@ fn sigterm_lets_the_review_in_flight_finish_then_exits_0() {
     let api = FakeApi::start(&ca, "t");
     api.set("apps", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
     *api.delay.lock().unwrap() = Duration::from_millis(1000);
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut inj = Injector::start(&tls, &ca.pem, &flags);
+    let (mut inj, _tls) = Injector::start_with_api(&ca, &api);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     let body = review(&pod, "apps", false).to_string();
     let mut conn = inj.conn();

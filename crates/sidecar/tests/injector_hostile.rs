@@ -226,11 +226,7 @@ fn a_failed_namespace_lookup_is_retried_within_two_seconds() {
     let ca = Ca::new("injector test CA");
     let api = FakeApi::start(&ca, "good");
     api.set("apps", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     *api.token.lock().unwrap() = "rotated".into();
     let r = inj.review(&pod, "apps", false);
@@ -256,11 +252,8 @@ fn concurrent_reviews_of_one_namespace_share_one_lookup() {
     let api = FakeApi::start(&ca, "t");
     api.set("apps", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
     *api.delay.lock().unwrap() = Duration::from_millis(500);
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Arc::new(Injector::start(&tls, &ca.pem, &flags));
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
+    let inj = Arc::new(inj);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     let started = Instant::now();
     let threads: Vec<_> = (0..16)
@@ -349,11 +342,8 @@ fn lookups_of_many_namespaces_run_at_most_four_at_once() {
         api.set(ns, json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
     }
     *api.delay.lock().unwrap() = Duration::from_millis(300);
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Arc::new(Injector::start(&tls, &ca.pem, &flags));
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
+    let inj = Arc::new(inj);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     let started = Instant::now();
     let threads: Vec<_> = names
@@ -384,11 +374,7 @@ fn a_namespace_that_keeps_failing_is_warned_about_once_while_others_work() {
     let api = FakeApi::start(&ca, "t");
     api.set("good", json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
     api.fail("bad");
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Injector::start(&tls, &ca.pem, &flags);
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     let bad_lookups = || inj.metric("sidecar_injector_namespace_lookup_errors_total");
     // Failures are cached for 1 s: each round past that looks up again.
@@ -646,11 +632,8 @@ fn a_large_review_waiting_for_its_namespace_holds_up_no_other_review() {
     for ns in ["fast", "slow"] {
         api.set(ns, json!({"sidecar.dev/logs": "/var/log/ns/ns.log"}));
     }
-    let (cert, key, _) = ca.leaf();
-    let tls = SecretDir::new(&cert, &key);
-    let flags = api.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let inj = Arc::new(Injector::start(&tls, &ca.pem, &flags));
+    let (inj, _tls) = Injector::start_with_api(&ca, &api);
+    let inj = Arc::new(inj);
     let pod = workload("Pod", template(&Value::Null, &json!({})));
     // "fast" is read (and cached) before the API slows down.
     assert!(patch_of(&inj.review(&pod, "fast", false)).is_some());

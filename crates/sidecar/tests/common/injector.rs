@@ -219,6 +219,16 @@ impl Injector {
         Self::start_env(tls, ca_pem, extra, &[])
     }
 
+    /// Starts with a certificate of `ca`, reading Namespaces from `api`;
+    /// the certificate's files live as long as the returned [`SecretDir`].
+    pub fn start_with_api(ca: &Ca, api: &FakeApi) -> (Self, SecretDir) {
+        let (cert, key, _) = ca.leaf();
+        let tls = SecretDir::new(&cert, &key);
+        let flags = api.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        (Self::start(&tls, &ca.pem, &flags), tls)
+    }
+
     /// Starts with `env` set (KUBERNETES_SERVICE_* are removed unless given).
     pub fn start_env(tls: &SecretDir, ca_pem: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (cert, key) = (tls.cert(), tls.key());
