@@ -78,7 +78,7 @@ fn unix(t: time::OffsetDateTime) -> f64 {
     t.unix_timestamp() as f64
 }
 
-const HOW_TO_FIX: &str = "create the Secret with `sidecar injector --generate-cert | kubectl apply -f -` (or cert-manager) and mount it there";
+const HOW_TO_FIX: &str = "create the Secret with `sidecar injector --generate-cert > tls.yaml` and `kubectl apply -f tls.yaml` (the file also holds the caBundle patch), or with cert-manager, and mount it there";
 
 /// Why the certificate and key could not be used.
 #[derive(Debug, thiserror::Error)]
