@@ -18,13 +18,16 @@ default `-c 2`, e.g. `-c 2 -R 100`).
   rounds' medians, and its ratio to upstream's with the same authentication,
 - CPU milliseconds per scrape (all rounds) and peak RSS (from /proc), and what the RSS is made
   of at the end: anonymous memory (heap, stacks) and file pages (the
-  executable's code, which the kernel may map in large folios),
+  executable's code, which the kernel may map in large folios), and how much
+  of our code is resident inside the hot region (crates/sidecar/hot-text.ld)
+  and outside it,
 - connections each holds to the server (its established sockets to the port),
 - family coverage: how many of the upstream exporter's families ours also has,
 - time to answer /metrics once the database is stopped.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,6 +70,47 @@ def status_kib(pid, field):
 
 def hwm_kib(pid):
     return status_kib(pid, "VmHWM")
+
+
+def text_sections(exe):
+    """{name: (start, end)} of the executable's code sections, from readelf."""
+    out = subprocess.run(["readelf", "-SW", exe], capture_output=True, text=True).stdout
+    secs = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*\[\s*\d+\]\s+(\.text\S*)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)", line)
+        if m:
+            start = int(m.group(2), 16)
+            secs[m.group(1)] = (start, start + int(m.group(3), 16))
+    return secs
+
+
+def resident_code_kib(pid, exe):
+    """KiB of the executable's code resident in process `pid`, per code section
+    (.text.hot is what crates/sidecar/hot-text.ld gathers; code that runs
+    outside it means that list is out of date: rerun scripts/hot-text)."""
+    secs = text_sections(exe)
+    real = os.path.realpath(exe)
+    maps = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and os.path.realpath(fields[5]) == real:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                maps.append((lo, hi, int(fields[2], 16)))
+    if not maps or not secs:
+        return {}
+    bias = min(lo - off for lo, _, off in maps)
+    kib = {name: 0 for name in secs}
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for lo, hi, _ in maps:
+            for addr in range(lo, hi, 4096):
+                pm.seek(addr // 4096 * 8)
+                if not int.from_bytes(pm.read(8), "little") >> 63:
+                    continue
+                for name, (start, end) in secs.items():
+                    if start <= addr - bias < end:
+                        kib[name] += 4
+    return kib
 
 
 def connections(pid, port):
@@ -253,6 +297,9 @@ def main():
             ours_rss = hwm_kib(exporters[("sidecar postgres-exporter", auth)][0].pid)
             theirs_rss = hwm_kib(exporters[(THEIRS, auth)][0].pid)
             print(f"\nPeak RSS, {auth}: {ours_rss / theirs_rss:.2f}x upstream's")
+            code = resident_code_kib(exporters[("sidecar postgres-exporter", auth)][0].pid, sidecar)
+            if code:
+                print("Ours, resident code: " + ", ".join(f"{k} {v} KiB" for k, v in code.items()))
         missing = sorted(theirs_fams - ours_fams)
         print(f"\nFamily coverage: ours has {len(theirs_fams) - len(missing)} of the "
               f"{len(theirs_fams)} pg_*/process_* families 0.11 exports"
