@@ -15,6 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
         apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
-sidecar=$(scripts/build-static)
+sidecar=$(bench/stage-binary "$(scripts/build-static)")
 echo "machine: $(nproc) CPUs, $(uname -r); hey $(dpkg-query -W -f='${Version}' hey)"
 exec python3 bench/injector_bench.py "$sidecar"

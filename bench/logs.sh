@@ -16,6 +16,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y "${missing[@]}" >/dev/null ||
         { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
 fi
-sidecar=$(scripts/build-static)
+sidecar=$(bench/stage-binary "$(scripts/build-static)" "$(command -v tail)" "$(command -v busybox)")
 echo "machine: $(nproc) CPUs, $(uname -r); $(tail --version | head -1); $(busybox | head -1 | cut -d' ' -f1-2)"
 exec python3 bench/logs_bench.py "$sidecar"

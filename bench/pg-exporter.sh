@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The package starts an exporter of its own where systemd runs; this benchmark starts its own.
 systemctl stop prometheus-postgres-exporter >/dev/null 2>&1 || true
-sidecar=$(scripts/build-static)
+sidecar=$(bench/stage-binary "$(scripts/build-static)" "$(command -v prometheus-postgres-exporter)")
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 echo "machine: $(nproc) CPUs, $(uname -r); $(prometheus-postgres-exporter --version 2>&1 | head -1)"
 exec python3 bench/pg_exporter_bench.py "$sidecar" "$bindir"

@@ -15,6 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The package starts an nginx of its own where systemd runs; the benchmark starts its own.
 systemctl stop nginx >/dev/null 2>&1 || true
-sidecar=$(scripts/build-static)
+sidecar=$(bench/stage-binary "$(scripts/build-static)" "$(command -v nginx)")
 echo "machine: $(nproc) CPUs, $(uname -r); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"
 exec python3 bench/proxy_bench.py "$sidecar"
