@@ -2,10 +2,13 @@
 """Writes the linker script of the code `sidecar postgres-exporter` runs (called by scripts/hot-text).
 
 Arguments: BINARY MAP PG_BINDIR WORKDIR OUTPUT. BINARY is the static build the
-linker wrote MAP for. A PostgreSQL server is started in WORKDIR (as the
-postgres user when run as root); the exporter runs under callgrind twice,
-logging in with scram-sha-256 (DATA_SOURCE_URI/USER/PASS, as the seed
-deploys it) and with trust (DATA_SOURCE_NAME). Each run serves the landing
+linker wrote MAP for. A PostgreSQL server (TLS on) is started in WORKDIR (as
+the postgres user when run as root); the exporter runs under callgrind five
+times: logging in with scram-sha-256 (DATA_SOURCE_URI/USER/PASS, as the seed
+deploys it) and with trust (DATA_SOURCE_NAME); then with the database
+refusing connections and with a wrong password (pg_up 0); then over TLS
+(sslmode=require). Sections are placed in that order of need, each by the
+first run that ran it, and by name within a run. Each run serves the landing
 page, /live, /ready and scrapes as Prometheus, curl and Python send them,
 then stops on SIGTERM. Every instruction address callgrind saw is mapped to
 the input section holding it in MAP; a few sections callgrind cannot see run
@@ -110,9 +113,16 @@ def start_postgres(bindir, work):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # A certificate for TLS (sslmode=require does not verify it).
+    subprocess.run(as_postgres(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                "-subj", "/CN=localhost", "-days", "2",
+                                "-keyout", os.path.join(data, "server.key"),
+                                "-out", os.path.join(data, "server.crt")]),
+                   check=True, capture_output=True)
     subprocess.run(as_postgres([os.path.join(bindir, "pg_ctl"), "-D", data, "-w", "-l",
                                 os.path.join(work, "pg.log"), "-o",
-                                f"-p {port} -k {work} -c listen_addresses=127.0.0.1", "start"]),
+                                f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c ssl=on",
+                                "start"]),
                    check=True, capture_output=True)
     subprocess.run([os.path.join(bindir, "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                     "-d", "postgres", "-c",
@@ -135,8 +145,9 @@ def listening_port(log, proc, deadline):
     raise RuntimeError(f"the exporter did not log its address within {deadline} s; see {log}")
 
 
-def run_exporter(binary, work, name, env):
-    """Runs the exporter under callgrind through one deployment's life; returns the output file."""
+def run_exporter(binary, work, name, env, up):
+    """Runs the exporter under callgrind through one deployment's life; returns the output file.
+    `up`: whether its scrapes must say pg_up 1 (or 0)."""
     out = os.path.join(work, f"callgrind.{name}")
     log = os.path.join(work, f"valgrind.{name}.log")
     with open(log, "w") as stderr:
@@ -151,9 +162,10 @@ def run_exporter(binary, work, name, env):
         wait_for(f"{base}/ready", proc, 120)
         fetch(f"{base}/")
         fetch(f"{base}/live")
+        want = f"pg_up {int(up)}"
         for body in scrapes("127.0.0.1", port, SCRAPES):
-            if "pg_up 1" not in body:
-                raise RuntimeError(f"{name}: the exporter could not log in (pg_up is not 1)")
+            if want not in body.splitlines():
+                raise RuntimeError(f"{name}: a scrape did not say {want}; see {log}")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
@@ -171,14 +183,15 @@ def executed(callgrind_out, binary):
     where it knows the object (`ob=BINARY`), and as it ran where not (`ob=???`)."""
     own, loaded, targets = set(), set(), set()
     ob = cob = None
+    binary = os.path.realpath(binary)
     with open(callgrind_out) as f:
         for line in f:
             if line.startswith("0x"):
                 (own if ob == binary else loaded).add(int(line.split(None, 1)[0], 16))
             elif line.startswith("ob="):
-                ob = line[3:].strip()
+                ob = os.path.realpath(line[3:].strip())
             elif line.startswith("cob="):
-                cob = line[4:].strip()
+                cob = os.path.realpath(line[4:].strip())
             elif line.startswith("calls="):
                 m = re.match(r"calls=\d+ 0x([0-9a-f]+)", line)
                 if m and (cob or ob) != binary:
@@ -240,13 +253,17 @@ WHOLE = ["*rcrt1.o(.text .text.*)", "*crt1.o(.text .text.*)", "*libc.a:*(.text .
 
 
 # Code a real run may need that the callgrind runs may not show, matched
-# against the map's section names (each found with
-# `perf record -e page-faults -d` on a native run):
+# against each section's name and object in the map, with the rank of the
+# run that needs it (each found with `perf record -e page-faults -d` on a
+# native run):
 # - sha2's SHA-NI compression, which SCRAM-SHA-256's key derivation runs on
-#   CPUs that have it; valgrind does not emulate SHA-NI (nor AVX-512);
+#   CPUs that have it; valgrind emulates neither SHA-NI, ADX nor AVX-512;
 # - core's Dragon4 float formatting and its bignums, the fallback for the
-#   values Grisu cannot format (which values a scrape reports varies).
-ALSO = [r"4sha26sha2567x86_sha", r"4core3num7flt2dec8strategy6dragon", r"4core3num6bignum"]
+#   values Grisu cannot format (which values a scrape reports varies);
+# - all of ring (TLS), whose assembly picks its code by CPU (ADX curve25519,
+#   AES-GCM with AVX2 or AVX-512): 0.26 MB, placed with the TLS run's code.
+ALSO = [(r"4sha26sha2567x86_sha", 0), (r"4core3num7flt2dec8strategy6dragon", 0),
+        (r"4core3num6bignum", 0), (r"/libring-[0-9a-f]+\.rlib\(", 2)]
 
 
 def whole(obj):
@@ -257,11 +274,14 @@ def whole(obj):
 def pattern(section, obj):
     """The linker-script input description for one section."""
     if section == ".text":
-        # Objects of a C archive (musl's libc.a) without per-function sections.
+        # Members of an archive without per-function sections (ring's
+        # assembly): named without the hashes cargo and cc put in file names.
         m = re.match(r"^.*/([^/(]+)\(([^)]+)\)$", obj)
         if not m:
             return None
-        return f"*{m.group(1)}:{m.group(2)}(.text)"
+        archive = re.sub(r"-[0-9a-f]{16}\.rlib$", "-*.rlib", m.group(1))
+        member = re.sub(r"^[0-9a-f]{16}-", "*", m.group(2))
+        return f"*{archive}:{member}(.text)"
     return f"*({section})"
 
 
@@ -272,7 +292,10 @@ def without_hash(section):
     if re.search(r"17h[0-9a-f]{16}E$", name):
         return re.sub(r"17h[0-9a-f]{16}E$", "17h*", name)
     if name.startswith(".text._R"):
-        generic = re.sub(r"Cs[0-9a-zA-Z]+_", "*", name)
+        # v0: crate hashes, and back-references (byte offsets into the name,
+        # which move when a hash's length does).
+        generic = re.sub(r"B[0-9a-zA-Z]*_", "*", re.sub(r"Cs[0-9a-zA-Z]+_", "*", name))
+        generic = re.sub(r"\*+", "*", generic)
         return generic + "*" if generic != name else None
     return None
 
@@ -281,40 +304,59 @@ def main():
     binary, map_file, bindir, work, output = sys.argv[1:6]
     sections = input_sections(map_file)
     if not sections:
-        sys.exit(f"hot-text: {map_file} lists no code sections: is it a GNU ld or lld map?")
+        sys.exit(f"hot-text: {map_file} lists no code sections: it must be a GNU ld map")
     data, port = start_postgres(bindir, work)
     try:
-        runs = {
-            "scram": {"DATA_SOURCE_URI": f"127.0.0.1:{port}/postgres?sslmode=disable",
-                      "DATA_SOURCE_USER": "exporter", "DATA_SOURCE_PASS": PASSWORD},
-            "trust": {"DATA_SOURCE_NAME":
-                      f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"},
-        }
-        own, loaded, targets = set(), set(), set()
-        for name, env in runs.items():
-            o, a, t = executed(run_exporter(binary, work, name, env), binary)
-            own |= o
-            loaded |= a
-            targets |= t
+        # A port that refuses: bound, never listening, held for the run.
+        refusing = socket.socket()
+        refusing.bind(("127.0.0.1", 0))
+        closed = refusing.getsockname()[1]
+        scram = {"DATA_SOURCE_USER": "exporter", "DATA_SOURCE_PASS": PASSWORD}
+        # (name, environment, pg_up, rank): sections are placed by the lowest
+        # rank of the runs that ran them, so what every deployment runs stays
+        # together, then what failures run, then what TLS runs.
+        runs = [
+            ("scram", {**scram, "DATA_SOURCE_URI": f"127.0.0.1:{port}/postgres?sslmode=disable"},
+             True, 0),
+            ("trust", {"DATA_SOURCE_NAME":
+                       f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"}, True, 0),
+            ("down", {"DATA_SOURCE_NAME":
+                      f"postgresql://postgres@127.0.0.1:{closed}/postgres?sslmode=disable"}, False, 1),
+            ("wrong-password", {**scram, "DATA_SOURCE_PASS": "not-" + PASSWORD,
+                                "DATA_SOURCE_URI": f"127.0.0.1:{port}/postgres?sslmode=disable"},
+             False, 1),
+            ("tls", {**scram, "DATA_SOURCE_URI": f"127.0.0.1:{port}/postgres?sslmode=require"},
+             True, 2),
+        ]
+        results = []
+        for name, env, up, rank in runs:
+            results.append((rank, *executed(run_exporter(binary, work, name, env, up), binary)))
+        refusing.close()
     finally:
         subprocess.run(as_postgres([os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate",
                                     "stop"]), capture_output=True)
     starts = [s[0] for s in sections]
-    bias = load_bias(targets, starts)
-    if bias is None:
-        sys.exit("hot-text: the calls callgrind saw do not land on the map's functions: "
-                 "is the map the binary's?")
-    hot = {}
-    for a in own | {x - bias for x in loaded}:
-        i = bisect.bisect_right(starts, a) - 1
-        if i >= 0 and a < sections[i][1]:
-            start, end, name, obj = sections[i]
-            hot[(name, obj)] = end - start
+    bias = 0
+    if any(loaded for _, _, loaded, _ in results):
+        bias = load_bias(set().union(*(t for _, _, _, t in results)), starts)
+        if bias is None:
+            sys.exit("hot-text: the calls callgrind saw do not land on the map's functions: "
+                     "is the map the binary's?")
+    hot = {}  # (section, object) -> (rank, size)
+    for rank, own, loaded, _ in results:
+        for a in own | {x - bias for x in loaded}:
+            i = bisect.bisect_right(starts, a) - 1
+            if i >= 0 and a < sections[i][1]:
+                start, end, name, obj = sections[i]
+                old = hot.get((name, obj), (rank, 0))[0]
+                hot[(name, obj)] = (min(old, rank), end - start)
     for start, end, name, obj in sections:
-        if any(re.search(v, name) for v in ALSO):
-            hot[(name, obj)] = end - start
+        for also, rank in ALSO:
+            if re.search(also, f"{name} {obj}"):
+                old = hot.get((name, obj), (rank, 0))[0]
+                hot[(name, obj)] = (min(old, rank), end - start)
     exact, generic = list(WHOLE), []
-    for (name, obj) in sorted(hot):
+    for (name, obj) in sorted(hot, key=lambda k: (hot[k][0], k)):
         if whole(obj):
             continue
         p = pattern(name, obj)
@@ -323,7 +365,7 @@ def main():
         g = without_hash(name)
         if g and f"*({g})" not in generic:
             generic.append(f"*({g})")
-    total = sum(hot.values())
+    total = sum(size for _, size in hot.values())
     with open(output, "w") as f:
         f.write(f"""/* Generated by scripts/hot-text; do not edit. The code sections that
    `sidecar postgres-exporter` ran ({len(hot)} sections, {total // 1024} KiB of {sum(e - s for s, e, _, _ in sections) // 1024} KiB),

@@ -25,10 +25,14 @@ fn main() {
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     if os == "linux" && env == "musl" {
         println!("cargo::rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        // -Xlinker, not -Wl,: a path may hold commas, which -Wl, splits on.
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
-        println!("cargo::rustc-link-arg-bins=-Wl,-T,{dir}/hot-text.ld");
+        for arg in ["-Xlinker", "-T", "-Xlinker", &format!("{dir}/hot-text.ld")] {
+            println!("cargo::rustc-link-arg-bins={arg}");
+        }
         if let Ok(map) = std::env::var("SIDECAR_LINK_MAP") {
-            println!("cargo::rustc-link-arg-bins=-Wl,-Map={map}");
+            println!("cargo::rustc-link-arg-bins=-Xlinker");
+            println!("cargo::rustc-link-arg-bins=-Map={map}");
         }
     }
 }
