@@ -276,6 +276,16 @@ impl Relay {
         let mut budget = TICK_BUDGET;
         let mut chunks = 0u32;
         while budget > 0 {
+            // A file started over at offset 0 (new, or truncated: also just
+            // now, below) is read only after its first bytes were checked
+            // for copies made meanwhile; while it is empty, not at all
+            // (bytes written after an empty look may follow more rotations).
+            if self.readers[i].recheck_since.is_some() {
+                self.recheck_first_bytes(i, now, out)?;
+                if self.readers[i].recheck_since.is_some() {
+                    break;
+                }
+            }
             let r = &mut self.readers[i];
             let want = self.buf.len().min(budget);
             let n = match read_at(&r.file, &mut self.buf[..want], r.offset) {

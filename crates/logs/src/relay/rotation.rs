@@ -24,6 +24,14 @@ pub(super) fn at_path(path: &Path, id: FileId) -> bool {
     fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Runs at the end of [`Relay::truncated`] (tests: a writer that rotates
+    /// again right then).
+    pub(super) static AFTER_TRUNCATION: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl Relay {
     pub(super) fn check_path<W: Write>(
         &mut self,
@@ -537,6 +545,12 @@ impl Relay {
         r.fp = Fingerprint::default();
         r.recheck_since = Some(old_mtime);
         self.dirty = true;
+        #[cfg(test)]
+        AFTER_TRUNCATION.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f();
+            }
+        });
         Ok(())
     }
 
@@ -626,5 +640,107 @@ mod tests {
             })
             .collect();
         assert_eq!(contents, ["older", "newer"]);
+    }
+
+    /// A copytruncate seen by the check before a read (the rewrite kept the
+    /// mtime), with the writer rotating twice more right after it was
+    /// handled: the two copies come before the file's new content (the read
+    /// that followed the truncation once took the new content at offset 0
+    /// without looking for them, losing them silently).
+    #[test]
+    fn copies_made_right_after_a_truncation_seen_while_reading_are_relayed_first() {
+        use crate::output::{Format, Output};
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let content = |tag: &str, n: usize| -> String {
+            (0..n)
+                .map(|i| format!("{tag} line {i:04} with some padding\n"))
+                .collect()
+        };
+        let (a, b, c, d) = (
+            content("A", 40),
+            content("B", 60),
+            content("C", 40),
+            content("D", 40),
+        );
+        let append = |s: &str| {
+            File::options()
+                .append(true)
+                .open(&log)
+                .unwrap()
+                .write_all(s.as_bytes())
+                .unwrap()
+        };
+        let rotate = {
+            let log = log.clone();
+            move || {
+                let name = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
+                for n in (1..9).rev() {
+                    let _ = fs::rename(name(n), name(n + 1));
+                }
+                fs::copy(&log, name(1)).unwrap();
+                File::options()
+                    .write(true)
+                    .open(&log)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+            }
+        };
+        fs::write(&log, &a).unwrap();
+        let mut relay = crate::relay::test_relay(&log);
+        let mut out = Output::new(Vec::new(), Format::Raw, false);
+        let now = Instant::now();
+        relay.check_paths(true, now, &mut out).unwrap();
+        relay.initial_scan = false;
+        relay.read_all(now, &mut out).unwrap();
+        // copytruncate, then more written than before, within the same mtime.
+        let mtime = fs::metadata(&log).unwrap().modified().unwrap();
+        rotate();
+        append(&b);
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        // Right after the relay handled that truncation: two more rotations.
+        let (log2, c2, d2) = (log.clone(), c.clone(), d.clone());
+        AFTER_TRUNCATION.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let append = |s: &str| {
+                    File::options()
+                        .append(true)
+                        .open(&log2)
+                        .unwrap()
+                        .write_all(s.as_bytes())
+                        .unwrap()
+                };
+                rotate();
+                append(&c2);
+                rotate();
+                append(&d2);
+            }))
+        });
+        relay.read_all(now, &mut out).unwrap();
+        AFTER_TRUNCATION.with(|h| h.borrow_mut().take());
+        relay.read_all(now, &mut out).unwrap();
+        out.flush().unwrap();
+        let got = String::from_utf8(out.get_ref().clone()).unwrap();
+        let want = format!("{a}{b}{c}{d}");
+        assert!(got == want, "relayed runs {:?}", runs(&got));
+    }
+
+    /// "Ax40", "Dx40": each run of lines by its first letter, and its length.
+    fn runs(text: &str) -> Vec<String> {
+        let mut runs: Vec<(&str, usize)> = Vec::new();
+        for tag in text.lines().map(|l| &l[..1]) {
+            match runs.last_mut() {
+                Some((last, n)) if *last == tag => *n += 1,
+                _ => runs.push((tag, 1)),
+            }
+        }
+        runs.into_iter().map(|(t, n)| format!("{t}x{n}")).collect()
     }
 }
