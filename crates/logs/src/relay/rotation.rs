@@ -664,10 +664,10 @@ mod tests {
             content("C", 40),
             content("D", 40),
         );
-        let append = |s: &str| {
+        let append = |path: &Path, s: &str| {
             File::options()
                 .append(true)
-                .open(&log)
+                .open(path)
                 .unwrap()
                 .write_all(s.as_bytes())
                 .unwrap()
@@ -698,7 +698,7 @@ mod tests {
         // copytruncate, then more written than before, within the same mtime.
         let mtime = fs::metadata(&log).unwrap().modified().unwrap();
         rotate();
-        append(&b);
+        append(&log, &b);
         File::options()
             .write(true)
             .open(&log)
@@ -709,18 +709,10 @@ mod tests {
         let (log2, c2, d2) = (log.clone(), c.clone(), d.clone());
         AFTER_TRUNCATION.with(|h| {
             *h.borrow_mut() = Some(Box::new(move || {
-                let append = |s: &str| {
-                    File::options()
-                        .append(true)
-                        .open(&log2)
-                        .unwrap()
-                        .write_all(s.as_bytes())
-                        .unwrap()
-                };
                 rotate();
-                append(&c2);
+                append(&log2, &c2);
                 rotate();
-                append(&d2);
+                append(&log2, &d2);
             }))
         });
         relay.read_all(now, &mut out).unwrap();
