@@ -34,6 +34,32 @@ fn status_kib(inj: &Injector, field: &str) -> u64 {
         .unwrap()
 }
 
+/// The injector's peak RSS is under half the Deployment's memory limit,
+/// `after` what the test did.
+fn assert_peak_under_half_limit(inj: &Injector, after: &str) {
+    let hwm = status_kib(inj, "VmHWM");
+    assert!(
+        hwm < LIMIT_KIB / 2,
+        "VmHWM {hwm} KiB {after}; the limit is {LIMIT_KIB} KiB"
+    );
+}
+
+/// Polls `read` every 300 ms until it is above 0 and the same twice in a
+/// row (the server has taken what it will take); returns that value.
+fn settled(what: &str, mut read: impl FnMut() -> f64) -> f64 {
+    let mut last = -1.0;
+    common::wait_until(what, Duration::from_secs(20), || {
+        let now = read();
+        let settled = now > 0.0 && now == last;
+        last = now;
+        if !settled {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        settled
+    });
+    last
+}
+
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection with the handshake done, offering `alpn`.
@@ -177,11 +203,7 @@ fn concurrent_large_bodies_stay_under_the_memory_limit() {
         let _ = c.flush();
         open.push(c);
     }
-    let rss = status_kib(&inj, "VmHWM");
-    assert!(
-        rss < LIMIT_KIB / 2,
-        "VmHWM {rss} KiB with 24 unfinished 4 MiB bodies; the limit is {LIMIT_KIB} KiB"
-    );
+    assert_peak_under_half_limit(&inj, "with 24 unfinished 4 MiB bodies");
     drop(open);
 }
 
@@ -207,11 +229,7 @@ fn one_3mb_pod_review_stays_under_the_memory_limit() {
     pod["spec"]["containers"][0]["args"] = Value::Array(vec![json!(""); 199_000]);
     let r = inj.review(&pod, "apps", false);
     assert!(patch_of(&r).is_some(), "{}", r.to_string().len());
-    let hwm = status_kib(&inj, "VmHWM");
-    assert!(
-        hwm < LIMIT_KIB / 2,
-        "VmHWM {hwm} KiB after the reviews; the limit is {LIMIT_KIB} KiB"
-    );
+    assert_peak_under_half_limit(&inj, "after the reviews");
 }
 
 /// FIXED (was: Pods still admitted without sidecars 7 s after the
@@ -459,11 +477,13 @@ fn http2_windows_count_against_the_memory_limit() {
             open.push(c);
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let rss = status_kib(&inj, "VmHWM");
-    assert!(
-        rss < LIMIT_KIB / 2,
-        "VmHWM {rss} KiB with 64 HTTP/2 connections holding 1 MiB of body each; the limit is {LIMIT_KIB} KiB"
+    // The server reads what its windows allow, then stops.
+    settled("the injector's peak RSS stops growing", || {
+        status_kib(&inj, "VmHWM") as f64
+    });
+    assert_peak_under_half_limit(
+        &inj,
+        "with 64 HTTP/2 connections holding 1 MiB of body each",
     );
     drop(open);
 }
@@ -577,21 +597,9 @@ fn one_address_cannot_spend_the_body_budget_of_all() {
     assert!(stalled.len() >= 8, "{} stalled connections", stalled.len());
     // The server reads what its budgets allow, then stops: wait until the
     // bytes it holds stop growing.
-    let held = || inj.metric("sidecar_injector_body_buffered_bytes");
-    let mut last = -1.0;
-    common::wait_until(
-        "the held bodies stop growing",
-        Duration::from_secs(20),
-        || {
-            let now = held();
-            let settled = now > 0.0 && now == last;
-            last = now;
-            if !settled {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            settled
-        },
-    );
+    let last = settled("the held bodies stop growing", || {
+        inj.metric("sidecar_injector_body_buffered_bytes")
+    });
     assert!(
         last <= (8 << 20) as f64,
         "one address holds {last} bytes of the body budget"
