@@ -62,6 +62,26 @@ fn settled(what: &str, mut read: impl FnMut() -> f64) -> f64 {
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
+/// Starts a review of `size + 10` bytes and sends up to `size` of them,
+/// until a write blocks for `timeout` (the server stopped reading).
+fn stall_body(c: &mut Tls, size: usize, timeout: Duration) {
+    c.write_all(
+        format!(
+            "POST /mutate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            size + 10
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.sock.set_write_timeout(Some(timeout)).unwrap();
+    let chunk = vec![b' '; 64 << 10];
+    for _ in 0..size / chunk.len() {
+        if c.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+}
+
 /// A TLS connection with the handshake done, offering `alpn`.
 fn tls_conn(inj: &Injector, ca: &Ca, alpn: &[&[u8]]) -> Tls {
     try_tls_conn(inj, ca, alpn).expect("a TLS connection to the injector")
@@ -182,24 +202,8 @@ fn concurrent_large_bodies_stay_under_the_memory_limit() {
     let mut open = Vec::new();
     for _ in 0..24 {
         let mut c = tls_conn(&inj, &ca, &[b"http/1.1"]);
-        c.write_all(
-            format!(
-                "POST /mutate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                size + 10
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        c.sock
-            .set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let chunk = vec![b' '; 64 << 10];
         // The server stops reading when the budget is spent: writes block.
-        for _ in 0..size / chunk.len() {
-            if c.write_all(&chunk).is_err() {
-                break;
-            }
-        }
+        stall_body(&mut c, size, Duration::from_millis(200));
         let _ = c.flush();
         open.push(c);
     }
@@ -573,25 +577,9 @@ fn one_address_cannot_spend_the_body_budget_of_all() {
         else {
             continue;
         };
-        c.write_all(
-            format!(
-                "POST /mutate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                size + 10
-            )
-            .as_bytes(),
-        )
-        .unwrap();
         // A write blocks only once the server stops reading (its budget
         // spent): then the next connection.
-        c.sock
-            .set_write_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let chunk = vec![b' '; 64 << 10];
-        for _ in 0..size / chunk.len() {
-            if c.write_all(&chunk).is_err() {
-                break;
-            }
-        }
+        stall_body(&mut c, size, Duration::from_secs(1));
         stalled.push(c);
     }
     assert!(stalled.len() >= 8, "{} stalled connections", stalled.len());
